@@ -1,0 +1,175 @@
+//! Validated domain values. Raw request fields are parsed into these at the handler boundary; nothing
+//! past it handles an unchecked username or password.
+
+use std::time::SystemTime;
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::error::AuthError;
+
+pub const USERNAME_MIN_CHARS: usize = 3;
+pub const USERNAME_MAX_CHARS: usize = 64;
+pub const PASSWORD_MAX_BYTES: usize = 1024;
+
+/// The role every new account gets.
+pub const ROLE_USER: &str = "user";
+
+/// A username: NFKC-normalised for display, with a case-folded key for uniqueness and lookup, so that
+/// "Alice", "ALICE" and "Ａｌｉｃｅ" (full-width) are one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username {
+    display: String,
+    key: String,
+}
+
+impl Username {
+    pub fn parse(raw: &str) -> Result<Self, AuthError> {
+        let display: String = raw.nfkc().collect();
+        let chars = display.chars().count();
+        if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&chars) {
+            return Err(AuthError::invalid(
+                "username",
+                format!("must be {USERNAME_MIN_CHARS} to {USERNAME_MAX_CHARS} characters"),
+            ));
+        }
+        if !display
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(AuthError::invalid(
+                "username",
+                "may contain only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        // NFKC(casefold(NFKC(x))): case folding can produce unnormalised text, so normalise again.
+        let key = caseless::default_case_fold_str(&display).nfkc().collect();
+        Ok(Self { display, key })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+
+    /// The case-insensitive identity used for uniqueness.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A password that passed the registration policy (NIST 800-63B: length, a blocklist, no composition rules).
+pub struct NewPassword(String);
+
+/// Passwords that meet the length rule but are among the first guesses of any attacker.
+const COMMON_PASSWORDS: &[&str] = &[
+    "123456789012",
+    "1234567890123",
+    "12345678901234",
+    "123456789123",
+    "password1234",
+    "password12345",
+    "password123456",
+    "passwordpassword",
+    "qwertyuiopasdf",
+    "qwertyuiop123",
+    "qwerty123456",
+    "iloveyou1234",
+    "letmein12345",
+    "welcome12345",
+    "administrator",
+    "abcdefghijkl",
+    "abc123456789",
+    "111111111111",
+    "000000000000",
+    "changeme1234",
+];
+
+impl NewPassword {
+    pub fn parse(raw: String, min_bytes: usize, username: &Username) -> Result<Self, AuthError> {
+        check_max_length(&raw)?;
+        if raw.len() < min_bytes {
+            return Err(AuthError::invalid(
+                "password",
+                format!("must be at least {min_bytes} bytes"),
+            ));
+        }
+        let folded = caseless::default_case_fold_str(&raw);
+        let mut chars = raw.chars();
+        let first = chars.next();
+        let repeated = chars.all(|c| Some(c) == first);
+        if repeated || COMMON_PASSWORDS.contains(&folded.as_str()) || folded.contains(username.key()) {
+            return Err(AuthError::invalid(
+                "password",
+                "is too easy to guess (a common password, one repeated character, or contains the username)",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// Bounds the bytes argon2 will be fed from a login attempt, before any work is done.
+pub fn check_max_length(password: &str) -> Result<(), AuthError> {
+    if password.len() > PASSWORD_MAX_BYTES {
+        return Err(AuthError::invalid(
+            "password",
+            format!("must be at most {PASSWORD_MAX_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// A stored account.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub create_time: SystemTime,
+}
+
+/// A stored account with its password hash, as read for login.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalised_and_case_folded() {
+        let a = Username::parse("Alice").unwrap();
+        let b = Username::parse("ＡＬＩＣＥ").unwrap();
+        assert_eq!(a.key(), b.key());
+        assert_eq!(b.as_str(), "ALICE");
+        assert_eq!(Username::parse("Straße").unwrap().key(), "strasse");
+    }
+
+    #[test]
+    fn usernames_outside_the_rules_are_invalid_arguments_naming_the_field() {
+        for bad in ["ab", "", "a b c", "bob\u{0}", "x/y", &"a".repeat(65)] {
+            let err = Username::parse(bad).unwrap_err();
+            assert!(err.to_string().starts_with("username:"), "{bad:?}: {err}");
+        }
+        assert!(Username::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn password_policy_checks_length_and_guessability_only() {
+        let alice = Username::parse("alice").unwrap();
+        let ok = |p: &str| NewPassword::parse(p.to_owned(), 12, &alice).is_ok();
+        assert!(ok("correct horse battery"));
+        assert!(ok("nocomposition"));
+        assert!(!ok("short"));
+        assert!(!ok(&"x".repeat(1025)));
+        assert!(!ok("Password1234"));
+        assert!(!ok("aaaaaaaaaaaaaaa"));
+        assert!(!ok("ALICE-is-great-2024"));
+        assert!(NewPassword::parse("shortpass".into(), 8, &alice).is_ok());
+    }
+}

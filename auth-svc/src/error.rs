@@ -1,0 +1,55 @@
+//! auth-svc's errors and their one mapping to gRPC statuses.
+
+use tonic::Status;
+use watchword_db::DbError;
+
+use crate::tokens::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A request field broke a rule; the message names the field.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// Unknown user or wrong password: deliberately one variant, so they cannot be told apart.
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("storage: {0}")]
+    Storage(#[from] DbError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            AuthError::UsernameTaken => Status::already_exists(error.to_string()),
+            AuthError::BadCredentials => Status::unauthenticated(error.to_string()),
+            AuthError::Token(e) => {
+                tracing::debug!(reason = ?e, "token refused");
+                Status::unauthenticated(e.client_message())
+            }
+            AuthError::Storage(e) => {
+                tracing::error!(error = %e, "storage failure");
+                Status::unavailable("storage unavailable, retry later")
+            }
+            AuthError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Everything auth-svc can be told at start-up. Flags and env vars fold into one [`Settings`] value that is
+//! passed in; nothing reads the environment later. Tests build `Settings` directly.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use watchword_db::DatabaseUrl;
+
+/// Registers users, logs them in and issues EdDSA-signed access tokens (JWTs); validates them for
+/// other services.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "auth-svc", version)]
+pub struct Settings {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "AUTH_SVC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Where users and signing keys are stored: `sqlite://PATH` (created on first start).
+    #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db")]
+    pub database_url: DatabaseUrl,
+
+    /// Lifetime of access tokens, e.g. `15m`, `90s`. At most 24h: access tokens are meant to be short-lived.
+    #[arg(long, env = "AUTH_SVC_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_ttl)]
+    pub access_token_ttl: Duration,
+
+    /// Value of the `iss` claim in issued tokens; Validate accepts only this issuer.
+    #[arg(long, env = "AUTH_SVC_ISSUER", default_value = "watchword-auth")]
+    pub issuer: String,
+
+    /// Value of the `aud` claim in issued tokens; Validate accepts only this audience.
+    #[arg(long, env = "AUTH_SVC_AUDIENCE", default_value = "watchword")]
+    pub audience: String,
+
+    /// PEM file (PKCS#8) with the Ed25519 signing key. Without it a key is generated on first start and
+    /// kept in the database, so tokens stay valid across restarts.
+    #[arg(long, env = "AUTH_SVC_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Shortest password accepted at registration, in bytes (NIST 800-63B suggests at least 8; we default to 12).
+    #[arg(long, env = "AUTH_SVC_MIN_PASSWORD_LENGTH", default_value_t = 12,
+          value_parser = clap::value_parser!(u16).range(8..=128))]
+    pub min_password_length: u16,
+
+    /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
+    #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Leeway for clock skew when checking `exp`, `nbf` and `iat`. Small, because tokens are short-lived.
+pub const CLOCK_LEEWAY: Duration = Duration::from_secs(30);
+
+fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {
+        return Err("must be between 1s and 24h".into());
+    }
+    Ok(ttl)
+}
+
+impl Settings {
+    /// Defaults for everything, storing data in `database_url` and listening on an ephemeral port:
+    /// a starting point for tests and embedding.
+    pub fn for_database(database_url: DatabaseUrl) -> Self {
+        let mut settings = Self::parse_from(["auth-svc"]);
+        settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
+        settings.database_url = database_url;
+        settings
+    }
+}

@@ -1,0 +1,271 @@
+//! Embedded SQLite for the Watchword services.
+//!
+//! rusqlite is synchronous, so every statement runs on tokio's blocking pool, never on an async worker.
+//! SQLite allows one writer at a time: writes go through a single connection guarded by a one-permit
+//! semaphore (waiting happens in async land, not by parking blocking threads). Reads use a small pool
+//! of connections, which WAL mode lets run alongside the writer.
+//!
+//! Durability: WAL with `synchronous=FULL`, so an acknowledged commit survives power loss; write
+//! transactions start with `BEGIN IMMEDIATE` so a read-then-write never fails its lock upgrade.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::Semaphore;
+
+pub use rusqlite;
+
+/// How long a statement waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Readers kept open. Two cores gain nothing from more; a burst beyond this waits for a permit.
+const MAX_READERS: usize = 8;
+
+/// Errors from the storage layer. Callers map them to `UNAVAILABLE`/`INTERNAL`; the text is for logs only.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database directory {path}: {source}")]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("unsupported database url {0:?}: expected sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("database worker thread failed")]
+    Worker,
+}
+
+/// Where a service keeps its data, parsed from `--database-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file, created on first use.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Accepts `sqlite://PATH` and `sqlite:PATH` (relative paths are relative to the working directory).
+    pub fn parse(url: &str) -> Result<Self, DbError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| DbError::UnsupportedUrl(url.to_owned()))?;
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = DbError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+/// A handle to one SQLite database. Cheap to clone.
+#[derive(Clone)]
+pub struct Sqlite {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    write_permit: Semaphore,
+    readers: Mutex<Vec<Connection>>,
+    read_permits: Semaphore,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database at `path` and applies any `migrations` not yet applied.
+    ///
+    /// `migrations[i]` is schema version `i + 1`; the version lives in `PRAGMA user_version`, so the list
+    /// is append-only: never edit a migration that has shipped.
+    pub async fn open(path: &Path, migrations: &'static [&'static str]) -> Result<Self, DbError> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| DbError::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            let mut writer = connect(&path, false)?;
+            migrate(&mut writer, migrations)?;
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    path,
+                    writer: Mutex::new(writer),
+                    write_permit: Semaphore::new(1),
+                    readers: Mutex::new(Vec::new()),
+                    read_permits: Semaphore::new(MAX_READERS),
+                }),
+            })
+        })
+        .await
+    }
+
+    /// Runs `f` on a read-only connection.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| DbError::Worker)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let pooled = inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => connect(&inner.path, true)?,
+            };
+            let result = f(&conn);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            Ok(result?)
+        })
+        .await
+    }
+
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, committed only if `f` returns `Ok`.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .write_permit
+            .acquire()
+            .await
+            .map_err(|_| DbError::Worker)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// A cheap query proving the database answers; used by health reporting.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}
+
+fn connect(path: &Path, read_only: bool) -> Result<Connection, DbError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if !read_only {
+        // `journal_mode` is persistent in the file; setting it from the writer is enough.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), DbError> {
+    // IMMEDIATE takes the write lock first, so two processes starting on one file cannot both migrate.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (version, sql) in (1i64..)
+        .zip(migrations)
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tracing::info!(version, "applied schema migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, DbError>
+where
+    F: FnOnce() -> Result<T, DbError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| DbError::Worker)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[&str] = &[
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+        "ALTER TABLE t ADD COLUMN w TEXT",
+    ];
+
+    #[test]
+    fn database_url_accepts_sqlite_forms_and_rejects_others() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/a.db").unwrap(),
+            DatabaseUrl::Sqlite("data/a.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:/tmp/a.db").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/a.db".into())
+        );
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_failed_writes_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/db.sqlite");
+        let db = Sqlite::open(&path, MIGRATIONS).await.unwrap();
+        db.write(|tx| tx.execute("INSERT INTO t (v, w) VALUES ('a', 'b')", []))
+            .await
+            .unwrap();
+        let failed = db
+            .write(|tx| {
+                tx.execute("INSERT INTO t (v) VALUES ('half')", [])?;
+                tx.execute("INSERT INTO t (v) VALUES (NULL)", [])
+            })
+            .await;
+        assert!(failed.is_err());
+        drop(db);
+
+        // Reopening must not re-run migrations (ALTER TABLE would fail) and must keep committed rows only.
+        let db = Sqlite::open(&path, MIGRATIONS).await.unwrap();
+        let rows: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT v FROM t")?;
+                stmt.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, ["a"]);
+        db.ping().await.unwrap();
+    }
+}

@@ -1,0 +1,47 @@
+//! Everything posts-svc can be told at start-up, folded from flags and env vars into one value.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use watchword_db::DatabaseUrl;
+
+/// Stores posts. Every call must carry `authorization: Bearer <token>`, validated by auth-svc before any
+/// handler runs.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "posts-svc", version)]
+pub struct Settings {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "POSTS_SVC_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    /// Where posts are stored: `sqlite://PATH` (created on first start).
+    #[arg(
+        long,
+        env = "POSTS_SVC_DATABASE_URL",
+        default_value = "sqlite://data/posts.db"
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// auth-svc's address; every call's token is validated there.
+    #[arg(long, env = "POSTS_SVC_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+
+    /// How long to wait for auth-svc's verdict (connect included) before failing a call with UNAVAILABLE.
+    #[arg(long, env = "POSTS_SVC_AUTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
+    #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Defaults for everything, with the given storage and auth-svc, listening on an ephemeral port.
+    pub fn new(database_url: DatabaseUrl, auth_url: impl Into<String>) -> Self {
+        let mut settings = Self::parse_from(["posts-svc"]);
+        settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
+        settings.database_url = database_url;
+        settings.auth_url = auth_url.into();
+        settings
+    }
+}

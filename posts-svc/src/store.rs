@@ -1,0 +1,179 @@
+//! posts-svc's storage. Handlers see only these methods, so another backend can slot in behind them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use watchword_db::{DatabaseUrl, DbError, Sqlite, rusqlite};
+
+use crate::domain::{PageRequest, PageToken, Post};
+
+/// Append-only: entry `i` is schema version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE posts (
+    -- Insertion order: the keyset for pagination. AUTOINCREMENT never reuses a deleted post's value,
+    -- so a page token keeps meaning the same position.
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    author_id       TEXT NOT NULL,
+    author_username TEXT NOT NULL,
+    title           TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    create_time_us  INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX posts_by_author ON posts (author_id, seq);
+"#];
+
+/// Outcome of a delete that is not "deleted".
+#[derive(Debug)]
+pub enum DeleteError {
+    NotFound,
+    NotAuthor,
+    Db(DbError),
+}
+
+/// A page of posts and the token for the next one.
+#[derive(Debug)]
+pub struct Page {
+    pub posts: Vec<Post>,
+    pub next: Option<PageToken>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Sqlite,
+}
+
+const COLUMNS: &str = "seq, id, author_id, author_username, title, body, create_time_us";
+
+impl Store {
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, DbError> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Self {
+                db: Sqlite::open(path, MIGRATIONS).await?,
+            }),
+        }
+    }
+
+    pub async fn insert(&self, post: &Post) -> Result<(), DbError> {
+        let post = post.clone();
+        self.db
+            .write(move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(rusqlite::params![
+                    post.id,
+                    post.author_id,
+                    post.author_username,
+                    post.title,
+                    post.body,
+                    to_micros(post.create_time)
+                ])
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Post>, DbError> {
+        let id = id.to_owned();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM posts WHERE id = ?1"))?;
+                let mut rows = stmt.query([id])?;
+                rows.next()?
+                    .map(|row| read_post(row).map(|(_, post)| post))
+                    .transpose()
+            })
+            .await
+    }
+
+    /// Newest first, starting after `page.before`.
+    pub async fn list(&self, page: PageRequest) -> Result<Page, DbError> {
+        self.db
+            .read(move |conn| {
+                let before = page.before.unwrap_or(i64::MAX);
+                // One more row than asked tells whether another page exists.
+                let limit = i64::try_from(page.size + 1).unwrap_or(i64::MAX);
+                let mut rows: Vec<(i64, Post)> = match &page.author_id {
+                    Some(author) => conn
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM posts WHERE author_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                        ))?
+                        .query_map(rusqlite::params![author, before, limit], read_post)?
+                        .collect::<Result<_, _>>()?,
+                    None => conn
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM posts WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+                        ))?
+                        .query_map(rusqlite::params![before, limit], read_post)?
+                        .collect::<Result<_, _>>()?,
+                };
+                let next = if rows.len() > page.size {
+                    rows.truncate(page.size);
+                    rows.last().map(|(seq, _)| PageToken {
+                        before: *seq,
+                        author_id: page.author_id.clone(),
+                    })
+                } else {
+                    None
+                };
+                Ok(Page {
+                    posts: rows.into_iter().map(|(_, post)| post).collect(),
+                    next,
+                })
+            })
+            .await
+    }
+
+    /// Deletes post `id` if `caller` wrote it; check and delete are one transaction.
+    pub async fn delete(&self, id: &str, caller: &str) -> Result<(), DeleteError> {
+        let (id, caller) = (id.to_owned(), caller.to_owned());
+        let result = self
+            .db
+            .write(move |tx| {
+                let author: Option<String> = tx
+                    .prepare_cached("SELECT author_id FROM posts WHERE id = ?1")?
+                    .query_row([&id], |row| row.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+                match author {
+                    None => Ok(Err(DeleteError::NotFound)),
+                    Some(author) if author != caller => Ok(Err(DeleteError::NotAuthor)),
+                    Some(_) => {
+                        tx.execute("DELETE FROM posts WHERE id = ?1", [&id])?;
+                        Ok(Ok(()))
+                    }
+                }
+            })
+            .await;
+        result.map_err(DeleteError::Db)?
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.db.ping().await
+    }
+}
+
+fn read_post(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Post)> {
+    Ok((
+        row.get(0)?,
+        Post {
+            id: row.get(1)?,
+            author_id: row.get(2)?,
+            author_username: row.get(3)?,
+            title: row.get(4)?,
+            body: row.get(5)?,
+            create_time: UNIX_EPOCH + Duration::from_micros(row.get::<_, i64>(6)?.max(0) as u64),
+        },
+    ))
+}
+
+fn to_micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,280 @@
+//! Server plumbing shared by both services: explicit transport limits, one log line per call, and a
+//! graceful shutdown whose drain is bounded.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpListener;
+use tonic::transport::server::{Router, TcpIncoming};
+use tower::{Layer, Service, layer::util::Stack};
+
+/// Largest request message a service decodes. Our messages are small (a post body is at most 10 000
+/// characters, i.e. at most 40 KB of UTF-8); tonic's default of 4 MiB would let one call buffer 4 MiB.
+pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
+/// HTTP/2 header list limit: a bearer token is capped at 8 KiB, and gRPC metadata is otherwise small.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Concurrent HTTP/2 streams per connection. hyper's default is unlimited when unset.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may make us reset (bad requests) before the connection is closed: blunts
+/// rapid-reset style abuse. hyper leaves it unlimited through tonic unless set.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// Upper bound on any one call; a client deadline shorter than this wins.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ping idle connections so dead peers are noticed and their resources freed.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// A router built from [`builder`].
+pub type ServiceRouter = Router<Stack<CallLogLayer, tower::layer::util::Identity>>;
+
+/// A tonic server builder with every limit above set explicitly and per-call logging installed.
+pub fn builder() -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::util::Identity>> {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .timeout(REQUEST_TIMEOUT)
+        .layer(CallLogLayer)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets in-flight calls
+/// finish, and gives up on stragglers after `grace` (a stalled client must not hold the process open).
+pub async fn serve(
+    router: ServiceRouter,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving");
+    }
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(?grace, "shutting down: draining in-flight calls");
+        let _ = draining_tx.send(());
+    };
+    let server = router.serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let drain_deadline = async move {
+        match draining_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            // The server ended by itself: no deadline to enforce.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = &mut server => result,
+        () = drain_deadline => {
+            tracing::warn!("grace period over; abandoning calls still in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Logs one line per call when its response finishes: method, gRPC status code and latency.
+///
+/// It sits outermost, so calls refused by the guard, timed out or shed are logged too. Only the path and
+/// the status are read: metadata (where tokens and credentials travel) is never logged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLogLayer;
+
+impl<S> Layer<S> for CallLogLayer {
+    type Service = CallLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLog { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallLog<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallLog<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<LoggedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let mut record = CallRecord {
+            method: request.uri().path().to_owned(),
+            start: Instant::now(),
+            code: None,
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // A trailers-only response (every error) carries grpc-status in the headers.
+            record.code = grpc_status(response.headers());
+            Ok(response.map(|body| LoggedBody {
+                inner: body,
+                record: Some(record),
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the gRPC status from trailers and logs the call when it ends.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<CallRecord>,
+    }
+}
+
+impl<B: Body> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut()) {
+                    record.code = grpc_status(trailers).or(record.code.take());
+                }
+            }
+            // End of stream: log now rather than whenever the body happens to be dropped.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => drop(this.record.take()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What is known of a call so far; logs itself when dropped, so cancelled calls are logged too.
+#[derive(Debug)]
+pub struct CallRecord {
+    method: String,
+    start: Instant,
+    code: Option<tonic::Code>,
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        let latency_us = self.start.elapsed().as_micros() as u64;
+        match self.code {
+            Some(code) => tracing::info!(method = %self.method, code = ?code, latency_us, "call"),
+            None => tracing::info!(method = %self.method, code = "Cancelled", latency_us, "call"),
+        }
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?;
+    Some(tonic::Code::from_bytes(value.as_bytes()))
+}
+
+/// Server reflection (v1 and v1alpha: grpcurl 1.8 only speaks v1alpha, newer tools prefer v1) for the
+/// given encoded descriptor sets plus the health service's.
+pub fn reflection(
+    descriptor_sets: &[&'static [u8]],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let configure = || {
+        descriptor_sets.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    Ok((configure().build_v1()?, configure().build_v1alpha()?))
+}
+
+/// How often storage is probed for the health service.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps `grpc.health.v1` truthful: reports `service` (and the server as a whole, `""`) SERVING only
+/// while `probe` succeeds. Runs until dropped/aborted.
+pub async fn report_health<F, Fut>(
+    reporter: tonic_health::server::HealthReporter,
+    service: &'static str,
+    probe: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut last = None;
+    loop {
+        let status = if probe().await {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            if last.is_some() {
+                tracing::warn!(service, ?status, "health changed");
+            }
+            reporter.set_service_status(service, status).await;
+            reporter.set_service_status("", status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
+}
