@@ -38,7 +38,7 @@ impl AuthService for AuthApi {
             id: uuid::Uuid::now_v7().to_string(),
             username: username.as_str().to_owned(),
             roles: vec![ROLE_USER.to_owned()],
-            create_time: SystemTime::now(),
+            create_time: watchword_db::now(),
         };
         self.store
             .insert_user(&user, &username, hash)

@@ -1,9 +1,9 @@
 //! auth-svc's storage: users and signing keys. Handlers see only these methods, so another backend can
 //! slot in behind them without touching handler code.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use watchword_db::{DatabaseUrl, DbError, Sqlite, rusqlite};
+use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
 
 use crate::domain::{Credentials, User, Username};
 
@@ -145,12 +145,4 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-pub(crate) fn to_micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
-pub(crate) fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
-}

@@ -11,7 +11,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -171,6 +171,21 @@ impl Sqlite {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
     }
+}
+
+/// Microseconds since the Unix epoch: the precision times are stored with.
+pub fn to_micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The inverse of [`to_micros`]; times before the epoch clamp to it.
+pub fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// The current time at storage precision, so what a create call returns equals what a later read returns.
+pub fn now() -> SystemTime {
+    from_micros(to_micros(SystemTime::now()))
 }
 
 fn connect(path: &Path, read_only: bool) -> Result<Connection, DbError> {

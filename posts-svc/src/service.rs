@@ -1,8 +1,6 @@
 //! The gRPC handlers: protobuf in, domain values through, protobuf out. The caller always comes from the
 //! guard's [`Identity`](watchword::guard::Identity), never from the request.
 
-use std::time::SystemTime;
-
 use tonic::{Request, Response, Status};
 use watchword::{
     guard::identity,
@@ -34,7 +32,7 @@ impl PostsService for PostsApi {
             author_username: caller.username,
             title: content.title,
             body: content.body,
-            create_time: SystemTime::now(),
+            create_time: watchword_db::now(),
         };
         self.store.insert(&post).await.map_err(PostsError::from)?;
         Ok(Response::new(pb::CreatePostResponse {

@@ -1,8 +1,6 @@
 //! posts-svc's storage. Handlers see only these methods, so another backend can slot in behind them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use watchword_db::{DatabaseUrl, DbError, Sqlite, rusqlite};
+use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
 
 use crate::domain::{PageRequest, PageToken, Post};
 
@@ -167,13 +165,8 @@ fn read_post(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Post)> {
             author_username: row.get(3)?,
             title: row.get(4)?,
             body: row.get(5)?,
-            create_time: UNIX_EPOCH + Duration::from_micros(row.get::<_, i64>(6)?.max(0) as u64),
+            create_time: from_micros(row.get(6)?),
         },
     ))
 }
 
-fn to_micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
