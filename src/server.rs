@@ -250,31 +250,48 @@ pub fn reflection(
 /// How often storage is probed for the health service.
 pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Keeps `grpc.health.v1` truthful: reports `service` (and the server as a whole, `""`) SERVING only
-/// while `probe` succeeds. Runs until dropped/aborted.
-pub async fn report_health<F, Fut>(
-    reporter: tonic_health::server::HealthReporter,
+/// The standard `grpc.health.v1` service for `service`, kept truthful by a task that reports it (and the
+/// server as a whole, `""`) SERVING only while `probe` succeeds.
+///
+/// The first probe completes before this returns, so a health check can never see the service unknown or
+/// stale once the server accepts calls. Abort the returned task when the server stops.
+pub async fn health_service<F, Fut>(
     service: &'static str,
     probe: F,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
 {
-    let mut last = None;
-    loop {
-        let status = if probe().await {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            if last.is_some() {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    let mut last = report(&reporter, service, probe().await).await;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+            let status = report(&reporter, service, probe().await).await;
+            if status != last {
                 tracing::warn!(service, ?status, "health changed");
+                last = status;
             }
-            reporter.set_service_status(service, status).await;
-            reporter.set_service_status("", status).await;
-            last = Some(status);
         }
-        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
-    }
+    });
+    (server, task)
+}
+
+async fn report(
+    reporter: &tonic_health::server::HealthReporter,
+    service: &'static str,
+    ok: bool,
+) -> tonic_health::ServingStatus {
+    let status = if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
+    reporter.set_service_status("", status).await;
+    status
 }

@@ -73,15 +73,14 @@ pub async fn serve(
         min_password_bytes: usize::from(settings.min_password_length),
     };
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(server::report_health(
-        reporter,
+    let (health, health_task) = server::health_service(
         <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
         move || {
             let store = store.clone();
             async move { store.ping().await.is_ok() }
         },
-    ));
+    )
+    .await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let auth = AuthServiceServer::new(api).max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
     let router = server::builder()

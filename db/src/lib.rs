@@ -175,7 +175,8 @@ impl Sqlite {
 
 /// Microseconds since the Unix epoch: the precision times are stored with.
 pub fn to_micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The inverse of [`to_micros`]; times before the epoch clamp to it.

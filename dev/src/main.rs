@@ -7,7 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use watchword_db::DatabaseUrl;
 
 /// Start auth-svc and posts-svc on embedded SQLite.
@@ -46,7 +48,8 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let (auth_listener, posts_listener) = (bind(args.auth_listen).await?, bind(args.posts_listen).await?);
 
-    let mut auth_settings = auth_svc::Settings::for_database(DatabaseUrl::Sqlite(args.data_dir.join("auth.db")));
+    let mut auth_settings =
+        auth_svc::Settings::for_database(DatabaseUrl::Sqlite(args.data_dir.join("auth.db")));
     auth_settings.listen = args.auth_listen;
     let auth_url = format!("http://{}", args.auth_listen);
     let mut posts_settings =
@@ -57,7 +60,11 @@ async fn run(args: Args) -> Result<(), String> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let mut auth = tokio::spawn(auth_svc::serve(auth_listener, auth_settings, stopped(stop_rx.clone())));
+    let mut auth = tokio::spawn(auth_svc::serve(
+        auth_listener,
+        auth_settings,
+        stopped(stop_rx.clone()),
+    ));
     let mut posts = tokio::spawn(posts_svc::serve(posts_listener, posts_settings, stopped(stop_rx)));
 
     tokio::select! {

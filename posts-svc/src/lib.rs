@@ -47,16 +47,15 @@ pub async fn serve(
     let validator = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)
         .map_err(ServeError::AuthUrl)?;
 
-    let (reporter, health) = tonic_health::server::health_reporter();
     let probe_store = store.clone();
-    let health_task = tokio::spawn(server::report_health(
-        reporter,
+    let (health, health_task) = server::health_service(
         <PostsServiceServer<PostsApi> as tonic::server::NamedService>::NAME,
         move || {
             let store = probe_store.clone();
             async move { store.ping().await.is_ok() }
         },
-    ));
+    )
+    .await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);

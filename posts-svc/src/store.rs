@@ -169,4 +169,3 @@ fn read_post(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Post)> {
         },
     ))
 }
-

@@ -48,7 +48,11 @@ async fn register_names_the_offending_field_for_bad_input() {
             })
             .await;
         let status = assert_code(result, Code::InvalidArgument);
-        assert!(status.message().starts_with(field), "{username:?}: {}", status.message());
+        assert!(
+            status.message().starts_with(field),
+            "{username:?}: {}",
+            status.message()
+        );
     }
 }
 
@@ -76,7 +80,10 @@ async fn login_issues_a_short_lived_bearer_token() {
 async fn unknown_user_and_wrong_password_fail_identically() {
     let app = spawn_app().await;
     app.register("alice").await.unwrap();
-    let wrong_password = assert_code(app.login("alice", "not the password").await, Code::Unauthenticated);
+    let wrong_password = assert_code(
+        app.login("alice", "not the password").await,
+        Code::Unauthenticated,
+    );
     let unknown_user = assert_code(app.login("mallory", PASSWORD).await, Code::Unauthenticated);
     let impossible_user = assert_code(app.login("x", PASSWORD).await, Code::Unauthenticated);
     assert_eq!(wrong_password.message(), unknown_user.message());
@@ -159,7 +166,10 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
     })
     .await;
     let pem = std::fs::read_to_string(app.dir.path().join("signing-key.pem")).unwrap();
-    let kid = auth_svc::tokens::SigningKey::from_pkcs8_pem(&pem).unwrap().kid().to_owned();
+    let kid = auth_svc::tokens::SigningKey::from_pkcs8_pem(&pem)
+        .unwrap()
+        .kid()
+        .to_owned();
     let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let good = json!({
@@ -173,7 +183,9 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     };
     // The baseline is accepted, so each refusal below is down to the one thing changed.
-    app.validate(&sign(&good, Some("at+jwt"), Some(&kid))).await.unwrap();
+    app.validate(&sign(&good, Some("at+jwt"), Some(&kid)))
+        .await
+        .unwrap();
 
     let with = |field: &str, value: Value| {
         let mut claims = good.clone();
@@ -207,17 +219,35 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
         let result = app.validate(&sign(claims, Some("at+jwt"), Some(&kid))).await;
         assert_code(result, Code::Unauthenticated);
     }
-    assert_code(app.validate(&sign(&good, None, Some(&kid))).await, Code::Unauthenticated);
-    assert_code(app.validate(&sign(&good, Some("JWT"), Some(&kid))).await, Code::Unauthenticated);
-    assert_code(app.validate(&sign(&good, Some("at+jwt"), None)).await, Code::Unauthenticated);
-    assert_code(app.validate(&sign(&good, Some("at+jwt"), Some("nope"))).await, Code::Unauthenticated);
+    assert_code(
+        app.validate(&sign(&good, None, Some(&kid))).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        app.validate(&sign(&good, Some("JWT"), Some(&kid))).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        app.validate(&sign(&good, Some("at+jwt"), None)).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        app.validate(&sign(&good, Some("at+jwt"), Some("nope"))).await,
+        Code::Unauthenticated,
+    );
 
     // alg=none, whatever the casing.
     for alg in ["none", "None", "NONE"] {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "at+jwt", "kid": kid}).to_string());
         let payload = URL_SAFE_NO_PAD.encode(good.to_string());
-        assert_code(app.validate(&format!("{header}.{payload}.")).await, Code::Unauthenticated);
-        assert_code(app.validate(&format!("{header}.{payload}.AAAA")).await, Code::Unauthenticated);
+        assert_code(
+            app.validate(&format!("{header}.{payload}.")).await,
+            Code::Unauthenticated,
+        );
+        assert_code(
+            app.validate(&format!("{header}.{payload}.AAAA")).await,
+            Code::Unauthenticated,
+        );
     }
 }
 
@@ -236,6 +266,7 @@ fn uuid_like(s: &str) -> bool {
 
 fn decode_unverified(token: &str) -> (Value, Value) {
     let mut parts = token.split('.');
-    let mut next = || serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let mut next =
+        || serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
     (next(), next())
 }

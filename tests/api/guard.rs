@@ -2,7 +2,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tonic::{Code, Request, metadata::MetadataValue};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use watchword::pb::posts::v1::{self as pb, posts_service_client::PostsServiceClient};
 
 use crate::helpers::*;
@@ -13,9 +15,15 @@ async fn every_posts_rpc_without_a_token_is_unauthenticated() {
     let mut posts = app.posts.clone();
     let id = "0195f3a4-0000-7000-8000-000000000001".to_owned();
     let results = [
-        posts.create_post(pb::CreatePostRequest::default()).await.map(drop),
+        posts
+            .create_post(pb::CreatePostRequest::default())
+            .await
+            .map(drop),
         posts.list_posts(pb::ListPostsRequest::default()).await.map(drop),
-        posts.get_post(pb::GetPostRequest { id: id.clone() }).await.map(drop),
+        posts
+            .get_post(pb::GetPostRequest { id: id.clone() })
+            .await
+            .map(drop),
         posts.delete_post(pb::DeletePostRequest { id }).await.map(drop),
     ];
     for result in results {
@@ -55,7 +63,10 @@ async fn unusable_authorization_metadata_is_refused_without_asking_auth_svc() {
     assert_code(app.posts.clone().list_posts(request).await, Code::Unauthenticated);
     let oversized = "a".repeat(9 * 1024);
     assert_code(
-        app.posts.clone().list_posts(bearer(pb::ListPostsRequest::default(), &oversized)).await,
+        app.posts
+            .clone()
+            .list_posts(bearer(pb::ListPostsRequest::default(), &oversized))
+            .await,
         Code::Unauthenticated,
     );
 }
@@ -65,8 +76,14 @@ async fn a_token_rejected_by_auth_svc_is_unauthenticated() {
     let app = spawn_app().await;
     let token = app.login_as("alice").await;
     let tampered = format!("{}x", &token[..token.len() - 1]);
-    assert_code(app.list_posts(&tampered, Default::default()).await, Code::Unauthenticated);
-    assert_code(app.list_posts("a.b.c", Default::default()).await, Code::Unauthenticated);
+    assert_code(
+        app.list_posts(&tampered, Default::default()).await,
+        Code::Unauthenticated,
+    );
+    assert_code(
+        app.list_posts("a.b.c", Default::default()).await,
+        Code::Unauthenticated,
+    );
     app.list_posts(&token, Default::default()).await.unwrap();
 }
 
@@ -87,7 +104,10 @@ async fn auth_svc_down_fails_closed_and_recovers_after_restart() {
 
     let addr = app.stop_auth().await;
     for _ in 0..3 {
-        assert_code(app.list_posts(&token, Default::default()).await, Code::Unavailable);
+        assert_code(
+            app.list_posts(&token, Default::default()).await,
+            Code::Unavailable,
+        );
         assert_code(app.create_post(&token, "during", "body").await, Code::Unavailable);
     }
 
@@ -131,8 +151,15 @@ async fn an_auth_svc_that_never_answers_is_unavailable_within_the_timeout() {
     .await;
     let token = app.login_as("alice").await;
     let started = Instant::now();
-    assert_code(app.list_posts(&token, Default::default()).await, Code::Unavailable);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_code(
+        app.list_posts(&token, Default::default()).await,
+        Code::Unavailable,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     holder.abort();
 }
 
@@ -166,10 +193,19 @@ async fn health_and_reflection_need_no_token() {
     assert_code(unknown, Code::NotFound);
 
     let services = reflection_services(app.posts_server.addr).await;
-    assert!(services.contains(&"posts.v1.PostsService".to_owned()), "{services:?}");
-    assert!(services.contains(&"grpc.health.v1.Health".to_owned()), "{services:?}");
+    assert!(
+        services.contains(&"posts.v1.PostsService".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
     let services = reflection_services(auth_addr).await;
-    assert!(services.contains(&"auth.v1.AuthService".to_owned()), "{services:?}");
+    assert!(
+        services.contains(&"auth.v1.AuthService".to_owned()),
+        "{services:?}"
+    );
 }
 
 async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
@@ -189,7 +225,9 @@ async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
         .into_inner();
     let response = stream.message().await.unwrap().unwrap();
     match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
         other => panic!("unexpected reflection response {other:?}"),
     }
 }
@@ -210,6 +248,12 @@ async fn a_guarded_handler_sees_the_caller_from_the_token_only() {
     request
         .metadata_mut()
         .insert("x-user-id", MetadataValue::from_static("someone-else"));
-    let post = client.create_post(request).await.unwrap().into_inner().post.unwrap();
+    let post = client
+        .create_post(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .post
+        .unwrap();
     assert_eq!(post.author_username, "alice");
 }

@@ -73,7 +73,9 @@ pub async fn start_posts(listener: TcpListener, settings: posts_svc::Settings) -
 }
 
 pub fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy()
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
 }
 
 /// Both services on fresh storage, with clients for each.
@@ -86,10 +88,13 @@ pub struct TestApp {
     pub auth_settings: auth_svc::Settings,
 }
 
+type AuthKnob = Box<dyn FnOnce(&mut auth_svc::Settings, &TempDir)>;
+type PostsKnob = Box<dyn FnOnce(&mut posts_svc::Settings)>;
+
 /// Knobs a test may turn before the services start.
 pub struct Options {
-    pub auth: Box<dyn FnOnce(&mut auth_svc::Settings, &TempDir)>,
-    pub posts: Box<dyn FnOnce(&mut posts_svc::Settings)>,
+    pub auth: AuthKnob,
+    pub posts: PostsKnob,
 }
 
 impl Default for Options {
@@ -205,7 +210,12 @@ impl TestApp {
         token: &str,
         request: posts_pb::ListPostsRequest,
     ) -> Result<posts_pb::ListPostsResponse, Status> {
-        Ok(self.posts.clone().list_posts(bearer(request, token)).await?.into_inner())
+        Ok(self
+            .posts
+            .clone()
+            .list_posts(bearer(request, token))
+            .await?
+            .into_inner())
     }
 
     pub async fn get_post(&self, token: &str, id: &str) -> Result<posts_pb::Post, Status> {

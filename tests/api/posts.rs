@@ -44,7 +44,9 @@ async fn create_post_names_the_offending_field() {
         assert!(status.message().starts_with(field), "{}", status.message());
     }
     // The limits are in characters, not bytes.
-    app.create_post(&token, &"é".repeat(200), &"ü".repeat(10_000)).await.unwrap();
+    app.create_post(&token, &"é".repeat(200), &"ü".repeat(10_000))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -53,7 +55,12 @@ async fn list_posts_pages_newest_first_and_tokens_survive_inserts() {
     let token = app.login_as("alice").await;
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(app.create_post(&token, &format!("post {i}"), "body").await.unwrap().id);
+        created.push(
+            app.create_post(&token, &format!("post {i}"), "body")
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let first = app.list_posts(&token, page(3, "")).await.unwrap();
     let titles: Vec<_> = first.posts.iter().map(|p| p.title.as_str()).collect();
@@ -92,7 +99,10 @@ async fn list_posts_page_size_follows_aip_158() {
     let capped = app.list_posts(&token, page(1000, "")).await.unwrap();
     assert_eq!(capped.posts.len(), 100);
     assert!(!capped.next_page_token.is_empty());
-    let rest = app.list_posts(&token, page(1000, &capped.next_page_token)).await.unwrap();
+    let rest = app
+        .list_posts(&token, page(1000, &capped.next_page_token))
+        .await
+        .unwrap();
     assert_eq!(rest.posts.len(), 5);
     assert!(rest.next_page_token.is_empty(), "an empty token marks the end");
     assert_code(app.list_posts(&token, page(-1, "")).await, Code::InvalidArgument);
@@ -115,7 +125,10 @@ async fn list_posts_filters_by_author_and_binds_tokens_to_the_filter() {
     };
     let first = app.list_posts(&alice, by_bob(2, "")).await.unwrap();
     assert!(first.posts.iter().all(|p| p.author_id == bob_id));
-    let second = app.list_posts(&alice, by_bob(2, &first.next_page_token)).await.unwrap();
+    let second = app
+        .list_posts(&alice, by_bob(2, &first.next_page_token))
+        .await
+        .unwrap();
     assert_eq!(second.posts.len(), 1);
     assert!(second.next_page_token.is_empty());
 
@@ -125,12 +138,18 @@ async fn list_posts_filters_by_author_and_binds_tokens_to_the_filter() {
         Code::InvalidArgument,
     );
     assert!(status.message().starts_with("page_token"));
-    assert_code(app.list_posts(&alice, page(2, "not-a-token")).await, Code::InvalidArgument);
+    assert_code(
+        app.list_posts(&alice, page(2, "not-a-token")).await,
+        Code::InvalidArgument,
+    );
     let malformed_author = ListPostsRequest {
         author_id: Some("bob".into()),
         ..page(2, "")
     };
-    assert_code(app.list_posts(&alice, malformed_author).await, Code::InvalidArgument);
+    assert_code(
+        app.list_posts(&alice, malformed_author).await,
+        Code::InvalidArgument,
+    );
     let nobody = ListPostsRequest {
         author_id: Some("0195f3a4-0000-7000-8000-000000000009".into()),
         ..page(2, "")
@@ -158,7 +177,9 @@ async fn only_the_author_may_delete_a_post() {
     let post = app.create_post(&alice, "mine", "body").await.unwrap();
 
     assert_code(app.delete_post(&bob, &post.id).await, Code::PermissionDenied);
-    app.get_post(&alice, &post.id).await.expect("still there after bob's attempt");
+    app.get_post(&alice, &post.id)
+        .await
+        .expect("still there after bob's attempt");
 
     app.delete_post(&alice, &post.id).await.unwrap();
     assert_code(app.get_post(&alice, &post.id).await, Code::NotFound);

@@ -1,0 +1,109 @@
+//! The real `auth-svc` binary: start-up on port 0, and SIGTERM handling with a stalled client.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// A running auth-svc; killed if the test fails before it exits by itself.
+struct Process(Option<Child>);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the binary and returns it with the address it reports in its "serving" log line.
+fn start(data_dir: &std::path::Path, grace: &str) -> (Process, SocketAddr, mpsc::Receiver<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+        .args(["--listen", "127.0.0.1:0", "--shutdown-grace", grace])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", data_dir.join("auth.db").display()))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn auth-svc");
+    let mut process = Process(Some(child));
+    let stderr = BufReader::new(process.0.as_mut().unwrap().stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("auth-svc logs that it is serving");
+        if let Some(addr) = line.split("addr=").nth(1) {
+            let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+            return (process, addr, rx);
+        }
+    }
+}
+
+fn terminate(process: &Process) {
+    let pid = process.0.as_ref().unwrap().id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the process to exit, at most `limit`.
+fn wait_for_exit(mut process: Process, limit: Duration) -> (ExitStatus, Duration) {
+    let started = Instant::now();
+    let mut child = process.0.take().unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => (status.unwrap(), started.elapsed()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("auth-svc still running {limit:?} after SIGTERM")
+        }
+    }
+}
+
+#[test]
+fn sigterm_exits_zero_within_the_grace_period_even_with_a_stalled_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (process, addr, logs) = start(dir.path(), "1s");
+
+    // A client that opens a connection, sends half an HTTP/2 preface and then nothing at all.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+
+    terminate(&process);
+    let (status, took) = wait_for_exit(process, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let logs: Vec<String> = logs.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("shutting down")),
+        "no shutdown log in {logs:?}"
+    );
+}
+
+#[test]
+fn an_unusable_database_url_is_a_clear_start_up_failure() {
+    let output = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+        .args(["--database-url", "mysql://nope"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("database-url"), "{stderr}");
+}
