@@ -38,6 +38,7 @@ use tower::{Layer, Service};
 use crate::{
     credentials::{CredentialsError, bearer_token},
     pb::auth::v1::{ValidateRequest, auth_service_client::AuthServiceClient},
+    reason::{self, Reason},
 };
 
 /// The validated caller, inserted into request extensions by the guard.
@@ -51,6 +52,8 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The token's `jti`.
     pub token_id: String,
+    /// The session the token belongs to (`sid`).
+    pub session_id: String,
     /// When the token stops being valid.
     pub expire_time: SystemTime,
 }
@@ -79,9 +82,12 @@ pub enum GuardError {
     /// The metadata held no usable bearer token; auth-svc was not asked.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
-    /// auth-svc looked at the token and refused it.
-    #[error("invalid or expired token")]
-    Rejected,
+    /// auth-svc looked at the token and refused it, for this reason.
+    #[error("{message}")]
+    Rejected { reason: Reason, message: String },
+    /// The token is fine but the policy does not let its roles call this method.
+    #[error("this call requires one of the roles {required:?}")]
+    RoleRequired { required: &'static [&'static str] },
     /// No verdict could be had (auth-svc down, slow or erroring): fail closed.
     #[error("authentication service unavailable")]
     Unavailable,
@@ -89,13 +95,52 @@ pub enum GuardError {
 
 impl From<GuardError> for Status {
     fn from(error: GuardError) -> Self {
+        let message = error.to_string();
         match error {
-            GuardError::Credentials(CredentialsError::Missing) => {
-                Status::unauthenticated("missing authorization: Bearer <token> metadata")
+            GuardError::Credentials(CredentialsError::Missing) => reason::status(
+                Code::Unauthenticated,
+                Reason::TokenMissing,
+                "missing authorization: Bearer <token> metadata",
+            ),
+            GuardError::Credentials(_) => {
+                reason::status(Code::Unauthenticated, Reason::TokenMalformed, message)
             }
-            GuardError::Credentials(e) => Status::unauthenticated(e.to_string()),
-            GuardError::Rejected => Status::unauthenticated("invalid or expired token"),
-            GuardError::Unavailable => Status::unavailable("authentication service unavailable"),
+            GuardError::Rejected { reason, message } => {
+                reason::status(Code::Unauthenticated, reason, message)
+            }
+            GuardError::RoleRequired { .. } => {
+                reason::status(Code::PermissionDenied, Reason::RoleRequired, message)
+            }
+            GuardError::Unavailable => reason::status(Code::Unavailable, Reason::AuthUnavailable, message),
+        }
+    }
+}
+
+/// Which roles may call which methods of a guarded service.
+///
+/// Declared once, as a table, next to the service it protects. A method missing from the table is
+/// refused (`PERMISSION_DENIED`): adding an RPC without deciding who may call it fails closed.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    /// Any holder of a valid token may call any method.
+    AnyAuthenticated,
+    /// `(full method path, roles of which the caller needs at least one)`.
+    Table(&'static [(&'static str, &'static [&'static str])]),
+}
+
+impl Policy {
+    fn check(&self, path: &str, identity: &Identity) -> Result<(), GuardError> {
+        let Self::Table(table) = self else {
+            return Ok(());
+        };
+        let required = table
+            .iter()
+            .find(|(method, _)| *method == path)
+            .map_or(&[][..], |(_, roles)| *roles);
+        if required.iter().any(|role| identity.has_role(role)) {
+            Ok(())
+        } else {
+            Err(GuardError::RoleRequired { required })
         }
     }
 }
@@ -148,7 +193,11 @@ impl Validator for RemoteValidator {
         let claims = match response {
             Ok(Ok(response)) => response.into_inner().claims,
             Ok(Err(status)) if status.code() == Code::Unauthenticated => {
-                return Err(GuardError::Rejected);
+                // Pass auth-svc's reason on, so the client can tell "refresh" from "log in again".
+                return Err(GuardError::Rejected {
+                    reason: reason::of(&status).unwrap_or(Reason::TokenInvalid),
+                    message: status.message().to_owned(),
+                });
             }
             Ok(Err(status)) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "auth-svc Validate failed");
@@ -164,6 +213,7 @@ impl Validator for RemoteValidator {
             GuardError::Unavailable
         })?;
         Ok(Identity {
+            session_id: claims.session_id,
             user_id: claims.subject,
             username: claims.username,
             roles: claims.roles,
@@ -179,13 +229,22 @@ impl Validator for RemoteValidator {
 /// Layer that wraps a service in [`RequireAuth`].
 pub struct AuthLayer<V> {
     validator: Arc<V>,
+    policy: Policy,
 }
 
 impl<V> AuthLayer<V> {
+    /// A guard that admits any valid token; see [`AuthLayer::with_policy`] to require roles.
     pub fn new(validator: V) -> Self {
         Self {
             validator: Arc::new(validator),
+            policy: Policy::AnyAuthenticated,
         }
+    }
+
+    /// Checks each call's method against `policy` after validating its token.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -193,6 +252,7 @@ impl<V> Clone for AuthLayer<V> {
     fn clone(&self) -> Self {
         Self {
             validator: Arc::clone(&self.validator),
+            policy: self.policy,
         }
     }
 }
@@ -204,6 +264,7 @@ impl<S, V> Layer<S> for AuthLayer<V> {
         RequireAuth {
             inner,
             validator: Arc::clone(&self.validator),
+            policy: self.policy,
         }
     }
 }
@@ -212,6 +273,7 @@ impl<S, V> Layer<S> for AuthLayer<V> {
 pub struct RequireAuth<S, V> {
     inner: S,
     validator: Arc<V>,
+    policy: Policy,
 }
 
 impl<S: Clone, V> Clone for RequireAuth<S, V> {
@@ -219,6 +281,7 @@ impl<S: Clone, V> Clone for RequireAuth<S, V> {
         Self {
             inner: self.inner.clone(),
             validator: Arc::clone(&self.validator),
+            policy: self.policy,
         }
     }
 }
@@ -252,11 +315,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let validator = Arc::clone(&self.validator);
+        let policy = self.policy;
         Box::pin(async move {
             let verdict = match bearer_token(request.headers()) {
                 Ok(token) => validator.validate(token).await,
                 Err(e) => Err(GuardError::Credentials(e)),
             };
+            let verdict = verdict.and_then(|identity| {
+                policy.check(request.uri().path(), &identity)?;
+                Ok(identity)
+            });
             match verdict {
                 Ok(identity) => {
                     request.extensions_mut().insert(identity);

@@ -3,12 +3,15 @@
 //! This crate is what every Watchword service (and any other tonic service) shares:
 //! - [`pb`]: the generated protobuf/gRPC types of `proto/`, plus descriptor sets for reflection;
 //! - [`guard`]: the async tower layer that lets no call reach a handler without a validated token;
+//! - [`reason`]: the `ErrorInfo` reasons clients can act on;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
 //! - [`telemetry`]: log set-up for the binaries.
 
 pub mod credentials;
 pub mod guard;
+pub mod pagination;
 pub mod pb;
+pub mod reason;
 pub mod server;
 pub mod telemetry;

@@ -240,7 +240,9 @@ pub fn reflection(
     let configure = || {
         descriptor_sets.iter().fold(
             tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // So reflection clients (grpcurl) can decode ErrorInfo/RetryInfo details.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
             |builder, set| builder.register_encoded_file_descriptor_set(set),
         )
     };

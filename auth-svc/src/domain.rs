@@ -13,6 +13,33 @@ pub const PASSWORD_MAX_BYTES: usize = 1024;
 
 /// The role every new account gets.
 pub const ROLE_USER: &str = "user";
+/// The role that may call the admin RPCs (and, in posts-svc, delete any post).
+pub const ROLE_ADMIN: &str = "admin";
+const KNOWN_ROLES: &[&str] = &[ROLE_ADMIN, ROLE_USER];
+
+/// A role list from a request: only known roles, sorted, without repeats.
+pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
+    let mut parsed = Vec::with_capacity(roles.len());
+    for role in roles {
+        if !KNOWN_ROLES.contains(&role.as_str()) {
+            return Err(AuthError::invalid(
+                "roles",
+                format!("unknown role {role:?}; known roles: {KNOWN_ROLES:?}"),
+            ));
+        }
+        parsed.push(role);
+    }
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
+}
+
+/// A user id from a request: a UUID, in canonical form.
+pub fn parse_user_id(raw: &str) -> Result<String, AuthError> {
+    uuid::Uuid::parse_str(raw)
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| AuthError::invalid("user_id", "must be a UUID"))
+}
 
 /// A username: NFKC-normalised for display, with a case-folded key for uniqueness and lookup, so that
 /// "Alice", "ALICE" and "Ａｌｉｃｅ" (full-width) are one account.
@@ -128,6 +155,13 @@ pub struct User {
     pub username: String,
     pub roles: Vec<String>,
     pub create_time: SystemTime,
+    pub disabled: bool,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == ROLE_ADMIN)
+    }
 }
 
 /// A stored account with its password hash, as read for login.

@@ -1,6 +1,8 @@
-//! auth-svc's errors and their one mapping to gRPC statuses.
+//! auth-svc's errors and their one mapping to gRPC statuses (with `ErrorInfo` reasons where a client can
+//! act on them).
 
-use tonic::Status;
+use tonic::{Code, Status};
+use watchword::reason::{self, Reason};
 use watchword_db::DbError;
 
 use crate::tokens::TokenError;
@@ -12,11 +14,18 @@ pub enum AuthError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("username is already taken")]
     UsernameTaken,
-    /// Unknown user or wrong password: deliberately one variant, so they cannot be told apart.
+    /// Unknown user, wrong password or disabled account at login: deliberately one variant, so they
+    /// cannot be told apart.
     #[error("invalid username or password")]
     BadCredentials,
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("account disabled")]
+    UserDisabled,
+    #[error("this call requires the admin role")]
+    AdminRequired,
+    #[error("user not found")]
+    UserNotFound,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
     #[error("internal: {0}")]
@@ -37,10 +46,21 @@ impl From<AuthError> for Status {
         match error {
             AuthError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             AuthError::UsernameTaken => Status::already_exists(error.to_string()),
-            AuthError::BadCredentials => Status::unauthenticated(error.to_string()),
+            AuthError::UserNotFound => Status::not_found(error.to_string()),
+            AuthError::BadCredentials => reason::status(
+                Code::Unauthenticated,
+                Reason::InvalidCredentials,
+                error.to_string(),
+            ),
             AuthError::Token(e) => {
-                tracing::debug!(reason = ?e, "token refused");
-                Status::unauthenticated(e.client_message())
+                tracing::debug!(cause = %e, "token refused");
+                reason::status(Code::Unauthenticated, e.reason(), e.client_message())
+            }
+            AuthError::UserDisabled => {
+                reason::status(Code::Unauthenticated, Reason::UserDisabled, error.to_string())
+            }
+            AuthError::AdminRequired => {
+                reason::status(Code::PermissionDenied, Reason::RoleRequired, error.to_string())
             }
             AuthError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");

@@ -6,6 +6,7 @@
 mod domain;
 mod error;
 mod password;
+mod refresh;
 mod service;
 pub mod settings;
 mod store;
@@ -24,6 +25,7 @@ pub use settings::Settings;
 use crate::{
     error::AuthError,
     password::PasswordHasher,
+    refresh::RefreshTokens,
     service::AuthApi,
     store::Store,
     tokens::{KeyError, SigningKey, Tokens},
@@ -41,8 +43,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("password hasher: {0}")]
-    Hasher(#[from] AuthError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -56,22 +58,9 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (store, hasher) = tokio::join!(Store::open(&settings.database_url), PasswordHasher::new());
-    let (store, hasher) = (store?, hasher?);
-    let signing_key = load_signing_key(&settings, &store).await?;
-    tracing::info!(kid = signing_key.kid(), "signing key loaded");
-    let tokens = Tokens::new(
-        signing_key,
-        settings.issuer.clone(),
-        settings.audience.clone(),
-        settings.access_token_ttl,
-    );
-    let api = AuthApi {
-        store: store.clone(),
-        hasher,
-        tokens: Arc::new(tokens),
-        min_password_bytes: usize::from(settings.min_password_length),
-    };
+    let api = build(&settings).await?;
+    let store = api.store.clone();
+    let purge_task = tokio::spawn(purge_expired(store.clone()));
 
     let (health, health_task) = server::health_service(
         <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
@@ -91,7 +80,84 @@ pub async fn serve(
 
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
+    purge_task.abort();
     Ok(result?)
+}
+
+/// Everything the handlers need, from storage up.
+async fn build(settings: &Settings) -> Result<AuthApi, ServeError> {
+    let (store, hasher) = tokio::join!(Store::open(&settings.database_url), PasswordHasher::new());
+    let (store, hasher) = (store?, hasher?);
+    let signing_key = load_signing_key(settings, &store).await?;
+    tracing::info!(kid = signing_key.kid(), "signing key loaded");
+    let tokens = Tokens::new(
+        signing_key,
+        settings.issuer.clone(),
+        settings.audience.clone(),
+        settings.access_token_ttl,
+    );
+    let mut candidate = [0u8; 32];
+    getrandom::fill(&mut candidate).map_err(|e| KeyError::Random(e.to_string()))?;
+    let pepper = store
+        .secret_or_insert("refresh_token_pepper", candidate.to_vec())
+        .await?;
+    let pepper: [u8; 32] = pepper
+        .try_into()
+        .map_err(|_| KeyError::Parse("stored refresh_token_pepper is not 32 bytes".into()))?;
+    Ok(AuthApi {
+        store,
+        hasher,
+        tokens: Arc::new(tokens),
+        refresh: RefreshTokens::new(pepper),
+        settings: settings.clone(),
+    })
+}
+
+/// Creates `username` as an admin (with roles admin and user), or gives an existing account the admin
+/// role. For `auth-svc --bootstrap-admin`; the password is used only when the account is created.
+pub async fn bootstrap_admin(
+    settings: &Settings,
+    username: &str,
+    password: String,
+) -> Result<String, ServeError> {
+    let api = build(settings).await?;
+    let roles = vec![domain::ROLE_ADMIN.to_owned(), domain::ROLE_USER.to_owned()];
+    match api.create_user(username, password, roles.clone()).await {
+        Ok(user) => Ok(format!("created admin {} ({})", user.username, user.id)),
+        Err(AuthError::UsernameTaken) => {
+            let parsed = domain::Username::parse(username)?;
+            let existing = api
+                .store
+                .find_credentials(&parsed)
+                .await?
+                .ok_or_else(|| AuthError::Internal("user vanished during bootstrap".into()))?
+                .user;
+            let mut roles = existing.roles.clone();
+            roles.extend([domain::ROLE_ADMIN.to_owned()]);
+            let roles = domain::parse_roles(roles)?;
+            api.store
+                .set_roles(&existing.id, roles, std::time::SystemTime::now())
+                .await?;
+            Ok(format!(
+                "granted admin to existing user {} ({})",
+                existing.username, existing.id
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Expired refresh tokens can never be used again; dropping them keeps the table small.
+async fn purge_expired(store: Store) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        interval.tick().await;
+        match store.purge_expired(std::time::SystemTime::now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired refresh tokens"),
+            Err(error) => tracing::warn!(%error, "purging expired refresh tokens failed"),
+        }
+    }
 }
 
 async fn load_signing_key(settings: &Settings, store: &Store) -> Result<SigningKey, ServeError> {

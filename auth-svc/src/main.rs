@@ -7,6 +7,9 @@ use tokio::net::TcpListener;
 async fn main() -> ExitCode {
     let settings = auth_svc::Settings::parse();
     watchword::telemetry::init();
+    if let Some(username) = settings.bootstrap_admin.clone() {
+        return bootstrap_admin(&settings, &username).await;
+    }
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -18,6 +21,31 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "auth-svc failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--bootstrap-admin USERNAME`: the password comes from the environment or stdin, never from a flag.
+async fn bootstrap_admin(settings: &auth_svc::Settings, username: &str) -> ExitCode {
+    let password = match std::env::var("AUTH_SVC_BOOTSTRAP_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => {
+            let mut line = String::new();
+            if let Err(error) = std::io::stdin().read_line(&mut line) {
+                tracing::error!(%error, "cannot read the admin password from stdin");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    match auth_svc::bootstrap_admin(settings, username, password).await {
+        Ok(outcome) => {
+            println!("{outcome}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "bootstrap failed");
             ExitCode::FAILURE
         }
     }

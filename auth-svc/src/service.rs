@@ -2,25 +2,30 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use tonic::{Request, Response, Status};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 use watchword::{
     credentials::{CredentialsError, basic_credentials, bearer_token},
+    pagination,
     pb::auth::v1::{self as pb, auth_service_server::AuthService},
 };
 
 use crate::{
-    domain::{NewPassword, ROLE_USER, User, Username, check_max_length},
+    domain::{NewPassword, ROLE_USER, User, Username, check_max_length, parse_roles, parse_user_id},
     error::AuthError,
     password::PasswordHasher,
-    store::{Store, StoreError},
-    tokens::{Claims, TokenError, Tokens},
+    refresh::RefreshTokens,
+    settings::Settings,
+    store::{Rotation, Store, StoreError},
+    tokens::{Claims, IssuedToken, TokenError, Tokens},
 };
 
 pub struct AuthApi {
     pub(crate) store: Store,
     pub(crate) hasher: PasswordHasher,
     pub(crate) tokens: Arc<Tokens>,
-    pub(crate) min_password_bytes: usize,
+    pub(crate) refresh: RefreshTokens,
+    pub(crate) settings: Settings,
 }
 
 #[tonic::async_trait]
@@ -31,22 +36,9 @@ impl AuthService for AuthApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let pb::RegisterRequest { username, password } = request.into_inner();
-        let username = Username::parse(&username)?;
-        let password = NewPassword::parse(password, self.min_password_bytes, &username)?;
-        let hash = self.hasher.hash(password.into_inner()).await?;
-        let user = User {
-            id: uuid::Uuid::now_v7().to_string(),
-            username: username.as_str().to_owned(),
-            roles: vec![ROLE_USER.to_owned()],
-            create_time: watchword_db::now(),
-        };
-        self.store
-            .insert_user(&user, &username, hash)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict => AuthError::UsernameTaken,
-                StoreError::Db(e) => AuthError::Storage(e),
-            })?;
+        let user = self
+            .create_user(&username, password, vec![ROLE_USER.to_owned()])
+            .await?;
         tracing::info!(user_id = %user.id, "registered user");
         Ok(Response::new(pb::RegisterResponse {
             user: Some(user_to_pb(user)),
@@ -68,20 +60,35 @@ impl AuthService for AuthApi {
         };
         let stored_hash = found.as_ref().map(|c| c.password_hash.clone());
         let matches = self.hasher.verify(password, stored_hash).await?;
+        // A disabled account fails like a wrong password, after the same work.
         let user = match found {
-            Some(credentials) if matches => credentials.user,
+            Some(credentials) if matches && !credentials.user.disabled => credentials.user,
             _ => return Err(AuthError::BadCredentials.into()),
         };
-        let issued = self
-            .tokens
-            .issue(&user, SystemTime::now())
-            .map_err(|e| AuthError::Internal(format!("signing: {e}")))?;
-        tracing::info!(user_id = %user.id, token_id = %issued.claims.token_id, "issued access token");
+
+        let now = SystemTime::now();
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let refresh_token =
+            RefreshTokens::generate().map_err(|e| AuthError::Internal(format!("randomness: {e}")))?;
+        let refresh_hash = self
+            .refresh
+            .hash(&refresh_token)
+            .map_err(|_| internal("fresh token shape"))?;
+        let refresh_expire_time = now + self.settings.refresh_token_ttl;
+        self.store
+            .create_session(&session_id, &user.id, refresh_hash, refresh_expire_time, now)
+            .await
+            .map_err(AuthError::from)?;
+        let issued = self.issue(&user, &session_id, now)?;
+        tracing::info!(user_id = %user.id, session_id, token_id = %issued.claims.token_id, "logged in");
         Ok(Response::new(pb::LoginResponse {
             access_token: issued.token,
             token_type: "Bearer".to_owned(),
-            expires_in: i32::try_from(self.tokens.ttl().as_secs()).unwrap_or(i32::MAX),
+            expires_in: self.expires_in(),
             expire_time: Some(issued.claims.expire_time.into()),
+            refresh_token,
+            session_id,
+            refresh_expire_time: Some(refresh_expire_time.into()),
         }))
     }
 
@@ -90,20 +97,273 @@ impl AuthService for AuthApi {
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let claims = if request.get_ref().token.is_empty() {
-            let token = bearer_token(request.metadata().as_ref()).map_err(|e| match e {
-                CredentialsError::Missing => TokenError::Missing,
-                _ => TokenError::Malformed,
-            });
-            self.tokens
-                .verify(token.map_err(AuthError::from)?, SystemTime::now())
+            self.authenticate(bearer(request.metadata())?).await?
         } else {
-            self.tokens.verify(&request.get_ref().token, SystemTime::now())
+            self.authenticate(&request.get_ref().token).await?
         };
-        let claims = claims.map_err(AuthError::from)?;
         Ok(Response::new(pb::ValidateResponse {
             claims: Some(claims_to_pb(claims)),
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let presented = request.into_inner().refresh_token;
+        if presented.is_empty() {
+            return Err(AuthError::Token(TokenError::Missing).into());
+        }
+        // An access token, or anything else we never issued as a refresh token, has the wrong shape.
+        let hash = self
+            .refresh
+            .hash(&presented)
+            .map_err(|_| TokenError::Claims("not a refresh token"));
+        let hash = hash.map_err(AuthError::from)?;
+        let successor = self
+            .refresh
+            .successor(&presented)
+            .map_err(|_| internal("successor shape"))?;
+        let successor_hash = self
+            .refresh
+            .hash(&successor)
+            .map_err(|_| internal("successor shape"))?;
+        let now = SystemTime::now();
+        let rotation = self
+            .store
+            .rotate_refresh(
+                hash,
+                successor_hash,
+                now,
+                self.settings.refresh_reuse_grace,
+                self.settings.refresh_token_ttl,
+            )
+            .await
+            .map_err(AuthError::from)?;
+        let (user, session_id, refresh_expire_time) = match rotation {
+            Rotation::Rotated {
+                user,
+                session_id,
+                expire_time,
+            } => (user, session_id, expire_time),
+            Rotation::Unknown => {
+                return Err(AuthError::Token(TokenError::Claims("unknown refresh token")).into());
+            }
+            Rotation::Expired => return Err(AuthError::Token(TokenError::Expired).into()),
+            Rotation::Revoked => return Err(AuthError::Token(TokenError::Revoked).into()),
+            Rotation::UserDisabled => return Err(AuthError::UserDisabled.into()),
+            Rotation::Reused => {
+                tracing::warn!("rotated refresh token presented again: session revoked");
+                return Err(AuthError::Token(TokenError::Revoked).into());
+            }
+        };
+        let issued = self.issue(&user, &session_id, now)?;
+        Ok(Response::new(pb::RefreshResponse {
+            access_token: issued.token,
+            refresh_token: successor,
+            expires_in: self.expires_in(),
+            expire_time: Some(issued.claims.expire_time.into()),
+            token_type: "Bearer".to_owned(),
+            refresh_expire_time: Some(refresh_expire_time.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let now = SystemTime::now();
+        let session_id = match bearer_token(request.metadata().as_ref()) {
+            // Only the signature and claims matter here, not whether the session is still live: logging
+            // out twice is fine.
+            Ok(token) => {
+                self.tokens
+                    .verify(token, now)
+                    .map_err(AuthError::from)?
+                    .session_id
+            }
+            Err(CredentialsError::Missing) => {
+                let presented = &request.get_ref().refresh_token;
+                if presented.is_empty() {
+                    return Err(AuthError::Token(TokenError::Missing).into());
+                }
+                let hash = self
+                    .refresh
+                    .hash(presented)
+                    .map_err(|_| AuthError::Token(TokenError::Malformed))?;
+                self.store
+                    .session_of_refresh(hash)
+                    .await
+                    .map_err(AuthError::from)?
+                    .ok_or(AuthError::Token(TokenError::Claims("unknown refresh token")))?
+            }
+            Err(_) => return Err(AuthError::Token(TokenError::Malformed).into()),
+        };
+        self.store
+            .revoke_session(&session_id, now)
+            .await
+            .map_err(AuthError::from)?;
+        tracing::info!(session_id, "logged out");
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_user_roles(
+        &self,
+        request: Request<pb::SetUserRolesRequest>,
+    ) -> Result<Response<pb::SetUserRolesResponse>, Status> {
+        let admin = self.require_admin(request.metadata()).await?;
+        let pb::SetUserRolesRequest { user_id, roles } = request.into_inner();
+        let (user_id, roles) = (parse_user_id(&user_id)?, parse_roles(roles)?);
+        let user = self
+            .store
+            .set_roles(&user_id, roles, SystemTime::now())
+            .await
+            .map_err(AuthError::from)?
+            .ok_or(AuthError::UserNotFound)?;
+        tracing::info!(admin = %admin.subject, user_id, roles = ?user.roles, "set roles");
+        Ok(Response::new(pb::SetUserRolesResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        self.require_admin(request.metadata()).await?;
+        let pb::ListUsersRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let size = pagination::page_size(page_size)
+            .ok_or_else(|| AuthError::invalid("page_size", "must not be negative"))?;
+        let after = decode_user_page_token(&page_token)?;
+        let mut users = self
+            .store
+            .list_users(after, size + 1)
+            .await
+            .map_err(AuthError::from)?;
+        let next_page_token = if users.len() > size {
+            users.truncate(size);
+            users
+                .last()
+                .map(|u| encode_user_page_token(&u.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(user_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn disable_user(
+        &self,
+        request: Request<pb::DisableUserRequest>,
+    ) -> Result<Response<pb::DisableUserResponse>, Status> {
+        let admin = self.require_admin(request.metadata()).await?;
+        let user_id = parse_user_id(&request.get_ref().user_id)?;
+        let user = self
+            .store
+            .disable_user(&user_id, SystemTime::now())
+            .await
+            .map_err(AuthError::from)?
+            .ok_or(AuthError::UserNotFound)?;
+        tracing::info!(admin = %admin.subject, user_id, "disabled user");
+        Ok(Response::new(pb::DisableUserResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+}
+
+impl AuthApi {
+    /// Checks `token` completely: signature and claims, then that its session is live and its user enabled.
+    async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.tokens.verify(token, SystemTime::now())?;
+        let state = self
+            .store
+            .session_state(&claims.session_id, &claims.subject)
+            .await?
+            .ok_or(TokenError::Revoked)?;
+        if state.user.disabled {
+            return Err(AuthError::UserDisabled);
+        }
+        if state.revoked {
+            return Err(TokenError::Revoked.into());
+        }
+        Ok(claims)
+    }
+
+    /// The caller's claims if its bearer token is valid and its account is an admin *now* (roles are read
+    /// from storage, not from the token, so a demotion takes effect at once).
+    async fn require_admin(&self, metadata: &MetadataMap) -> Result<Claims, AuthError> {
+        let claims = self.authenticate(bearer(metadata)?).await?;
+        let user = self.store.find_user(&claims.subject).await?;
+        match user {
+            Some(user) if user.is_admin() => Ok(claims),
+            _ => Err(AuthError::AdminRequired),
+        }
+    }
+
+    /// Registers a user with `roles`, enforcing the username and password rules.
+    pub(crate) async fn create_user(
+        &self,
+        username: &str,
+        password: String,
+        roles: Vec<String>,
+    ) -> Result<User, AuthError> {
+        let username = Username::parse(username)?;
+        let password = NewPassword::parse(
+            password,
+            usize::from(self.settings.min_password_length),
+            &username,
+        )?;
+        let hash = self.hasher.hash(password.into_inner()).await?;
+        let user = User {
+            id: uuid::Uuid::now_v7().to_string(),
+            username: username.as_str().to_owned(),
+            roles,
+            create_time: watchword_db::now(),
+            disabled: false,
+        };
+        self.store
+            .insert_user(&user, &username, hash)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => AuthError::UsernameTaken,
+                StoreError::Db(e) => AuthError::Storage(e),
+            })?;
+        Ok(user)
+    }
+
+    fn issue(&self, user: &User, session_id: &str, now: SystemTime) -> Result<IssuedToken, AuthError> {
+        self.tokens
+            .issue(user, session_id, now)
+            .map_err(|e| AuthError::Internal(format!("signing: {e}")))
+    }
+
+    fn expires_in(&self) -> i32 {
+        i32::try_from(self.tokens.ttl().as_secs()).unwrap_or(i32::MAX)
+    }
+}
+
+fn internal(what: &str) -> AuthError {
+    AuthError::Internal(what.to_owned())
+}
+
+/// The bearer token of `metadata`, with credential problems as token errors.
+fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    bearer_token(metadata.as_ref()).map_err(|e| {
+        AuthError::Token(match e {
+            CredentialsError::Missing => TokenError::Missing,
+            _ => TokenError::Malformed,
+        })
+    })
 }
 
 /// Username and password from the body, or from HTTP Basic metadata when both body fields are empty.
@@ -122,12 +382,30 @@ fn login_credentials(request: Request<pb::LoginRequest>) -> Result<(String, Stri
     })
 }
 
+const USER_PAGE_TOKEN_PREFIX: &str = "u1:";
+
+fn encode_user_page_token(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{USER_PAGE_TOKEN_PREFIX}{last_id}"))
+}
+
+fn decode_user_page_token(token: &str) -> Result<Option<String>, AuthError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || AuthError::invalid("page_token", "is not a token this service issued");
+    let decoded = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let id = decoded.strip_prefix(USER_PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    Ok(Some(parse_user_id(id).map_err(|_| invalid())?))
+}
+
 fn user_to_pb(user: User) -> pb::User {
     pb::User {
         id: user.id,
         username: user.username,
         roles: user.roles,
         create_time: Some(user.create_time.into()),
+        disabled: user.disabled,
     }
 }
 
@@ -141,5 +419,6 @@ fn claims_to_pb(claims: Claims) -> pb::Claims {
         expire_time: Some(claims.expire_time.into()),
         issuer: claims.issuer,
         audience: claims.audience,
+        session_id: claims.session_id,
     }
 }

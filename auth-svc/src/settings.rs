@@ -23,6 +23,15 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_ttl)]
     pub access_token_ttl: Duration,
 
+    /// Lifetime of a refresh token: a session ends if it goes unused this long, e.g. `30days`, `12h`.
+    #[arg(long, env = "AUTH_SVC_REFRESH_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Duration,
+
+    /// How long after a refresh token is rotated a repeat of the same Refresh still gets the same new
+    /// token instead of being treated as theft (which ends the session).
+    #[arg(long, env = "AUTH_SVC_REFRESH_REUSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub refresh_reuse_grace: Duration,
+
     /// Value of the `iss` claim in issued tokens; Validate accepts only this issuer.
     #[arg(long, env = "AUTH_SVC_ISSUER", default_value = "watchword-auth")]
     pub issuer: String,
@@ -40,6 +49,12 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_MIN_PASSWORD_LENGTH", default_value_t = 12,
           value_parser = clap::value_parser!(u16).range(8..=128))]
     pub min_password_length: u16,
+
+    /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
+    /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
+    /// never from a flag, so it stays out of shell history and process listings.
+    #[arg(long, value_name = "USERNAME")]
+    pub bootstrap_admin: Option<String>,
 
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
     #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]

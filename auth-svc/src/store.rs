@@ -1,14 +1,15 @@
-//! auth-svc's storage: users and signing keys. Handlers see only these methods, so another backend can
-//! slot in behind them without touching handler code.
+//! auth-svc's storage: users, sessions, refresh tokens, signing keys and secrets. Handlers see only these
+//! methods, so another backend can slot in behind them without touching handler code.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
 
 use crate::domain::{Credentials, User, Username};
 
 /// Append-only: entry `i` is schema version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id              TEXT PRIMARY KEY,
     username        TEXT NOT NULL,
@@ -25,7 +26,36 @@ CREATE TABLE signing_keys (
     private_key_pem TEXT NOT NULL,
     create_time_us  INTEGER NOT NULL
 ) STRICT;
-"#];
+"#,
+    r#"
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+
+-- One row per login. Revoking it ends every access and refresh token of the login.
+CREATE TABLE sessions (
+    id              TEXT PRIMARY KEY,
+    user_id         TEXT NOT NULL REFERENCES users (id),
+    create_time_us  INTEGER NOT NULL,
+    revoke_time_us  INTEGER
+) STRICT;
+CREATE INDEX sessions_by_user ON sessions (user_id);
+
+-- Keyed hashes of refresh tokens, never the tokens. A rotated token keeps its row (rotate_time_us set)
+-- so that reuse can be recognised.
+CREATE TABLE refresh_tokens (
+    hash            BLOB PRIMARY KEY,
+    session_id      TEXT NOT NULL REFERENCES sessions (id),
+    expire_time_us  INTEGER NOT NULL,
+    rotate_time_us  INTEGER
+) STRICT;
+CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expire_time_us);
+
+-- Service-wide secrets generated on first start (e.g. the refresh-token pepper).
+CREATE TABLE secrets (
+    name            TEXT PRIMARY KEY,
+    value           BLOB NOT NULL
+) STRICT;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,10 +65,36 @@ pub enum StoreError {
     Db(#[from] DbError),
 }
 
+/// What Validate needs to know beyond the signature: is the session live, and the user enabled?
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    pub revoked: bool,
+    pub user: User,
+}
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug)]
+pub enum Rotation {
+    /// Rotated now, or repeated within the grace window: issue tokens for `user` in `session_id`.
+    Rotated {
+        user: User,
+        session_id: String,
+        expire_time: SystemTime,
+    },
+    Unknown,
+    Expired,
+    Revoked,
+    UserDisabled,
+    /// An already-rotated token came back after the grace window: the session has just been revoked.
+    Reused,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Sqlite,
 }
+
+const USER_COLUMNS: &str = "id, username, roles, create_time_us, disabled";
 
 impl Store {
     pub async fn open(url: &DatabaseUrl) -> Result<Self, DbError> {
@@ -85,23 +141,285 @@ impl Store {
         let key = username.key().to_owned();
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, username, roles, create_time_us, password_hash FROM users WHERE username_key = ?1",
-                )?;
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"
+                ))?;
                 let mut rows = stmt.query([key])?;
                 let Some(row) = rows.next()? else {
                     return Ok(None);
                 };
-                let roles: String = row.get(2)?;
                 Ok(Some(Credentials {
-                    user: User {
-                        id: row.get(0)?,
-                        username: row.get(1)?,
-                        roles: roles.split_whitespace().map(str::to_owned).collect(),
-                        create_time: from_micros(row.get(3)?),
-                    },
-                    password_hash: row.get(4)?,
+                    user: read_user(row)?,
+                    password_hash: row.get(5)?,
                 }))
+            })
+            .await
+    }
+
+    pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
+        let id = user_id.to_owned();
+        self.db.read(move |conn| user_by_id(conn, &id)).await
+    }
+
+    /// Users in creation order (ids are UUIDv7, so id order), after `after`.
+    pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<User>, DbError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(rusqlite::params![after.unwrap_or_default(), limit], |row| {
+                    read_user(row)
+                })?
+                .collect()
+            })
+            .await
+    }
+
+    /// Replaces a user's roles. If any role is taken away, the user's sessions end, so that no live
+    /// token still carries it. `None` if there is no such user.
+    pub async fn set_roles(
+        &self,
+        user_id: &str,
+        roles: Vec<String>,
+        now: SystemTime,
+    ) -> Result<Option<User>, DbError> {
+        let id = user_id.to_owned();
+        self.db
+            .write(move |tx| {
+                let Some(mut user) = user_by_id(tx, &id)? else {
+                    return Ok(None);
+                };
+                let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
+                tx.execute(
+                    "UPDATE users SET roles = ?1 WHERE id = ?2",
+                    rusqlite::params![roles.join(" "), id],
+                )?;
+                if removes_a_role {
+                    revoke_user_sessions(tx, &id, now)?;
+                }
+                user.roles = roles;
+                Ok(Some(user))
+            })
+            .await
+    }
+
+    /// Disables a user and ends all its sessions. `None` if there is no such user.
+    pub async fn disable_user(&self, user_id: &str, now: SystemTime) -> Result<Option<User>, DbError> {
+        let id = user_id.to_owned();
+        self.db
+            .write(move |tx| {
+                let Some(mut user) = user_by_id(tx, &id)? else {
+                    return Ok(None);
+                };
+                tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [&id])?;
+                revoke_user_sessions(tx, &id, now)?;
+                user.disabled = true;
+                Ok(Some(user))
+            })
+            .await
+    }
+
+    /// Starts a session for `user_id` with its first refresh token.
+    pub async fn create_session(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        refresh_hash: Vec<u8>,
+        refresh_expire_time: SystemTime,
+        now: SystemTime,
+    ) -> Result<(), DbError> {
+        let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO sessions (id, user_id, create_time_us) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![session_id, user_id, to_micros(now)],
+                )?;
+                tx.execute(
+                    "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![refresh_hash, session_id, to_micros(refresh_expire_time)],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The state of `session_id` and its user, or `None` if the session does not belong to `user_id`.
+    pub async fn session_state(
+        &self,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<Option<SessionState>, DbError> {
+        let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT u.id, u.username, u.roles, u.create_time_us, u.disabled, s.revoke_time_us
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.id = ?1 AND s.user_id = ?2",
+                )?;
+                let mut rows = stmt.query([session_id, user_id])?;
+                let Some(row) = rows.next()? else {
+                    return Ok(None);
+                };
+                Ok(Some(SessionState {
+                    user: read_user(row)?,
+                    revoked: row.get::<_, Option<i64>>(5)?.is_some(),
+                }))
+            })
+            .await
+    }
+
+    /// Presents refresh token `hash` for rotation to `successor_hash`, atomically.
+    ///
+    /// Within `grace` of the first rotation, presenting the same token again is accepted as a repeat
+    /// (the caller hands out the same, derived successor). Later, it is reuse: the session is revoked.
+    pub async fn rotate_refresh(
+        &self,
+        hash: Vec<u8>,
+        successor_hash: Vec<u8>,
+        now: SystemTime,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Result<Rotation, DbError> {
+        self.db
+            .write(move |tx| {
+                let found = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT r.session_id, r.expire_time_us, r.rotate_time_us, s.revoke_time_us,
+                                u.id, u.username, u.roles, u.create_time_us, u.disabled
+                         FROM refresh_tokens r
+                         JOIN sessions s ON s.id = r.session_id
+                         JOIN users u ON u.id = s.user_id
+                         WHERE r.hash = ?1",
+                    )?;
+                    let mut rows = stmt.query([&hash])?;
+                    match rows.next()? {
+                        None => None,
+                        Some(row) => Some((
+                            row.get::<_, String>(0)?,
+                            from_micros(row.get(1)?),
+                            row.get::<_, Option<i64>>(2)?.map(from_micros),
+                            row.get::<_, Option<i64>>(3)?.is_some(),
+                            User {
+                                id: row.get(4)?,
+                                username: row.get(5)?,
+                                roles: split_roles(&row.get::<_, String>(6)?),
+                                create_time: from_micros(row.get(7)?),
+                                disabled: row.get(8)?,
+                            },
+                        )),
+                    }
+                };
+                let Some((session_id, expire_time, rotated_at, revoked, user)) = found else {
+                    return Ok(Rotation::Unknown);
+                };
+                // Disabled first: disabling also revokes sessions, and "disabled" is the more useful answer.
+                if user.disabled {
+                    return Ok(Rotation::UserDisabled);
+                }
+                if revoked {
+                    return Ok(Rotation::Revoked);
+                }
+                if expire_time <= now {
+                    return Ok(Rotation::Expired);
+                }
+                let successor_expire_time = now + ttl;
+                match rotated_at {
+                    None => {
+                        tx.execute(
+                            "UPDATE refresh_tokens SET rotate_time_us = ?1 WHERE hash = ?2",
+                            rusqlite::params![to_micros(now), hash],
+                        )?;
+                        tx.execute(
+                            "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
+                            rusqlite::params![successor_hash, session_id, to_micros(successor_expire_time)],
+                        )?;
+                        Ok(Rotation::Rotated {
+                            user,
+                            session_id,
+                            expire_time: successor_expire_time,
+                        })
+                    }
+                    Some(rotated_at) if now.duration_since(rotated_at).unwrap_or_default() <= grace => {
+                        // A repeat: fine as long as the successor has not itself been used yet.
+                        let successor: Option<(Option<i64>, i64)> = tx
+                            .query_row(
+                                "SELECT rotate_time_us, expire_time_us FROM refresh_tokens WHERE hash = ?1",
+                                [&successor_hash],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )
+                            .map(Some)
+                            .or_else(no_rows_is_none)?;
+                        match successor {
+                            Some((None, expire_us)) => Ok(Rotation::Rotated {
+                                user,
+                                session_id,
+                                expire_time: from_micros(expire_us),
+                            }),
+                            _ => {
+                                revoke_session(tx, &session_id, now)?;
+                                Ok(Rotation::Reused)
+                            }
+                        }
+                    }
+                    Some(_) => {
+                        revoke_session(tx, &session_id, now)?;
+                        Ok(Rotation::Reused)
+                    }
+                }
+            })
+            .await
+    }
+
+    /// The session a refresh token belongs to, if it is one of ours.
+    pub async fn session_of_refresh(&self, hash: Vec<u8>) -> Result<Option<String>, DbError> {
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
+                    [hash],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(no_rows_is_none)
+            })
+            .await
+    }
+
+    /// Ends a session (idempotent: an ended session keeps its first revocation time).
+    pub async fn revoke_session(&self, session_id: &str, now: SystemTime) -> Result<(), DbError> {
+        let session_id = session_id.to_owned();
+        self.db
+            .write(move |tx| revoke_session(tx, &session_id, now))
+            .await
+    }
+
+    /// Drops refresh-token rows that expired before `cutoff`; they can never be presented successfully.
+    pub async fn purge_expired(&self, cutoff: SystemTime) -> Result<usize, DbError> {
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "DELETE FROM refresh_tokens WHERE expire_time_us < ?1",
+                    [to_micros(cutoff)],
+                )
+            })
+            .await
+    }
+
+    /// A named secret, created from `candidate` the first time it is asked for.
+    pub async fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> Result<Vec<u8>, DbError> {
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    rusqlite::params![name, candidate],
+                )?;
+                tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })
             })
             .await
     }
@@ -120,10 +438,7 @@ impl Store {
                         |row| row.get(0),
                     )
                     .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
+                    .or_else(no_rows_is_none)?;
                 if let Some(pem) = existing {
                     return Ok(pem);
                 }
@@ -138,6 +453,54 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), DbError> {
         self.db.ping().await
+    }
+}
+
+fn user_by_id(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<User>> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id], read_user)
+        .map(Some)
+        .or_else(no_rows_is_none)
+}
+
+fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        roles: split_roles(&row.get::<_, String>(2)?),
+        create_time: from_micros(row.get(3)?),
+        disabled: row.get(4)?,
+    })
+}
+
+fn split_roles(roles: &str) -> Vec<String> {
+    roles.split_whitespace().map(str::to_owned).collect()
+}
+
+fn revoke_session(tx: &rusqlite::Transaction<'_>, session_id: &str, now: SystemTime) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE sessions SET revoke_time_us = ?1 WHERE id = ?2 AND revoke_time_us IS NULL",
+        rusqlite::params![to_micros(now), session_id],
+    )?;
+    Ok(())
+}
+
+fn revoke_user_sessions(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    now: SystemTime,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE sessions SET revoke_time_us = ?1 WHERE user_id = ?2 AND revoke_time_us IS NULL",
+        rusqlite::params![to_micros(now), user_id],
+    )?;
+    Ok(())
+}
+
+fn no_rows_is_none<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
+    match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
     }
 }
 

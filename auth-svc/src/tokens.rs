@@ -15,7 +15,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::d
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use watchword::credentials::MAX_TOKEN_BYTES;
+use watchword::{credentials::MAX_TOKEN_BYTES, reason::Reason};
 
 use crate::{domain::User, settings::CLOCK_LEEWAY};
 
@@ -99,6 +99,7 @@ struct JwtClaims {
     nbf: u64,
     iat: u64,
     jti: String,
+    sid: String,
     username: String,
     roles: Vec<String>,
 }
@@ -114,6 +115,7 @@ pub struct Claims {
     pub expire_time: SystemTime,
     pub issuer: String,
     pub audience: String,
+    pub session_id: String,
 }
 
 /// A freshly signed token and what it says.
@@ -142,16 +144,31 @@ pub enum TokenError {
     NotYetValid,
     #[error("claims not accepted: {0}")]
     Claims(&'static str),
+    #[error("session ended")]
+    Revoked,
 }
 
 impl TokenError {
-    /// What the client is told. Which check failed is not revealed beyond "expired" (which a client can act on).
+    /// What the client is told: only what it can act on, never which check failed.
     pub fn client_message(&self) -> &'static str {
-        match self {
-            Self::Missing => "missing token: set `token` or `authorization: Bearer <token>` metadata",
-            Self::Malformed | Self::Header(_) => "malformed token",
-            Self::Expired => "token expired",
+        match self.reason() {
+            Reason::TokenMissing => "missing token: set `token` or `authorization: Bearer <token>` metadata",
+            Reason::TokenMalformed => "malformed token",
+            Reason::TokenExpired => "token expired",
+            Reason::TokenRevoked => "token revoked: log in again",
             _ => "invalid token",
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Missing => Reason::TokenMissing,
+            Self::Malformed | Self::Header(_) => Reason::TokenMalformed,
+            Self::Expired => Reason::TokenExpired,
+            Self::Revoked => Reason::TokenRevoked,
+            Self::UnknownKey | Self::BadSignature | Self::NotYetValid | Self::Claims(_) => {
+                Reason::TokenInvalid
+            }
         }
     }
 }
@@ -189,8 +206,13 @@ impl Tokens {
         self.ttl
     }
 
-    /// Signs an access token for `user`, valid from now for the configured lifetime.
-    pub fn issue(&self, user: &User, now: SystemTime) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
+    /// Signs an access token for `user` in `session_id`, valid from now for the configured lifetime.
+    pub fn issue(
+        &self,
+        user: &User,
+        session_id: &str,
+        now: SystemTime,
+    ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
         let iat = unix_seconds(now);
         let claims = JwtClaims {
             iss: self.issuer.clone(),
@@ -200,6 +222,7 @@ impl Tokens {
             nbf: iat,
             iat,
             jti: uuid::Uuid::new_v4().to_string(),
+            sid: session_id.to_owned(),
             username: user.username.clone(),
             roles: user.roles.clone(),
         };
@@ -264,8 +287,8 @@ impl Tokens {
         // Checks jsonwebtoken leaves to us.
         let now = unix_seconds(now);
         let leeway = CLOCK_LEEWAY.as_secs();
-        if claims.sub.is_empty() || claims.jti.is_empty() {
-            return Err(TokenError::Claims("empty sub or jti"));
+        if claims.sub.is_empty() || claims.jti.is_empty() || claims.sid.is_empty() {
+            return Err(TokenError::Claims("empty sub, jti or sid"));
         }
         if claims.iat > now + leeway {
             return Err(TokenError::Claims("iat in the future"));
@@ -292,6 +315,7 @@ impl From<JwtClaims> for Claims {
             expire_time: UNIX_EPOCH + Duration::from_secs(c.exp),
             issuer: c.iss,
             audience: c.aud,
+            session_id: c.sid,
         }
     }
 }
@@ -310,6 +334,7 @@ mod tests {
             username: "alice".into(),
             roles: vec!["user".into()],
             create_time: SystemTime::now(),
+            disabled: false,
         }
     }
 
@@ -326,7 +351,7 @@ mod tests {
     fn issued_tokens_verify_and_round_trip_claims() {
         let tokens = tokens();
         let now = SystemTime::now();
-        let issued = tokens.issue(&user(), now).unwrap();
+        let issued = tokens.issue(&user(), "s1", now).unwrap();
         let claims = tokens.verify(&issued.token, now).unwrap();
         assert_eq!(claims, issued.claims);
         assert_eq!(claims.subject, user().id);
@@ -337,7 +362,7 @@ mod tests {
     fn expiry_is_exact_and_other_keys_are_unknown() {
         let tokens = tokens();
         let now = SystemTime::now();
-        let issued = tokens.issue(&user(), now).unwrap();
+        let issued = tokens.issue(&user(), "s1", now).unwrap();
         let later = now + Duration::from_secs(900);
         assert_eq!(tokens.verify(&issued.token, later), Err(TokenError::Expired));
         let other = self::tokens();

@@ -107,3 +107,45 @@ fn an_unusable_database_url_is_a_clear_start_up_failure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("database-url"), "{stderr}");
 }
+
+#[test]
+fn bootstrap_admin_takes_the_password_from_the_environment_or_stdin_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("auth.db").display());
+    let run = |username: &str, env_password: Option<&str>, stdin_password: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_auth-svc"));
+        command
+            .args(["--database-url", &db, "--bootstrap-admin", username])
+            .env_remove("AUTH_SVC_BOOTSTRAP_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(password) = env_password {
+            command.env("AUTH_SVC_BOOTSTRAP_PASSWORD", password);
+        }
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{stdin_password}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let from_env = run("root", Some("correct horse battery staple"), "");
+    assert!(from_env.status.success(), "{from_env:?}");
+    assert!(String::from_utf8_lossy(&from_env.stdout).contains("created admin root"));
+
+    let from_stdin = run("ops", None, "another long passphrase");
+    assert!(from_stdin.status.success(), "{from_stdin:?}");
+    assert!(String::from_utf8_lossy(&from_stdin.stdout).contains("created admin ops"));
+
+    let again = run("root", Some("whatever it is now"), "");
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("granted admin to existing user root"));
+
+    let weak = run("weakling", Some("short"), "");
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
+}

@@ -4,13 +4,12 @@ use std::time::SystemTime;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
+use watchword::pagination;
 
 use crate::error::PostsError;
 
 pub const TITLE_MAX_CHARS: usize = 200;
 pub const BODY_MAX_CHARS: usize = 10_000;
-pub const DEFAULT_PAGE_SIZE: usize = 20;
-pub const MAX_PAGE_SIZE: usize = 100;
 
 /// A post's content, checked.
 #[derive(Debug, Clone)]
@@ -71,11 +70,8 @@ impl PageRequest {
     /// AIP-158: 0 means the default, above the maximum is coerced down, negative is an error; the token
     /// must have been issued for the same filter.
     pub fn parse(page_size: i32, page_token: &str, author_id: Option<String>) -> Result<Self, PostsError> {
-        let size = match usize::try_from(page_size) {
-            Err(_) => return Err(PostsError::invalid("page_size", "must not be negative")),
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-        };
+        let size = pagination::page_size(page_size)
+            .ok_or_else(|| PostsError::invalid("page_size", "must not be negative"))?;
         let author_id = author_id.map(|id| parse_id("author_id", &id)).transpose()?;
         let before = if page_token.is_empty() {
             None
@@ -142,6 +138,7 @@ mod tests {
 
     #[test]
     fn page_size_follows_aip_158() {
+        use watchword::pagination::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
         assert_eq!(PageRequest::parse(0, "", None).unwrap().size, DEFAULT_PAGE_SIZE);
         assert_eq!(PageRequest::parse(5, "", None).unwrap().size, 5);
         assert_eq!(PageRequest::parse(1000, "", None).unwrap().size, MAX_PAGE_SIZE);

@@ -1,6 +1,7 @@
 //! posts-svc's errors and their one mapping to gRPC statuses.
 
-use tonic::Status;
+use tonic::{Code, Status};
+use watchword::reason::{self, Reason};
 use watchword_db::DbError;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,7 +11,7 @@ pub enum PostsError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("post not found")]
     NotFound,
-    #[error("only the author may delete a post")]
+    #[error("only the author or an admin may delete a post")]
     PermissionDenied,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
@@ -30,7 +31,9 @@ impl From<PostsError> for Status {
         match error {
             PostsError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             PostsError::NotFound => Status::not_found(error.to_string()),
-            PostsError::PermissionDenied => Status::permission_denied(error.to_string()),
+            PostsError::PermissionDenied => {
+                reason::status(Code::PermissionDenied, Reason::NotOwner, error.to_string())
+            }
             PostsError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("storage unavailable, retry later")

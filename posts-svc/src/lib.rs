@@ -14,7 +14,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tower::Layer as _;
 use watchword::{
-    guard::{AuthLayer, RemoteValidator},
+    guard::{AuthLayer, Policy, RemoteValidator},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
     server,
 };
@@ -22,6 +22,16 @@ use watchword::{
 pub use settings::Settings;
 
 use crate::{service::PostsApi, store::Store};
+
+/// Roles that may call each PostsService method: the one place this is decided. The guard checks it after
+/// validating the token; a method missing from this table is refused, so a new RPC fails closed until
+/// someone decides who may call it. (Ownership rules, like who may delete which post, live in the handler.)
+pub const POLICY: Policy = Policy::Table(&[
+    ("/posts.v1.PostsService/CreatePost", &["user", "admin"]),
+    ("/posts.v1.PostsService/ListPosts", &["user", "admin"]),
+    ("/posts.v1.PostsService/GetPost", &["user", "admin"]),
+    ("/posts.v1.PostsService/DeletePost", &["user", "admin"]),
+]);
 
 /// Why posts-svc could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +73,41 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthLayer::new(validator).layer(posts));
+        .add_service(AuthLayer::new(validator).with_policy(POLICY).layer(posts));
 
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Every RPC in the proto has a policy entry, and every entry names a real RPC.
+    #[test]
+    fn the_policy_covers_exactly_the_rpcs_of_posts_service() {
+        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+        let mut rpcs: Vec<String> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "posts.v1")
+            .flat_map(|f| f.service.iter().map(move |s| (f.package(), s)))
+            .flat_map(|(package, service)| {
+                service
+                    .method
+                    .iter()
+                    .map(move |m| format!("/{package}.{}/{}", service.name(), m.name()))
+            })
+            .collect();
+        let Policy::Table(table) = POLICY else {
+            panic!("posts-svc must use a policy table")
+        };
+        let mut listed: Vec<String> = table.iter().map(|(method, _)| (*method).to_owned()).collect();
+        rpcs.sort();
+        listed.sort();
+        assert_eq!(rpcs, listed);
+    }
 }

@@ -81,15 +81,16 @@ impl PostsService for PostsApi {
     ) -> Result<Response<pb::DeletePostResponse>, Status> {
         let caller = identity(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
+        let as_admin = caller.has_role("admin");
         self.store
-            .delete(&id, &caller.user_id)
+            .delete(&id, &caller.user_id, as_admin)
             .await
             .map_err(|e| match e {
                 DeleteError::NotFound => PostsError::NotFound,
                 DeleteError::NotAuthor => PostsError::PermissionDenied,
                 DeleteError::Db(e) => PostsError::Storage(e),
             })?;
-        tracing::info!(post_id = %id, user_id = %caller.user_id, "deleted post");
+        tracing::info!(post_id = %id, user_id = %caller.user_id, as_admin, "deleted post");
         Ok(Response::new(pb::DeletePostResponse {}))
     }
 }

@@ -172,10 +172,10 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
         .to_owned();
     let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let good = json!({
-        "iss": "watchword-auth", "aud": "watchword", "sub": "0195f3a4-0000-7000-8000-000000000001",
-        "exp": now + 600, "nbf": now, "iat": now, "jti": "j1", "username": "alice", "roles": ["user"],
-    });
+    // Start from the claims of a real token (its session is live), re-signed with the same key.
+    let (_, mut good) = decode_unverified(&app.login_as("alice").await);
+    good["exp"] = json!(now + 600);
+    good["jti"] = json!("j1");
     let sign = |claims: &Value, typ: Option<&str>, kid: Option<&str>| {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = typ.map(str::to_owned);
@@ -214,6 +214,8 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
         without("aud"),
         without("sub"),
         without("jti"),
+        without("sid"),
+        with("sid", json!("0195f3a4-0000-7000-8000-00000000dead")),
     ];
     for claims in &bad_claims {
         let result = app.validate(&sign(claims, Some("at+jwt"), Some(&kid))).await;

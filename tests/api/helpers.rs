@@ -256,3 +256,43 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
         }
     }
 }
+
+impl TestApp {
+    /// Creates `username` as an admin through the bootstrap path and logs it in.
+    pub async fn admin_token(&self, username: &str) -> String {
+        auth_svc::bootstrap_admin(&self.auth_settings, username, PASSWORD.to_owned())
+            .await
+            .expect("bootstrap admin");
+        self.login(username, PASSWORD)
+            .await
+            .expect("admin login")
+            .access_token
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<auth_pb::RefreshResponse, Status> {
+        let request = auth_pb::RefreshRequest {
+            refresh_token: refresh_token.into(),
+        };
+        Ok(self.auth.clone().refresh(request).await?.into_inner())
+    }
+
+    pub async fn logout(&self, access_token: &str) -> Result<(), Status> {
+        self.auth
+            .clone()
+            .logout(bearer(auth_pb::LogoutRequest::default(), access_token))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Asserts that `result` failed with `code` and ErrorInfo `reason`.
+#[track_caller]
+pub fn assert_reason<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: watchword::reason::Reason,
+) -> Status {
+    let status = assert_code(result, code);
+    assert_eq!(watchword::reason::of(&status), Some(reason), "{status:?}");
+    status
+}

@@ -4,4 +4,5 @@
 mod auth;
 mod guard;
 mod helpers;
+mod lifecycle;
 mod posts;

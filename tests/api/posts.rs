@@ -170,7 +170,7 @@ async fn get_post_distinguishes_malformed_and_missing_ids() {
 }
 
 #[tokio::test]
-async fn only_the_author_may_delete_a_post() {
+async fn only_the_author_may_delete_a_post_and_others_learn_nothing() {
     let app = spawn_app().await;
     let alice = app.login_as("alice").await;
     let bob = app.login_as("bob").await;
@@ -183,7 +183,18 @@ async fn only_the_author_may_delete_a_post() {
 
     app.delete_post(&alice, &post.id).await.unwrap();
     assert_code(app.get_post(&alice, &post.id).await, Code::NotFound);
-    assert_code(app.delete_post(&alice, &post.id).await, Code::NotFound);
+    // A missing post answers a non-admin exactly like someone else's post: existence is not revealed.
+    let gone = assert_code(app.delete_post(&alice, &post.id).await, Code::PermissionDenied);
+    let never = assert_code(
+        app.delete_post(&bob, "0195f3a4-0000-7000-8000-000000000001")
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(gone.message(), never.message());
+    assert_eq!(
+        watchword::reason::of(&gone),
+        Some(watchword::reason::Reason::NotOwner)
+    );
     assert_code(app.delete_post(&alice, "nope").await, Code::InvalidArgument);
 
     let listed: HashSet<_> = app
