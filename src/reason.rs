@@ -4,7 +4,7 @@
 //! sees `TOKEN_EXPIRED` refreshes, one that sees `TOKEN_REVOKED` or `USER_DISABLED` logs in again (or
 //! gives up). Reasons are a stable public contract: add new ones, never rename.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -62,6 +62,12 @@ reasons! {
     NotOwner => "NOT_OWNER",
     /// No verdict could be had from auth-svc: retry later.
     AuthUnavailable => "AUTH_UNAVAILABLE",
+    /// Too many failed logins for this account: wait for the RetryInfo delay.
+    AccountLocked => "ACCOUNT_LOCKED",
+    /// Too many calls from this address: wait for the RetryInfo delay.
+    RateLimited => "RATE_LIMITED",
+    /// The server is at capacity for this kind of work: retry after the RetryInfo delay.
+    Overloaded => "OVERLOADED",
 }
 
 impl std::fmt::Display for Reason {
@@ -77,6 +83,18 @@ pub fn status(code: Code, reason: Reason, message: impl Into<String>) -> Status 
         message,
         ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, HashMap::new()),
     )
+}
+
+/// Like [`status`], plus a `google.rpc.RetryInfo` telling the client how long to wait.
+pub fn retry_status(code: Code, reason: Reason, message: impl Into<String>, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(code, message, details)
+}
+
+/// The `RetryInfo` delay carried by `status`, if any.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    status.get_details_retry_info()?.retry_delay
 }
 
 /// The reason carried by `status`, if it has one of ours.

@@ -1,6 +1,8 @@
 //! auth-svc's errors and their one mapping to gRPC statuses (with `ErrorInfo` reasons where a client can
 //! act on them).
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use watchword::reason::{self, Reason};
 use watchword_db::DbError;
@@ -26,6 +28,12 @@ pub enum AuthError {
     AdminRequired,
     #[error("user not found")]
     UserNotFound,
+    #[error("too many failed attempts for this account; retry later")]
+    AccountLocked { retry_after: Duration },
+    #[error("too many requests from this address; retry later")]
+    RateLimited { retry_after: Duration },
+    #[error("server busy; retry later")]
+    Overloaded,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
     #[error("internal: {0}")]
@@ -62,6 +70,9 @@ impl From<AuthError> for Status {
             AuthError::AdminRequired => {
                 reason::status(Code::PermissionDenied, Reason::RoleRequired, error.to_string())
             }
+            AuthError::AccountLocked { retry_after } => retry(Reason::AccountLocked, &error, retry_after),
+            AuthError::RateLimited { retry_after } => retry(Reason::RateLimited, &error, retry_after),
+            AuthError::Overloaded => retry(Reason::Overloaded, &error, OVERLOADED_RETRY),
             AuthError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("storage unavailable, retry later")
@@ -72,4 +83,13 @@ impl From<AuthError> for Status {
             }
         }
     }
+}
+
+/// What an overloaded server suggests: about the time a queued hash takes to clear.
+const OVERLOADED_RETRY: Duration = Duration::from_millis(250);
+
+fn retry(reason: Reason, error: &AuthError, after: Duration) -> Status {
+    // Whole milliseconds, at least one: a zero delay would invite a hot retry loop.
+    let after = Duration::from_millis(u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1));
+    reason::retry_status(Code::ResourceExhausted, reason, error.to_string(), after)
 }

@@ -10,6 +10,7 @@ mod refresh;
 mod service;
 pub mod settings;
 mod store;
+mod throttle;
 pub mod tokens;
 
 use std::{future::Future, sync::Arc};
@@ -28,6 +29,7 @@ use crate::{
     refresh::RefreshTokens,
     service::AuthApi,
     store::Store,
+    throttle::PeerLimiter,
     tokens::{KeyError, SigningKey, Tokens},
 };
 
@@ -109,6 +111,7 @@ async fn build(settings: &Settings) -> Result<AuthApi, ServeError> {
         hasher,
         tokens: Arc::new(tokens),
         refresh: RefreshTokens::new(pepper),
+        peers: PeerLimiter::new(settings.peer_rate, settings.peer_burst),
         settings: settings.clone(),
     })
 }
@@ -147,15 +150,16 @@ pub async fn bootstrap_admin(
     }
 }
 
-/// Expired refresh tokens can never be used again; dropping them keeps the table small.
+/// Expired refresh tokens can never be used again, nor can idle lockout records matter: dropping them keeps
+/// the tables small.
 async fn purge_expired(store: Store) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         interval.tick().await;
         match store.purge_expired(std::time::SystemTime::now()).await {
             Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged expired refresh tokens"),
-            Err(error) => tracing::warn!(%error, "purging expired refresh tokens failed"),
+            Ok(purged) => tracing::info!(purged, "purged expired refresh tokens and idle lockout records"),
+            Err(error) => tracing::warn!(%error, "purging expired records failed"),
         }
     }
 }

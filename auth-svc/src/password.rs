@@ -9,6 +9,7 @@ use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
     password_hash::{SaltString, rand_core::OsRng},
 };
+use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use crate::error::AuthError;
@@ -18,9 +19,17 @@ const MEMORY_KIB: u32 = 19 * 1024;
 const PASSES: u32 = 2;
 const LANES: u32 = 1;
 
+/// Hashing requests allowed to wait for a worker, per core. Beyond this a request is refused at once
+/// (RESOURCE_EXHAUSTED) instead of queueing without bound while its client times out.
+const QUEUE_PER_CORE: usize = 8;
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
+    /// One permit per core: argon2 work never takes more CPUs than there are, so Validate always has room.
+    workers: Arc<Semaphore>,
+    /// Admission: hashing work running or waiting.
+    admitted: Arc<Semaphore>,
     /// Verified against when the username is unknown, so that case costs the same as a wrong password.
     dummy_hash: Arc<str>,
 }
@@ -30,8 +39,11 @@ impl PasswordHasher {
         let params = Params::new(MEMORY_KIB, PASSES, LANES, None)
             .map_err(|e| AuthError::Internal(format!("argon2 params: {e}")))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut hasher = Self {
             argon2,
+            workers: Arc::new(Semaphore::new(cores)),
+            admitted: Arc::new(Semaphore::new(cores * (QUEUE_PER_CORE + 1))),
             dummy_hash: Arc::from(""),
         };
         hasher.dummy_hash = hasher
@@ -44,7 +56,7 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
         let argon2 = self.argon2.clone();
-        run_blocking(move || {
+        self.run(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon2
                 .hash_password(password.as_bytes(), &salt)
@@ -61,7 +73,7 @@ impl PasswordHasher {
         let argon2 = self.argon2.clone();
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        run_blocking(move || {
+        self.run(move || {
             let parsed =
                 PasswordHash::new(&stored).map_err(|e| AuthError::Internal(format!("stored hash: {e}")))?;
             let matches = argon2.verify_password(password.as_bytes(), &parsed).is_ok();
@@ -72,12 +84,22 @@ impl PasswordHasher {
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
-) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AuthError::Internal(format!("hashing task: {e}")))?
+impl PasswordHasher {
+    /// Runs `f` on the blocking pool once a core is free, or refuses at once if too much is waiting.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _admitted = self.admitted.try_acquire().map_err(|_| AuthError::Overloaded)?;
+        let _worker = self
+            .workers
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Internal("hashing pool closed".into()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| AuthError::Internal(format!("hashing task: {e}")))?
+    }
 }
 
 #[cfg(test)]

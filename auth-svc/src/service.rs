@@ -1,6 +1,9 @@
 //! The gRPC handlers: the boundary where protobuf types become domain values and back.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -17,6 +20,7 @@ use crate::{
     refresh::RefreshTokens,
     settings::Settings,
     store::{Rotation, Store, StoreError},
+    throttle::PeerLimiter,
     tokens::{Claims, IssuedToken, TokenError, Tokens},
 };
 
@@ -25,6 +29,7 @@ pub struct AuthApi {
     pub(crate) hasher: PasswordHasher,
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) refresh: RefreshTokens,
+    pub(crate) peers: PeerLimiter,
     pub(crate) settings: Settings,
 }
 
@@ -35,6 +40,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.check_peer(&request)?;
         let pb::RegisterRequest { username, password } = request.into_inner();
         let user = self
             .create_user(&username, password, vec![ROLE_USER.to_owned()])
@@ -47,16 +53,28 @@ impl AuthService for AuthApi {
 
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        self.check_peer(&request)?;
         let (username, password) = login_credentials(request)?;
         check_max_length(&password)?;
-        // A username that cannot exist is treated exactly like one that does not: same work, same answer.
-        let found = match Username::parse(&username) {
-            Ok(username) => self
+        let now = watchword_db::now();
+        // A username that cannot exist is treated exactly like one that does not: same throttling, same
+        // work, same answer.
+        let parsed = Username::parse(&username).ok();
+        let lockout_key = parsed
+            .as_ref()
+            .map_or_else(|| impossible_key(&username), |u| u.key().to_owned());
+        self.store
+            .begin_login_attempt(&lockout_key, self.settings.lockout_threshold, now)
+            .await
+            .map_err(AuthError::from)?
+            .map_err(|retry_after| AuthError::AccountLocked { retry_after })?;
+        let found = match &parsed {
+            Some(username) => self
                 .store
-                .find_credentials(&username)
+                .find_credentials(username)
                 .await
                 .map_err(AuthError::from)?,
-            Err(_) => None,
+            None => None,
         };
         let stored_hash = found.as_ref().map(|c| c.password_hash.clone());
         let matches = self.hasher.verify(password, stored_hash).await?;
@@ -65,8 +83,10 @@ impl AuthService for AuthApi {
             Some(credentials) if matches && !credentials.user.disabled => credentials.user,
             _ => return Err(AuthError::BadCredentials.into()),
         };
-
-        let now = SystemTime::now();
+        self.store
+            .login_succeeded(&lockout_key)
+            .await
+            .map_err(AuthError::from)?;
         let session_id = uuid::Uuid::now_v7().to_string();
         let refresh_token =
             RefreshTokens::generate().map_err(|e| AuthError::Internal(format!("randomness: {e}")))?;
@@ -153,6 +173,7 @@ impl AuthService for AuthApi {
             Rotation::Expired => return Err(AuthError::Token(TokenError::Expired).into()),
             Rotation::Revoked => return Err(AuthError::Token(TokenError::Revoked).into()),
             Rotation::UserDisabled => return Err(AuthError::UserDisabled.into()),
+            Rotation::Locked(retry_after) => return Err(AuthError::AccountLocked { retry_after }.into()),
             Rotation::Reused => {
                 tracing::warn!("rotated refresh token presented again: session revoked");
                 return Err(AuthError::Token(TokenError::Revoked).into());
@@ -341,6 +362,17 @@ impl AuthApi {
         Ok(user)
     }
 
+    /// Applies the per-peer-address rate limit (calls that did not come over TCP are not limited).
+    fn check_peer<T>(&self, request: &Request<T>) -> Result<(), AuthError> {
+        match request.remote_addr() {
+            Some(peer) => self
+                .peers
+                .check(peer.ip(), Instant::now())
+                .map_err(|retry_after| AuthError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
     fn issue(&self, user: &User, session_id: &str, now: SystemTime) -> Result<IssuedToken, AuthError> {
         self.tokens
             .issue(user, session_id, now)
@@ -350,6 +382,12 @@ impl AuthApi {
     fn expires_in(&self) -> i32 {
         i32::try_from(self.tokens.ttl().as_secs()).unwrap_or(i32::MAX)
     }
+}
+
+/// The lockout key for a username that cannot be registered. `~` never appears in a real key, so these
+/// cannot lock a real account; the length is bounded so junk cannot bloat storage.
+fn impossible_key(raw: &str) -> String {
+    format!("~{}", raw.chars().take(128).collect::<String>().to_lowercase())
 }
 
 fn internal(what: &str) -> AuthError {

@@ -50,6 +50,21 @@ pub struct Settings {
           value_parser = clap::value_parser!(u16).range(8..=128))]
     pub min_password_length: u16,
 
+    /// Failed logins in a row after which an account is locked, with a lock that doubles from 1 s (up to
+    /// 15 min) on each further failure. Unknown usernames are counted exactly like real ones.
+    #[arg(long, env = "AUTH_SVC_LOCKOUT_THRESHOLD", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub lockout_threshold: u32,
+
+    /// Login and Register calls per second allowed from one peer address (token bucket); 0 turns the
+    /// per-address limit off (e.g. behind a load balancer, where every peer is the balancer).
+    #[arg(long, env = "AUTH_SVC_PEER_RATE", default_value_t = 5.0)]
+    pub peer_rate: f64,
+
+    /// Burst of Login and Register calls allowed from one peer address before the rate applies.
+    #[arg(long, env = "AUTH_SVC_PEER_BURST", default_value_t = 30)]
+    pub peer_burst: u32,
+
     /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
     /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
     /// never from a flag, so it stays out of shell history and process listings.

@@ -55,7 +55,21 @@ CREATE TABLE secrets (
     value           BLOB NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- Failed-login bookkeeping per username key, whether or not such a user exists (so that unknown names
+-- are throttled exactly like real ones). A row is deleted by a successful login.
+CREATE TABLE login_failures (
+    username_key    TEXT PRIMARY KEY,
+    failures        INTEGER NOT NULL,
+    locked_until_us INTEGER,
+    last_attempt_us INTEGER NOT NULL
+) STRICT;
+"#,
 ];
+
+/// The first lock lasts this long; each further failure doubles it, up to [`LOCK_CAP`].
+const LOCK_BASE: Duration = Duration::from_secs(1);
+const LOCK_CAP: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +99,8 @@ pub enum Rotation {
     Expired,
     Revoked,
     UserDisabled,
+    /// The account is locked after failed logins; refresh waits like login does.
+    Locked(Duration),
     /// An already-rotated token came back after the grace window: the session has just been revoked.
     Reused,
 }
@@ -289,10 +305,11 @@ impl Store {
                 let found = {
                     let mut stmt = tx.prepare_cached(
                         "SELECT r.session_id, r.expire_time_us, r.rotate_time_us, s.revoke_time_us,
-                                u.id, u.username, u.roles, u.create_time_us, u.disabled
+                                u.id, u.username, u.roles, u.create_time_us, u.disabled, f.locked_until_us
                          FROM refresh_tokens r
                          JOIN sessions s ON s.id = r.session_id
                          JOIN users u ON u.id = s.user_id
+                         LEFT JOIN login_failures f ON f.username_key = u.username_key
                          WHERE r.hash = ?1",
                     )?;
                     let mut rows = stmt.query([&hash])?;
@@ -310,10 +327,11 @@ impl Store {
                                 create_time: from_micros(row.get(7)?),
                                 disabled: row.get(8)?,
                             },
+                            row.get::<_, Option<i64>>(9)?.map(from_micros),
                         )),
                     }
                 };
-                let Some((session_id, expire_time, rotated_at, revoked, user)) = found else {
+                let Some((session_id, expire_time, rotated_at, revoked, user, locked_until)) = found else {
                     return Ok(Rotation::Unknown);
                 };
                 // Disabled first: disabling also revokes sessions, and "disabled" is the more useful answer.
@@ -322,6 +340,9 @@ impl Store {
                 }
                 if revoked {
                     return Ok(Rotation::Revoked);
+                }
+                if let Some(wait) = locked_until.and_then(|until| until.duration_since(now).ok()) {
+                    return Ok(Rotation::Locked(wait));
                 }
                 if expire_time <= now {
                     return Ok(Rotation::Expired);
@@ -374,6 +395,62 @@ impl Store {
             .await
     }
 
+    /// Reserves one login attempt for `username_key`, or says how long the account is locked.
+    ///
+    /// The attempt is counted as a failure *before* the password is checked (and forgiven by
+    /// [`Store::login_succeeded`]), in one write transaction: so 50 parallel guesses cannot all slip in
+    /// before the first failure is recorded. Reaching `threshold` failures locks the account for 1 s,
+    /// doubling with each further failure up to 15 min.
+    pub async fn begin_login_attempt(
+        &self,
+        username_key: &str,
+        threshold: u32,
+        now: SystemTime,
+    ) -> Result<Result<(), Duration>, DbError> {
+        let key = username_key.to_owned();
+        self.db
+            .write(move |tx| {
+                let row: Option<(i64, Option<i64>)> = tx
+                    .prepare_cached(
+                        "SELECT failures, locked_until_us FROM login_failures WHERE username_key = ?1",
+                    )?
+                    .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map(Some)
+                    .or_else(no_rows_is_none)?;
+                let (failures, locked_until) = row.unwrap_or((0, None));
+                if let Some(wait) = locked_until.and_then(|until| from_micros(until).duration_since(now).ok())
+                {
+                    return Ok(Err(wait));
+                }
+                let failures = failures.saturating_add(1);
+                let locked_until = u32::try_from(failures)
+                    .ok()
+                    .and_then(|f| f.checked_sub(threshold))
+                    .map(|over| {
+                        let lock = LOCK_BASE.saturating_mul(2u32.saturating_pow(over.min(20)));
+                        to_micros(now + lock.min(LOCK_CAP))
+                    });
+                tx.prepare_cached(
+                    "INSERT INTO login_failures (username_key, failures, locked_until_us, last_attempt_us)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (username_key) DO UPDATE
+                     SET failures = ?2, locked_until_us = ?3, last_attempt_us = ?4",
+                )?
+                .execute(rusqlite::params![key, failures, locked_until, to_micros(now)])?;
+                Ok(Ok(()))
+            })
+            .await
+    }
+
+    /// Forgets failed attempts after a successful login.
+    pub async fn login_succeeded(&self, username_key: &str) -> Result<(), DbError> {
+        let key = username_key.to_owned();
+        self.db
+            .write(move |tx| tx.execute("DELETE FROM login_failures WHERE username_key = ?1", [key]))
+            .await?;
+        Ok(())
+    }
+
     /// The session a refresh token belongs to, if it is one of ours.
     pub async fn session_of_refresh(&self, hash: Vec<u8>) -> Result<Option<String>, DbError> {
         self.db
@@ -397,14 +474,18 @@ impl Store {
             .await
     }
 
-    /// Drops refresh-token rows that expired before `cutoff`; they can never be presented successfully.
+    /// Drops refresh-token rows that expired before `cutoff` (they can never be presented successfully) and
+    /// failed-login records idle for longer than the longest lock.
     pub async fn purge_expired(&self, cutoff: SystemTime) -> Result<usize, DbError> {
+        let idle = to_micros(cutoff - LOCK_CAP);
         self.db
             .write(move |tx| {
-                tx.execute(
+                let tokens = tx.execute(
                     "DELETE FROM refresh_tokens WHERE expire_time_us < ?1",
                     [to_micros(cutoff)],
-                )
+                )?;
+                let failures = tx.execute("DELETE FROM login_failures WHERE last_attempt_us < ?1", [idle])?;
+                Ok(tokens + failures)
             })
             .await
     }
