@@ -11,18 +11,37 @@ use crate::error::PostsError;
 pub const TITLE_MAX_CHARS: usize = 200;
 pub const BODY_MAX_CHARS: usize = 10_000;
 
-/// A post's content, checked.
+pub const REQUEST_ID_MAX_CHARS: usize = 128;
+
+/// A post's content, checked, with the client's idempotency key if it sent one.
 #[derive(Debug, Clone)]
 pub struct NewPost {
     pub title: String,
     pub body: String,
+    pub request_id: Option<String>,
 }
 
 impl NewPost {
-    pub fn parse(title: String, body: String) -> Result<Self, PostsError> {
+    pub fn parse(title: String, body: String, request_id: String) -> Result<Self, PostsError> {
         check_text("title", &title, TITLE_MAX_CHARS)?;
         check_text("body", &body, BODY_MAX_CHARS)?;
-        Ok(Self { title, body })
+        let request_id = match request_id.as_str() {
+            "" => None,
+            id if id.len() <= REQUEST_ID_MAX_CHARS && id.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(request_id)
+            }
+            _ => {
+                return Err(PostsError::invalid(
+                    "request_id",
+                    format!("must be at most {REQUEST_ID_MAX_CHARS} printable ASCII characters"),
+                ));
+            }
+        };
+        Ok(Self {
+            title,
+            body,
+            request_id,
+        })
     }
 }
 
@@ -163,14 +182,16 @@ mod tests {
 
     #[test]
     fn content_limits_name_the_field() {
-        assert!(NewPost::parse("t".into(), "b".into()).is_ok());
-        let err = NewPost::parse("  ".into(), "b".into()).unwrap_err();
+        assert!(NewPost::parse("t".into(), "b".into(), String::new()).is_ok());
+        let err = NewPost::parse("  ".into(), "b".into(), String::new()).unwrap_err();
         assert!(err.to_string().starts_with("title:"));
-        let err = NewPost::parse("t".into(), "\n".into()).unwrap_err();
+        let err = NewPost::parse("t".into(), "\n".into(), String::new()).unwrap_err();
         assert!(err.to_string().starts_with("body:"));
-        assert!(NewPost::parse("é".repeat(200), "b".repeat(10_000)).is_ok());
-        assert!(NewPost::parse("é".repeat(201), "b".into()).is_err());
-        assert!(NewPost::parse("t".into(), "b".repeat(10_001)).is_err());
+        assert!(NewPost::parse("é".repeat(200), "b".repeat(10_000), String::new()).is_ok());
+        assert!(NewPost::parse("é".repeat(201), "b".into(), String::new()).is_err());
+        assert!(NewPost::parse("t".into(), "b".repeat(10_001), String::new()).is_err());
+        assert!(NewPost::parse("t".into(), "b".into(), "r".repeat(129)).is_err());
+        assert!(NewPost::parse("t".into(), "b".into(), "has space".into()).is_err());
         assert!(parse_id("id", "nope").is_err());
         assert_eq!(
             parse_id("id", "0195F3A4-0000-7000-8000-000000000001").unwrap(),

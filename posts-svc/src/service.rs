@@ -24,8 +24,12 @@ impl PostsService for PostsApi {
         request: Request<pb::CreatePostRequest>,
     ) -> Result<Response<pb::CreatePostResponse>, Status> {
         let caller = identity(&request)?.clone();
-        let pb::CreatePostRequest { title, body } = request.into_inner();
-        let content = NewPost::parse(title, body)?;
+        let pb::CreatePostRequest {
+            title,
+            body,
+            request_id,
+        } = request.into_inner();
+        let content = NewPost::parse(title, body, request_id)?;
         let post = Post {
             id: uuid::Uuid::now_v7().to_string(),
             author_id: caller.user_id,
@@ -34,7 +38,11 @@ impl PostsService for PostsApi {
             body: content.body,
             create_time: watchword_db::now(),
         };
-        self.store.insert(&post).await.map_err(PostsError::from)?;
+        let post = self
+            .store
+            .insert(post, content.request_id)
+            .await
+            .map_err(PostsError::from)?;
         Ok(Response::new(pb::CreatePostResponse {
             post: Some(post_to_pb(post)),
         }))

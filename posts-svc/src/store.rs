@@ -5,7 +5,8 @@ use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micro
 use crate::domain::{PageRequest, PageToken, Post};
 
 /// Append-only: entry `i` is schema version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE posts (
     -- Insertion order: the keyset for pagination. AUTOINCREMENT never reuses a deleted post's value,
     -- so a page token keeps meaning the same position.
@@ -19,7 +20,13 @@ CREATE TABLE posts (
 ) STRICT;
 
 CREATE INDEX posts_by_author ON posts (author_id, seq);
-"#];
+"#,
+    r#"
+-- The client's idempotency key for CreatePost, unique per author.
+ALTER TABLE posts ADD COLUMN request_id TEXT;
+CREATE UNIQUE INDEX posts_by_request_id ON posts (author_id, request_id) WHERE request_id IS NOT NULL;
+"#,
+];
 
 /// Outcome of a delete that is not "deleted".
 #[derive(Debug)]
@@ -52,25 +59,36 @@ impl Store {
         }
     }
 
-    pub async fn insert(&self, post: &Post) -> Result<(), DbError> {
-        let post = post.clone();
+    /// Stores `post`, unless its author already created a post with the same `request_id`: then that
+    /// earlier post is returned instead (the insert and the lookup are one transaction).
+    pub async fn insert(&self, post: Post, request_id: Option<String>) -> Result<Post, DbError> {
         self.db
             .write(move |tx| {
-                tx.prepare_cached(
-                    "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(rusqlite::params![
-                    post.id,
-                    post.author_id,
-                    post.author_username,
-                    post.title,
-                    post.body,
-                    to_micros(post.create_time)
-                ])
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us, request_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(rusqlite::params![
+                        post.id,
+                        post.author_id,
+                        post.author_username,
+                        post.title,
+                        post.body,
+                        to_micros(post.create_time),
+                        request_id,
+                    ])?;
+                if inserted == 1 {
+                    return Ok(post);
+                }
+                tx.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM posts WHERE author_id = ?1 AND request_id = ?2"
+                ))?
+                .query_row(rusqlite::params![post.author_id, request_id], read_post)
+                .map(|(_, post)| post)
             })
-            .await?;
-        Ok(())
+            .await
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Post>, DbError> {

@@ -241,6 +241,7 @@ async fn a_guarded_handler_sees_the_caller_from_the_token_only() {
         pb::CreatePostRequest {
             title: "t".into(),
             body: "b".into(),
+            ..Default::default()
         },
         &alice,
     );

@@ -200,6 +200,7 @@ impl TestApp {
         let request = posts_pb::CreatePostRequest {
             title: title.into(),
             body: body.into(),
+            ..Default::default()
         };
         let response = self.posts.clone().create_post(bearer(request, token)).await?;
         Ok(response.into_inner().post.expect("post in response"))

@@ -1,6 +1,7 @@
 //! Integration tests: both services started in-process on port 0 through the same `serve` functions the
 //! binaries use, talking real gRPC over loopback.
 
+mod abuse;
 mod auth;
 mod guard;
 mod helpers;

@@ -230,3 +230,50 @@ async fn posts_survive_a_posts_svc_restart() {
     assert_eq!(got, post);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_retried_create_with_the_same_request_id_returns_the_original_post() {
+    let app = spawn_app().await;
+    let alice = app.login_as("alice").await;
+    let bob = app.login_as("bob").await;
+    let create = |token: &str, title: &str| {
+        let request = pb::CreatePostRequest {
+            title: title.into(),
+            body: "body".into(),
+            request_id: "3f0c6a4e-idempotent".into(),
+        };
+        let mut posts = app.posts.clone();
+        let request = bearer(request, token);
+        async move {
+            posts
+                .create_post(request)
+                .await
+                .map(|r| r.into_inner().post.unwrap())
+        }
+    };
+    let first = create(&alice, "first").await.unwrap();
+    let retry = create(&alice, "first").await.unwrap();
+    assert_eq!(retry, first);
+    // Concurrent retries too: one post, always the same.
+    let (a, b) = tokio::join!(create(&alice, "first"), create(&alice, "first"));
+    assert_eq!((a.unwrap(), b.unwrap()), (first.clone(), first.clone()));
+    // The key is per author: bob's post with the same request_id is his own.
+    let bobs = create(&bob, "bob's").await.unwrap();
+    assert_ne!(bobs.id, first.id);
+
+    let listed = app.list_posts(&alice, page(0, "")).await.unwrap().posts;
+    assert_eq!(
+        listed.iter().filter(|p| p.author_id == first.author_id).count(),
+        1
+    );
+    let bad = pb::CreatePostRequest {
+        title: "t".into(),
+        body: "b".into(),
+        request_id: "x".repeat(129),
+    };
+    let status = assert_code(
+        app.posts.clone().create_post(bearer(bad, &alice)).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().starts_with("request_id"));
+}

@@ -1,0 +1,274 @@
+//! Password guessing and floods: lockout, per-address limits, bounded hashing, and timing.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use watchword::{pb::auth::v1 as pb, reason::Reason};
+
+use crate::helpers::*;
+
+fn no_peer_limit() -> Options {
+    Options {
+        auth: Box::new(|settings, _| settings.peer_rate = 0.0),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn fifty_parallel_wrong_guesses_cannot_exceed_the_lockout_threshold() {
+    let app = spawn_app_with(no_peer_limit()).await;
+    app.register("alice").await.unwrap();
+    let guesses = (0..50).map(|i| {
+        app.login(
+            "alice",
+            if i % 2 == 0 {
+                "wrong guess one"
+            } else {
+                "wrong guess two"
+            },
+        )
+    });
+    let results = futures_join_all(guesses).await;
+    let checked = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::Unauthenticated))
+        .count();
+    let locked = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    assert!(results.iter().all(Result::is_err), "a wrong guess succeeded");
+    // The default threshold is 5: at most 5 guesses were ever checked against the hash.
+    assert!(checked <= 5, "{checked} guesses were checked");
+    assert_eq!(checked + locked, 50);
+
+    // While locked, even the right password waits, with a RetryInfo delay.
+    let status = assert_reason(
+        app.login("alice", PASSWORD).await,
+        Code::ResourceExhausted,
+        Reason::AccountLocked,
+    );
+    let wait = watchword::reason::retry_after(&status).expect("RetryInfo");
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(15 * 60),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_usernames_are_throttled_exactly_like_real_ones() {
+    let app = spawn_app_with(no_peer_limit()).await;
+    app.register("alice").await.unwrap();
+    let mut outcomes = Vec::new();
+    for username in ["alice", "mallory"] {
+        let mut codes = Vec::new();
+        for _ in 0..7 {
+            codes.push(app.login(username, "not the password").await.unwrap_err().code());
+        }
+        outcomes.push(codes);
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[0][..5], [Code::Unauthenticated; 5]);
+    assert_eq!(outcomes[0][5], Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn a_successful_login_resets_the_failure_count() {
+    let app = spawn_app_with(no_peer_limit()).await;
+    app.register("alice").await.unwrap();
+    for _ in 0..3 {
+        assert_code(
+            app.login("alice", "not the password").await,
+            Code::Unauthenticated,
+        );
+    }
+    app.login("alice", PASSWORD).await.unwrap();
+    for _ in 0..4 {
+        assert_code(
+            app.login("alice", "not the password").await,
+            Code::Unauthenticated,
+        );
+    }
+    app.login("alice", PASSWORD)
+        .await
+        .expect("four failures after a reset do not lock");
+}
+
+#[tokio::test]
+async fn refresh_waits_while_the_account_is_locked() {
+    let app = spawn_app_with(no_peer_limit()).await;
+    app.register("alice").await.unwrap();
+    let login = app.login("alice", PASSWORD).await.unwrap();
+    for _ in 0..5 {
+        let _ = app.login("alice", "not the password").await;
+    }
+    assert_reason(
+        app.refresh(&login.refresh_token).await,
+        Code::ResourceExhausted,
+        Reason::AccountLocked,
+    );
+}
+
+#[tokio::test]
+async fn one_address_cannot_flood_login_and_register() {
+    let app = spawn_app_with(Options {
+        auth: Box::new(|settings, _| {
+            settings.peer_rate = 1.0;
+            settings.peer_burst = 3;
+        }),
+        ..Options::default()
+    })
+    .await;
+    for name in ["alice", "bob", "carol"] {
+        app.register(name).await.unwrap();
+    }
+    let status = assert_reason(
+        app.register("dave").await,
+        Code::ResourceExhausted,
+        Reason::RateLimited,
+    );
+    assert!(watchword::reason::retry_after(&status).unwrap() <= Duration::from_secs(1));
+    assert_reason(
+        app.login("alice", PASSWORD).await,
+        Code::ResourceExhausted,
+        Reason::RateLimited,
+    );
+    // Validate is not rate limited.
+    assert_code(app.validate("a.b.c").await, Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
+    let app = spawn_app_with(Options {
+        auth: Box::new(|settings, _| {
+            settings.peer_rate = 0.0;
+            settings.lockout_threshold = u32::MAX;
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.register("alice").await.unwrap();
+    let token = app.login("alice", PASSWORD).await.unwrap().access_token;
+
+    let at_rest = validate_latencies(&app, &token, 200).await;
+
+    // 64 clients logging in as fast as they can, for as long as the measurement runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        let (auth, stop) = (app.auth.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let (mut ok, mut shed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = pb::LoginRequest {
+                    username: "alice".into(),
+                    password: PASSWORD.into(),
+                };
+                match auth.clone().login(request).await {
+                    Ok(_) => ok += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
+                    Err(s) => panic!("unexpected {s:?}"),
+                }
+            }
+            (ok, shed)
+        }));
+    }
+    let during = validate_latencies(&app, &token, 200).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut shed) = (0, 0);
+    for task in flood {
+        let (o, s) = task.await.unwrap();
+        ok += o;
+        shed += s;
+    }
+    let (rest_p99, flood_p99) = (p99(at_rest), p99(during));
+    println!(
+        "validate p99 at rest {rest_p99:?}, during login flood {flood_p99:?}; logins ok {ok}, shed {shed}"
+    );
+    assert!(ok > 0, "some logins must get through");
+    assert!(shed > 0, "the excess must be shed, not queued");
+    // Generous: hashing is bounded to the cores, so Validate keeps a slot. (Benchmarks hold the real target.)
+    assert!(
+        flood_p99 < Duration::from_millis(250),
+        "validate p99 during flood {flood_p99:?}"
+    );
+}
+
+async fn validate_latencies(app: &TestApp, token: &str, n: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        app.validate(token).await.unwrap();
+        latencies.push(started.elapsed());
+    }
+    latencies
+}
+
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_take_the_same_time() {
+    let app = spawn_app_with(Options {
+        auth: Box::new(|settings, _| {
+            settings.peer_rate = 0.0;
+            settings.lockout_threshold = u32::MAX;
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.register("alice").await.unwrap();
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    // Interleaved, so drift in machine load affects both alike.
+    for i in 0..150 {
+        for (username, samples) in [("alice", &mut wrong), (&*format!("ghost{i}"), &mut unknown)] {
+            let started = Instant::now();
+            assert_code(
+                app.login(username, "not the password").await,
+                Code::Unauthenticated,
+            );
+            samples.push(started.elapsed());
+        }
+    }
+    let (unknown, wrong) = (median(unknown), median(wrong));
+    let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
+    println!("median login: unknown user {unknown:?}, wrong password {wrong:?}, ratio {ratio:.3}");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "unknown {unknown:?} vs wrong {wrong:?}"
+    );
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// `join_all` without a futures dependency: spawn-free, polls all futures on this task.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
