@@ -23,6 +23,9 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Streams a client may make us reset (bad requests) before the connection is closed: blunts
 /// rapid-reset style abuse. hyper leaves it unlimited through tonic unless set.
 pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// Calls in flight per connection before further ones are shed with RESOURCE_EXHAUSTED (instead of
+/// queueing while their deadlines run out). Below `MAX_CONCURRENT_STREAMS`, so shedding answers quickly.
+pub const CONCURRENCY_LIMIT_PER_CONNECTION: usize = 128;
 /// Upper bound on any one call; a client deadline shorter than this wins.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ping idle connections so dead peers are noticed and their resources freed.
@@ -41,6 +44,8 @@ pub fn builder() -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::u
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .concurrency_limit_per_connection(CONCURRENCY_LIMIT_PER_CONNECTION)
+        .load_shed(true)
         .timeout(REQUEST_TIMEOUT)
         .layer(CallLogLayer)
 }

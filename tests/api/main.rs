@@ -5,5 +5,6 @@ mod abuse;
 mod auth;
 mod guard;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod posts;
