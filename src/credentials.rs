@@ -83,6 +83,31 @@ fn is_token68(value: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes arrive, parsing returns (never panics), and anything accepted is a bounded token68.
+        #[test]
+        fn arbitrary_authorization_values_never_panic(values in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..200), 0..3)) {
+            let mut map = HeaderMap::new();
+            for v in &values {
+                if let Ok(value) = HeaderValue::from_bytes(v) {
+                    map.append(AUTHORIZATION, value);
+                }
+            }
+            if let Ok(token) = bearer_token(&map) {
+                prop_assert!(token.len() <= MAX_TOKEN_BYTES && is_token68(token));
+            }
+            let _ = basic_credentials(&map);
+        }
+
+        #[test]
+        fn bearer_round_trips_any_token68(token in "[A-Za-z0-9._~+/-]{1,64}=?") {
+            let map = headers(&[format!("Bearer {token}").as_bytes()]);
+            prop_assert_eq!(bearer_token(&map), Ok(token.as_str()));
+        }
+    }
 
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -326,7 +326,51 @@ fn unix_seconds(t: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The parse path a hostile client controls: arbitrary strings never panic and never verify.
+        #[test]
+        fn arbitrary_strings_never_verify(token in ".{0,300}") {
+            let tokens = tokens();
+            prop_assert!(tokens.verify(&token, SystemTime::now()).is_err());
+        }
+
+        /// JWT-shaped garbage: three base64url segments of arbitrary bytes.
+        #[test]
+        fn arbitrary_segments_never_verify(
+            header in proptest::collection::vec(any::<u8>(), 0..120),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+            signature in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let token = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            prop_assert!(tokens().verify(&token, SystemTime::now()).is_err());
+        }
+
+        /// A real token with any one byte changed never verifies.
+        #[test]
+        fn any_single_byte_change_is_refused(index in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let tokens = tokens();
+            let now = SystemTime::now();
+            let token = tokens.issue(&user(), "s1", now).unwrap().token;
+            let mut bytes = token.clone().into_bytes();
+            let i = index.index(bytes.len());
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            if let Ok(changed) = String::from_utf8(bytes) {
+                prop_assert!(tokens.verify(&changed, now).is_err());
+            }
+        }
+    }
 
     fn user() -> User {
         User {
