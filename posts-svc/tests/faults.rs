@@ -1,0 +1,423 @@
+//! Crash drills with the real binaries: auth-svc killed or frozen under load, posts-svc killed mid-burst.
+//!
+//! `auth-svc` is found beside `posts-svc` in the target directory; `cargo test --workspace` builds both.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
+use watchword::pb::{
+    auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    posts::v1::{CreatePostRequest, ListPostsRequest, posts_service_client::PostsServiceClient},
+};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A spawned service; killed (and reaped) when dropped, so a failing test leaves nothing behind.
+struct Service {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn auth_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_posts-svc")).with_file_name("auth-svc");
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p auth-svc` first)",
+        path.display()
+    );
+    path
+}
+
+/// Starts `binary` with `args`, returning once it logs the address it serves on.
+fn spawn(binary: &Path, args: &[String]) -> Service {
+    let mut child = Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn service");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        // Keep draining stderr for the life of the process so it never blocks on a full pipe.
+        for line in stderr.lines().map_while(Result::ok) {
+            if !sent && let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_owned());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("service logs its address")
+        .parse()
+        .unwrap();
+    Service { child, addr }
+}
+
+fn start_auth(dir: &Path, listen: &str) -> Service {
+    let db = format!("sqlite://{}", dir.join("auth.db").display());
+    // Throttling is tested elsewhere; here many parallel logins for one account must not trip it.
+    let args = [
+        "--listen",
+        listen,
+        "--database-url",
+        &db,
+        "--peer-rate",
+        "0",
+        "--lockout-threshold",
+        "1000",
+    ];
+    spawn(&auth_binary(), &args.map(str::to_owned))
+}
+
+fn start_posts(dir: &Path, auth: SocketAddr, auth_timeout: &str) -> Service {
+    let db = format!("sqlite://{}", dir.join("posts.db").display());
+    let auth_url = format!("http://{auth}");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--auth-url",
+        &auth_url,
+        "--auth-timeout",
+        auth_timeout,
+    ];
+    spawn(
+        Path::new(env!("CARGO_BIN_EXE_posts-svc")),
+        &args.map(str::to_owned),
+    )
+}
+
+fn signal(service: &Service, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+async fn token(auth: SocketAddr) -> String {
+    let mut client = AuthServiceClient::new(channel(auth));
+    client
+        .register(RegisterRequest {
+            username: "alice".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    let login = LoginRequest {
+        username: "alice".into(),
+        password: PASSWORD.into(),
+    };
+    client.login(login).await.unwrap().into_inner().access_token
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// One finished call of a load run.
+struct Outcome {
+    started: Instant,
+    took: Duration,
+    code: Code,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = start_auth(dir.path(), "127.0.0.1:0");
+    let auth_addr = auth.addr;
+    let posts = start_posts(dir.path(), auth_addr, "1s");
+    let token = token(auth_addr).await;
+
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok_calls = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for worker in 0..8 {
+        let (client, token) = (PostsServiceClient::new(channel(posts.addr)), token.clone());
+        let (outcomes, stop, ok_calls) = (outcomes.clone(), stop.clone(), ok_calls.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = if (worker + i) % 2 == 0 {
+                    let request = CreatePostRequest {
+                        title: format!("w{worker} #{i}"),
+                        body: "load".into(),
+                        ..Default::default()
+                    };
+                    client
+                        .clone()
+                        .create_post(bearer(request, &token))
+                        .await
+                        .map(drop)
+                } else {
+                    let request = ListPostsRequest::default();
+                    client.clone().list_posts(bearer(request, &token)).await.map(drop)
+                };
+                let code = result.map_or_else(|s| s.code(), |()| Code::Ok);
+                if code == Code::Ok {
+                    ok_calls.fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes.lock().unwrap().push(Outcome {
+                    started,
+                    took: started.elapsed(),
+                    code,
+                });
+                i += 1;
+            }
+        }));
+    }
+
+    // Kill auth-svc once the load is clearly flowing.
+    wait_until(|| ok_calls.load(Ordering::Relaxed) >= 40, "load to flow").await;
+    let mut auth = auth;
+    auth.child.kill().unwrap();
+    auth.child.wait().unwrap();
+    let killed = Instant::now();
+
+    // Let calls fail for a while (measured in calls, not time), then restart on the same address.
+    let failures_after_kill = || {
+        outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.started > killed && o.code != Code::Ok)
+            .count()
+    };
+    wait_until(|| failures_after_kill() >= 40, "calls to fail after the kill").await;
+    let restarted = start_auth(dir.path(), &auth_addr.to_string());
+    let restart_time = Instant::now();
+    let ok_before_recovery = ok_calls.load(Ordering::Relaxed);
+    wait_until(
+        || ok_calls.load(Ordering::Relaxed) > ok_before_recovery + 20,
+        "recovery",
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+
+    let outcomes = outcomes.lock().unwrap();
+    let outage: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.started > killed && o.started + o.took < restart_time)
+        .collect();
+    assert!(outage.len() >= 40);
+    for o in &outage {
+        assert_eq!(
+            o.code,
+            Code::Unavailable,
+            "a call during the outage ended {:?}",
+            o.code
+        );
+        assert!(
+            o.took < Duration::from_secs(3),
+            "a call during the outage took {:?}",
+            o.took
+        );
+    }
+    let slowest = outage.iter().map(|o| o.took).max().unwrap();
+    println!(
+        "outage: {} calls, all UNAVAILABLE, slowest {slowest:?}",
+        outage.len()
+    );
+    drop(restarted);
+    drop(posts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_auth_svc_fails_every_call_within_the_guard_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = start_auth(dir.path(), "127.0.0.1:0");
+    let posts = start_posts(dir.path(), auth.addr, "500ms");
+    let token = token(auth.addr).await;
+    let client = PostsServiceClient::new(channel(posts.addr));
+    client
+        .clone()
+        .list_posts(bearer(ListPostsRequest::default(), &token))
+        .await
+        .expect("works before the freeze");
+
+    signal(&auth, "STOP");
+    let calls = (0..20).map(|_| {
+        let (client, token) = (client.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = client
+                .clone()
+                .list_posts(bearer(ListPostsRequest::default(), &token))
+                .await;
+            (result.map(drop).map_err(|s| s.code()), started.elapsed())
+        })
+    });
+    let mut slowest = Duration::ZERO;
+    for call in calls.collect::<Vec<_>>() {
+        let (result, took) = call.await.unwrap();
+        assert_eq!(result, Err(Code::Unavailable));
+        assert!(
+            took < Duration::from_millis(1500),
+            "took {took:?} with a 500ms guard timeout"
+        );
+        slowest = slowest.max(took);
+    }
+    println!("frozen auth-svc: 20 calls UNAVAILABLE, slowest {slowest:?}");
+    signal(&auth, "CONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_svc_killed_mid_burst_keeps_every_acknowledged_post_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = start_auth(dir.path(), "127.0.0.1:0");
+    let mut posts = start_posts(dir.path(), auth.addr, "2s");
+    let token = token(auth.addr).await;
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut burst = Vec::new();
+    for worker in 0..8 {
+        let (client, token) = (PostsServiceClient::new(channel(posts.addr)), token.clone());
+        let acknowledged = acknowledged.clone();
+        burst.push(tokio::spawn(async move {
+            for i in 0.. {
+                let request = CreatePostRequest {
+                    title: format!("w{worker} #{i}"),
+                    body: "burst".into(),
+                    ..Default::default()
+                };
+                match client.clone().create_post(bearer(request, &token)).await {
+                    Ok(response) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(response.into_inner().post.unwrap().id),
+                    Err(_) => break, // the server is gone
+                }
+            }
+        }));
+    }
+    wait_until(
+        || acknowledged.lock().unwrap().len() >= 100,
+        "posts to be acknowledged",
+    )
+    .await;
+    posts.child.kill().unwrap();
+    posts.child.wait().unwrap();
+    for task in burst {
+        task.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let restarted = start_posts(dir.path(), auth.addr, "2s");
+    let client = PostsServiceClient::new(channel(restarted.addr));
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListPostsRequest {
+            page_size: 100,
+            page_token,
+            author_id: None,
+        };
+        let page = client
+            .clone()
+            .list_posts(bearer(request, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.posts.into_iter().map(|p| p.id));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    for id in &acknowledged {
+        assert_eq!(listed.iter().filter(|l| *l == id).count(), 1, "post {id}");
+    }
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), listed.len(), "a post is listed twice");
+    println!(
+        "killed mid-burst: {} acknowledged, {} stored, none lost or doubled",
+        acknowledged.len(),
+        listed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = start_auth(dir.path(), "127.0.0.1:0");
+    token(auth.addr).await;
+    let client = AuthServiceClient::new(channel(auth.addr));
+    // Logins take tens of milliseconds of argon2 each and queue on two cores: plenty in flight.
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let login = LoginRequest {
+                    username: "alice".into(),
+                    password: PASSWORD.into(),
+                };
+                client.clone().login(login).await.map(drop).map_err(|s| s.code())
+            })
+        })
+        .collect();
+    // Wait until the calls are on the wire (the server has accepted the streams), then ask it to stop.
+    wait_until(
+        || calls.iter().any(|c| c.is_finished()),
+        "the first login to finish",
+    )
+    .await;
+    signal(&auth, "TERM");
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(()), "an in-flight call did not finish");
+    }
+    let status = tokio::task::spawn_blocking(move || auth.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Polls `condition` every few milliseconds until it holds, failing the test after 30 s. (A poll interval,
+/// not a spin: the services under test are separate processes competing for the same two cores.)
+async fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poll = tokio::time::interval(Duration::from_millis(5));
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        poll.tick().await;
+    }
+}
