@@ -4,6 +4,7 @@
 //! - [`pb`]: the generated protobuf/gRPC types of `proto/`, plus descriptor sets for reflection;
 //! - [`guard`]: the async tower layer that lets no call reach a handler without a validated token;
 //! - [`reason`]: the `ErrorInfo` reasons clients can act on;
+//! - [`token`]: access-token verification shared by auth-svc and the guard's local mode;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
 //! - [`telemetry`]: log set-up for the binaries.
@@ -15,3 +16,4 @@ pub mod pb;
 pub mod reason;
 pub mod server;
 pub mod telemetry;
+pub mod token;

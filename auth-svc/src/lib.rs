@@ -94,6 +94,7 @@ async fn build(settings: &Settings) -> Result<AuthApi, ServeError> {
     tracing::info!(kid = signing_key.kid(), "signing key loaded");
     let tokens = Tokens::new(
         signing_key,
+        vec![],
         settings.issuer.clone(),
         settings.audience.clone(),
         settings.access_token_ttl,

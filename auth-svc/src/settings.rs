@@ -76,9 +76,6 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
-/// Leeway for clock skew when checking `exp`, `nbf` and `iat`. Small, because tokens are short-lived.
-pub const CLOCK_LEEWAY: Duration = Duration::from_secs(30);
-
 fn parse_ttl(value: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
     if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {

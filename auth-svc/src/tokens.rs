@@ -1,33 +1,27 @@
 //! Access tokens: Ed25519-signed JWTs (RFC 9068 profile), issued on login and checked by Validate.
 //!
-//! Verification is deliberately stricter than jsonwebtoken's defaults: the algorithm is pinned to EdDSA,
-//! `typ` must be `at+jwt`, every registered claim is required, `iss`/`aud` must match exactly, header
-//! parameters that point at other keys (`jku`, `jwk`, `x5u`, `x5c`) or demand extensions (`crit`) are
-//! refused, and a token may not claim a lifetime longer than we would ever issue.
+//! auth-svc keeps a key *set*: the newest key signs; keys it replaced keep verifying until every token they
+//! signed has expired. Verification itself is [`watchword::token::Verifier`], the same code the guard's
+//! local mode runs.
 
 use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
 };
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::der::pem::LineEnding};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-use watchword::{credentials::MAX_TOKEN_BYTES, reason::Reason};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use watchword::token::{ACCESS_TOKEN_TYP, JwtClaims, Verifier, jwk_thumbprint, unix_seconds};
+pub use watchword::token::{Claims, TokenError};
 
-use crate::{domain::User, settings::CLOCK_LEEWAY};
-
-/// The JOSE `typ` of our access tokens (RFC 9068).
-const ACCESS_TOKEN_TYP: &str = "at+jwt";
+use crate::domain::User;
 
 /// An Ed25519 key pair with its key id.
 pub struct SigningKey {
     kid: String,
     pem: String,
+    public: [u8; 32],
     encoding: EncodingKey,
-    decoding: DecodingKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +58,8 @@ impl SigningKey {
         Ok(Self {
             kid: jwk_thumbprint(&public),
             pem,
+            public,
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            decoding: DecodingKey::from_ed_der(&public),
         })
     }
 
@@ -78,44 +72,11 @@ impl SigningKey {
     pub fn to_pkcs8_pem(&self) -> &str {
         &self.pem
     }
-}
 
-fn jwk_thumbprint(public: &[u8; 32]) -> String {
-    // Members in lexicographic order, no whitespace, as RFC 7638 §3 requires.
-    let jwk = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        URL_SAFE_NO_PAD.encode(public)
-    );
-    URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.as_bytes()))
-}
-
-/// Claims as they travel in the JWT.
-#[derive(Debug, Serialize, Deserialize)]
-struct JwtClaims {
-    iss: String,
-    aud: String,
-    sub: String,
-    exp: u64,
-    nbf: u64,
-    iat: u64,
-    jti: String,
-    sid: String,
-    username: String,
-    roles: Vec<String>,
-}
-
-/// Verified claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
-    pub subject: String,
-    pub username: String,
-    pub roles: Vec<String>,
-    pub token_id: String,
-    pub issue_time: SystemTime,
-    pub expire_time: SystemTime,
-    pub issuer: String,
-    pub audience: String,
-    pub session_id: String,
+    /// The raw Ed25519 public key (the JWK `x`).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
 }
 
 /// A freshly signed token and what it says.
@@ -125,85 +86,106 @@ pub struct IssuedToken {
     pub claims: Claims,
 }
 
-/// Why a token was refused. The variant is for logs; clients get a coarse message.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("no token given")]
-    Missing,
-    #[error("token is not a compact JWS")]
-    Malformed,
-    #[error("header not accepted: {0}")]
-    Header(&'static str),
-    #[error("unknown key id")]
-    UnknownKey,
-    #[error("signature does not verify")]
-    BadSignature,
-    #[error("token expired")]
-    Expired,
-    #[error("token not yet valid")]
-    NotYetValid,
-    #[error("claims not accepted: {0}")]
-    Claims(&'static str),
-    #[error("session ended")]
-    Revoked,
+/// A public key as published in the JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: [u8; 32],
 }
 
-impl TokenError {
-    /// What the client is told: only what it can act on, never which check failed.
-    pub fn client_message(&self) -> &'static str {
-        match self.reason() {
-            Reason::TokenMissing => "missing token: set `token` or `authorization: Bearer <token>` metadata",
-            Reason::TokenMalformed => "malformed token",
-            Reason::TokenExpired => "token expired",
-            Reason::TokenRevoked => "token revoked: log in again",
-            _ => "invalid token",
-        }
-    }
-
-    pub fn reason(&self) -> Reason {
-        match self {
-            Self::Missing => Reason::TokenMissing,
-            Self::Malformed | Self::Header(_) => Reason::TokenMalformed,
-            Self::Expired => Reason::TokenExpired,
-            Self::Revoked => Reason::TokenRevoked,
-            Self::UnknownKey | Self::BadSignature | Self::NotYetValid | Self::Claims(_) => {
-                Reason::TokenInvalid
-            }
-        }
-    }
+struct KeySet {
+    signing: Arc<SigningKey>,
+    verifier: Verifier,
+    public: Vec<PublicKey>,
 }
 
-/// Issues and verifies access tokens with one signing key.
+/// Issues and verifies access tokens with a set of keys that can change at run time (rotation).
 pub struct Tokens {
-    signing: SigningKey,
-    verifying: HashMap<String, DecodingKey>,
+    keys: RwLock<KeySet>,
     issuer: String,
     audience: String,
     ttl: Duration,
-    validation: Validation,
 }
 
 impl Tokens {
-    pub fn new(signing: SigningKey, issuer: String, audience: String, ttl: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = CLOCK_LEEWAY.as_secs();
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&issuer]);
-        validation.set_audience(&[&audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        let verifying = HashMap::from([(signing.kid.clone(), signing.decoding.clone())]);
+    /// `signing` signs; it and every key in `verifying` verify.
+    pub fn new(
+        signing: SigningKey,
+        verifying: Vec<[u8; 32]>,
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+    ) -> Self {
+        let keys = RwLock::new(Self::key_set(&issuer, &audience, ttl, signing, verifying));
         Self {
-            signing,
-            verifying,
+            keys,
             issuer,
             audience,
             ttl,
-            validation,
         }
+    }
+
+    fn key_set(
+        issuer: &str,
+        audience: &str,
+        ttl: Duration,
+        signing: SigningKey,
+        verifying: Vec<[u8; 32]>,
+    ) -> KeySet {
+        let mut verifier = Verifier::new(issuer, audience, ttl);
+        let mut public = vec![PublicKey {
+            kid: signing.kid.clone(),
+            x: signing.public,
+        }];
+        verifier.insert_key(&signing.public);
+        for x in verifying {
+            let kid = jwk_thumbprint(&x);
+            if !verifier.has_key(&kid) {
+                verifier.insert_key(&x);
+                public.push(PublicKey { kid, x });
+            }
+        }
+        KeySet {
+            signing: Arc::new(signing),
+            verifier,
+            public,
+        }
+    }
+
+    /// Swaps in a new key set (after a rotation here or in another replica).
+    pub fn replace_keys(&self, signing: SigningKey, verifying: Vec<[u8; 32]>) {
+        let set = Self::key_set(&self.issuer, &self.audience, self.ttl, signing, verifying);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The keys a verifier should trust now: the signing key first.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.read().public.clone()
+    }
+
+    pub fn signing_kid(&self) -> String {
+        self.read().signing.kid.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Signs an access token for `user` in `session_id`, valid from now for the configured lifetime.
@@ -226,10 +208,11 @@ impl Tokens {
             username: user.username.clone(),
             roles: user.roles.clone(),
         };
+        let signing = Arc::clone(&self.read().signing);
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(self.signing.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.signing.encoding)?;
+        header.kid = Some(signing.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &signing.encoding)?;
         Ok(IssuedToken {
             token,
             claims: claims.into(),
@@ -238,94 +221,13 @@ impl Tokens {
 
     /// Verifies signature, header and claims of `token` as of `now`.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
-        if token.is_empty() {
-            return Err(TokenError::Missing);
-        }
-        // Cheap shape checks first, so hostile input never reaches base64 or JSON decoding.
-        if token.len() > MAX_TOKEN_BYTES
-            || token.split('.').count() != 3
-            || token.split('.').any(|part| part.is_empty())
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(TokenError::Malformed);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::Header("alg"));
-        }
-        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
-            return Err(TokenError::Header("typ"));
-        }
-        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() {
-            return Err(TokenError::Header("key reference"));
-        }
-        if header.crit.is_some() {
-            return Err(TokenError::Header("crit"));
-        }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or(TokenError::UnknownKey)?;
-
-        let data =
-            jsonwebtoken::decode::<JwtClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                ErrorKind::InvalidIssuer => TokenError::Claims("iss"),
-                ErrorKind::InvalidAudience => TokenError::Claims("aud"),
-                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                    TokenError::Claims("format")
-                }
-                _ => TokenError::Malformed,
-            })?;
-        let claims = data.claims;
-
-        // Checks jsonwebtoken leaves to us.
-        let now = unix_seconds(now);
-        let leeway = CLOCK_LEEWAY.as_secs();
-        if claims.sub.is_empty() || claims.jti.is_empty() || claims.sid.is_empty() {
-            return Err(TokenError::Claims("empty sub, jti or sid"));
-        }
-        if claims.iat > now + leeway {
-            return Err(TokenError::Claims("iat in the future"));
-        }
-        if claims.exp <= claims.iat || claims.exp - claims.iat > self.ttl.as_secs() {
-            return Err(TokenError::Claims("lifetime"));
-        }
-        // jsonwebtoken checks `exp` with leeway; without it a token is dead the second it says it is.
-        if claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims.into())
+        self.read().verifier.verify(token, now)
     }
-}
-
-impl From<JwtClaims> for Claims {
-    fn from(c: JwtClaims) -> Self {
-        Self {
-            subject: c.sub,
-            username: c.username,
-            roles: c.roles,
-            token_id: c.jti,
-            issue_time: UNIX_EPOCH + Duration::from_secs(c.iat),
-            expire_time: UNIX_EPOCH + Duration::from_secs(c.exp),
-            issuer: c.iss,
-            audience: c.aud,
-            session_id: c.sid,
-        }
-    }
-}
-
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
     use proptest::prelude::*;
 
     use super::*;
@@ -385,6 +287,7 @@ mod tests {
     fn tokens() -> Tokens {
         Tokens::new(
             SigningKey::generate().unwrap(),
+            vec![],
             "iss".into(),
             "aud".into(),
             Duration::from_secs(900),
@@ -411,6 +314,28 @@ mod tests {
         assert_eq!(tokens.verify(&issued.token, later), Err(TokenError::Expired));
         let other = self::tokens();
         assert_eq!(other.verify(&issued.token, now), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn after_rotation_old_tokens_still_verify_and_new_ones_use_the_new_key() {
+        let tokens = tokens();
+        let now = SystemTime::now();
+        let old_kid = tokens.signing_kid();
+        let old = tokens.issue(&user(), "s1", now).unwrap().token;
+        let old_public = tokens.public_keys()[0].x;
+        tokens.replace_keys(SigningKey::generate().unwrap(), vec![old_public]);
+        let new = tokens.issue(&user(), "s1", now).unwrap().token;
+        assert_ne!(tokens.signing_kid(), old_kid);
+        assert!(tokens.verify(&old, now).is_ok());
+        assert!(tokens.verify(&new, now).is_ok());
+        assert_eq!(tokens.public_keys().len(), 2);
+        // Once the old key is retired, its tokens are unknown.
+        tokens.replace_keys(SigningKey::from_pkcs8_pem(&pem_of(&tokens)).unwrap(), vec![]);
+        assert_eq!(tokens.verify(&old, now), Err(TokenError::UnknownKey));
+    }
+
+    fn pem_of(tokens: &Tokens) -> String {
+        tokens.read().signing.pem.clone()
     }
 
     #[test]
