@@ -4,6 +4,7 @@
 #
 # Usage: tests/interop/grpcurl.sh   (after .ci/interop has installed grpcurl into .venv/ and built the binaries)
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PASSED=0

@@ -6,6 +6,7 @@
 # Usage: tests/interop/rust-example.sh
 #   (after cargo build --release -p auth-svc -p posts-svc -p watchword --example guarded_service)
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 interop_spawn auth-svc "$WATCHWORD_BIN_DIR/auth-svc" auth.v1.AuthService \

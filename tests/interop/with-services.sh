@@ -5,6 +5,7 @@
 # Usage: tests/interop/with-services.sh COMMAND [ARGS...]
 #   e.g. tests/interop/with-services.sh .venv/bin/python examples/python/client.py
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 (($# > 0)) || interop_die "usage: $0 COMMAND [ARGS...]"
