@@ -1,0 +1,148 @@
+//! Another tonic service behind the Watchword guard: an in-memory `posts.v1.PostsService`.
+//!
+//! The guard part is three lines in `main` (validator, layer, `identity()` in the handlers); the rest is an
+//! ordinary tonic service. Health and reflection are added unguarded next to it, as in posts-svc.
+//!
+//! ```text
+//! cargo run --example guarded_service -- --listen 127.0.0.1:50053 --auth-url http://127.0.0.1:50051
+//! ```
+//!
+//! Any posts.v1 client works against it, e.g. `examples/python/client.py --posts 127.0.0.1:50053`.
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+use tower::Layer as _;
+use watchword::{
+    guard::{AuthLayer, RemoteValidator, identity},
+    pb::posts::v1::{
+        self as pb,
+        posts_service_server::{PostsService, PostsServiceServer},
+    },
+};
+
+/// Posts by id. Ids are UUIDv7, so id order is creation order.
+#[derive(Default)]
+struct MemoryPosts(Mutex<BTreeMap<String, pb::Post>>);
+
+impl MemoryPosts {
+    fn posts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, pb::Post>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[tonic::async_trait]
+impl PostsService for MemoryPosts {
+    async fn create_post(
+        &self,
+        request: Request<pb::CreatePostRequest>,
+    ) -> Result<Response<pb::CreatePostResponse>, Status> {
+        // The guard has validated the token; the author comes from it, never from the request.
+        let caller = identity(&request)?.clone();
+        let pb::CreatePostRequest { title, body } = request.into_inner();
+        if title.trim().is_empty() || body.trim().is_empty() {
+            return Err(Status::invalid_argument("title and body must not be empty"));
+        }
+        let post = pb::Post {
+            id: uuid::Uuid::now_v7().to_string(),
+            author_id: caller.user_id,
+            author_username: caller.username,
+            title,
+            body,
+            create_time: Some(SystemTime::now().into()),
+        };
+        self.posts().insert(post.id.clone(), post.clone());
+        Ok(Response::new(pb::CreatePostResponse { post: Some(post) }))
+    }
+
+    /// Newest first, optionally by one author; a single page of at most 100 (no page tokens here).
+    async fn list_posts(
+        &self,
+        request: Request<pb::ListPostsRequest>,
+    ) -> Result<Response<pb::ListPostsResponse>, Status> {
+        identity(&request)?; // Fails closed if the guard was not installed.
+        let author = request.into_inner().author_id;
+        let posts = self
+            .posts()
+            .values()
+            .rev()
+            .filter(|p| author.as_ref().is_none_or(|a| *a == p.author_id))
+            .take(100)
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListPostsResponse {
+            posts,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn get_post(
+        &self,
+        request: Request<pb::GetPostRequest>,
+    ) -> Result<Response<pb::GetPostResponse>, Status> {
+        identity(&request)?;
+        let post = self.posts().get(&request.get_ref().id).cloned();
+        let post = post.ok_or_else(|| Status::not_found("post not found"))?;
+        Ok(Response::new(pb::GetPostResponse { post: Some(post) }))
+    }
+
+    async fn delete_post(
+        &self,
+        request: Request<pb::DeletePostRequest>,
+    ) -> Result<Response<pb::DeletePostResponse>, Status> {
+        let caller = identity(&request)?;
+        let id = &request.get_ref().id;
+        let mut posts = self.posts();
+        let post = posts.get(id).ok_or_else(|| Status::not_found("post not found"))?;
+        if post.author_id != caller.user_id {
+            return Err(Status::permission_denied("only the author may delete a post"));
+        }
+        posts.remove(id);
+        Ok(Response::new(pb::DeletePostResponse {}))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    watchword::telemetry::init();
+    let (mut listen, mut auth_url) = ("127.0.0.1:50053".to_owned(), "http://127.0.0.1:50051".to_owned());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => listen = value,
+            "--auth-url" => auth_url = value,
+            _ => return Err(format!("unknown flag {flag}; use --listen ADDR --auth-url URL").into()),
+        }
+    }
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+
+    // The guard: ask auth-svc about every token (connecting on first use), and wrap only this service.
+    let validator = RemoteValidator::connect_lazy(&auth_url, Duration::from_secs(2))?;
+    let posts = AuthLayer::new(validator).layer(PostsServiceServer::new(MemoryPosts::default()));
+
+    // Unguarded neighbours: health (reported under the wrapped service's name) and reflection.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<PostsServiceServer<MemoryPosts>>().await;
+    let (reflection_v1, reflection_v1alpha) = watchword::server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
+
+    tracing::info!(addr = %listener.local_addr()?, %auth_url, "serving");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(posts)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            watchword::server::shutdown_signal(),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Calls auth-svc and posts-svc from Python with grpcio.
+
+Stubs are generated from ../../proto with grpcio-tools into a temporary directory at start-up, so nothing
+generated is committed. Walks the whole flow (register, log in, create, list, get, delete) and checks that
+calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the first unexpected result.
+
+    pip install -r examples/python/requirements.txt
+    python examples/python/client.py --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
+
+The addresses may also come from the AUTH_ADDR and POSTS_ADDR environment variables.
+"""
+
+import argparse
+import importlib
+import importlib.resources
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_tools import protoc
+
+PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
+PROTO_FILES = ["auth/v1/auth.proto", "posts/v1/posts.proto"]
+TIMEOUT = 10  # seconds, for every call
+
+
+def generate_stubs(out_dir):
+    """Compiles the protos into out_dir and makes the generated modules importable."""
+    # grpcio-tools ships google/protobuf/*.proto (timestamp.proto among them) in its _proto folder.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"--proto_path={PROTO_DIR}",
+            f"--proto_path={well_known}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *PROTO_FILES,
+        ]
+    )
+    if status != 0:
+        sys.exit(f"protoc failed with status {status}")
+    sys.path.insert(0, str(out_dir))
+
+
+def expect_status(code, call, *args, **kwargs):
+    """Runs call and checks that it fails with the gRPC status code."""
+    try:
+        call(*args, **kwargs)
+    except grpc.RpcError as error:
+        if error.code() != code:
+            sys.exit(f"expected {code}, got {error.code()}: {error.details()}")
+        print(f"  -> {error.code().name}: {error.details()}")
+        return
+    sys.exit(f"expected {code}, but the call succeeded")
+
+
+def check(condition, what):
+    if not condition:
+        sys.exit(f"check failed: {what}")
+    print(f"ok - {what}")
+
+
+def run(auth_addr, posts_addr):
+    # Imported here because the modules exist only once generate_stubs has run.
+    auth_pb2 = importlib.import_module("auth.v1.auth_pb2")
+    auth_pb2_grpc = importlib.import_module("auth.v1.auth_pb2_grpc")
+    posts_pb2 = importlib.import_module("posts.v1.posts_pb2")
+    posts_pb2_grpc = importlib.import_module("posts.v1.posts_pb2_grpc")
+
+    with grpc.insecure_channel(auth_addr) as auth_channel, grpc.insecure_channel(posts_addr) as posts_channel:
+        auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
+        posts = posts_pb2_grpc.PostsServiceStub(posts_channel)
+
+        # A fresh username each run, so the client also works against long-running services.
+        username = f"py-{secrets.token_hex(4)}"
+        password = "correct horse battery staple"
+
+        user = auth.Register(auth_pb2.RegisterRequest(username=username, password=password), timeout=TIMEOUT).user
+        check(user.username == username and "user" in user.roles, f"Register created {username}")
+
+        login = auth.Login(auth_pb2.LoginRequest(username=username, password=password), timeout=TIMEOUT)
+        check(login.token_type == "Bearer" and login.access_token, "Login returned a Bearer token")
+
+        # Every PostsService call carries the token as `authorization` metadata.
+        metadata = [("authorization", f"Bearer {login.access_token}")]
+
+        first = posts.CreatePost(
+            posts_pb2.CreatePostRequest(title="First", body="Hello from Python"), metadata=metadata, timeout=TIMEOUT
+        ).post
+        second = posts.CreatePost(
+            posts_pb2.CreatePostRequest(title="Second", body="Still here"), metadata=metadata, timeout=TIMEOUT
+        ).post
+        check(first.author_id == user.id and first.author_username == username, "CreatePost set the author")
+
+        page = posts.ListPosts(posts_pb2.ListPostsRequest(author_id=user.id), metadata=metadata, timeout=TIMEOUT)
+        check([p.id for p in page.posts] == [second.id, first.id], "ListPosts returned both posts, newest first")
+
+        got = posts.GetPost(posts_pb2.GetPostRequest(id=first.id), metadata=metadata, timeout=TIMEOUT).post
+        check(got.title == "First" and got.body == "Hello from Python", "GetPost returned the post")
+
+        posts.DeletePost(posts_pb2.DeletePostRequest(id=first.id), metadata=metadata, timeout=TIMEOUT)
+        print("ok - DeletePost deleted the first post")
+        expect_status(
+            grpc.StatusCode.NOT_FOUND,
+            posts.GetPost,
+            posts_pb2.GetPostRequest(id=first.id),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        )
+        print("ok - GetPost of the deleted post is NOT_FOUND")
+
+        # No token, and a token that is not one: both refused before any handler runs.
+        expect_status(grpc.StatusCode.UNAUTHENTICATED, posts.ListPosts, posts_pb2.ListPostsRequest(), timeout=TIMEOUT)
+        print("ok - ListPosts without a token is UNAUTHENTICATED")
+        expect_status(
+            grpc.StatusCode.UNAUTHENTICATED,
+            posts.ListPosts,
+            posts_pb2.ListPostsRequest(),
+            metadata=[("authorization", "Bearer garbage")],
+            timeout=TIMEOUT,
+        )
+        print("ok - ListPosts with a garbage token is UNAUTHENTICATED")
+    print("python client: all checks passed")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--auth", default=os.environ.get("AUTH_ADDR", "127.0.0.1:50051"), help="auth-svc host:port")
+    parser.add_argument("--posts", default=os.environ.get("POSTS_ADDR", "127.0.0.1:50052"), help="posts-svc host:port")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="watchword-stubs-") as out_dir:
+        generate_stubs(out_dir)
+        run(args.auth, args.posts)
+
+
+if __name__ == "__main__":
+    main()
