@@ -34,6 +34,8 @@ pub enum AuthError {
     RateLimited { retry_after: Duration },
     #[error("server busy; retry later")]
     Overloaded,
+    #[error("the signing key comes from --signing-key-file; rotate it by replacing the file")]
+    KeyManagedByFile,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
     #[error("internal: {0}")]
@@ -55,6 +57,7 @@ impl From<AuthError> for Status {
             AuthError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             AuthError::UsernameTaken => Status::already_exists(error.to_string()),
             AuthError::UserNotFound => Status::not_found(error.to_string()),
+            AuthError::KeyManagedByFile => Status::failed_precondition(error.to_string()),
             AuthError::BadCredentials => reason::status(
                 Code::Unauthenticated,
                 Reason::InvalidCredentials,

@@ -7,6 +7,7 @@ mod domain;
 mod error;
 mod password;
 mod refresh;
+mod revocations;
 mod service;
 pub mod settings;
 mod store;
@@ -15,7 +16,7 @@ pub mod tokens;
 
 use std::{future::Future, sync::Arc};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use watchword::{
     pb::auth::v1::{self as pb, auth_service_server::AuthServiceServer},
     server,
@@ -27,6 +28,7 @@ use crate::{
     error::AuthError,
     password::PasswordHasher,
     refresh::RefreshTokens,
+    revocations::RevocationHub,
     service::AuthApi,
     store::Store,
     throttle::PeerLimiter,
@@ -60,9 +62,10 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let api = build(&settings).await?;
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let api = Arc::new(build(&settings, stopping_rx).await?);
     let store = api.store.clone();
-    let purge_task = tokio::spawn(purge_expired(store.clone()));
+    let maintenance_task = tokio::spawn(maintain(Arc::clone(&api)));
 
     let (health, health_task) = server::health_service(
         <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
@@ -73,21 +76,26 @@ pub async fn serve(
     )
     .await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
-    let auth = AuthServiceServer::new(api).max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
+    let auth = AuthServiceServer::from_arc(api).max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
     let router = server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth);
 
+    let shutdown = async move {
+        shutdown.await;
+        // End the endless streams (WatchRevocations) so the drain does not wait out the grace period.
+        let _ = stopping_tx.send(true);
+    };
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
-    purge_task.abort();
+    maintenance_task.abort();
     Ok(result?)
 }
 
 /// Everything the handlers need, from storage up.
-async fn build(settings: &Settings) -> Result<AuthApi, ServeError> {
+async fn build(settings: &Settings, stopping: watch::Receiver<bool>) -> Result<AuthApi, ServeError> {
     let (store, hasher) = tokio::join!(Store::open(&settings.database_url), PasswordHasher::new());
     let (store, hasher) = (store?, hasher?);
     let signing_key = load_signing_key(settings, &store).await?;
@@ -107,14 +115,20 @@ async fn build(settings: &Settings) -> Result<AuthApi, ServeError> {
     let pepper: [u8; 32] = pepper
         .try_into()
         .map_err(|_| KeyError::Parse("stored refresh_token_pepper is not 32 bytes".into()))?;
-    Ok(AuthApi {
+    let api = AuthApi {
         store,
+        revocations: RevocationHub::new(),
+        stopping,
+        last_key_reload: std::sync::Mutex::new(None),
         hasher,
         tokens: Arc::new(tokens),
         refresh: RefreshTokens::new(pepper),
         peers: PeerLimiter::new(settings.peer_rate, settings.peer_burst),
         settings: settings.clone(),
-    })
+    };
+    // Older keys that still verify live tokens join the set (a no-op with --signing-key-file).
+    api.reload_keys().await?;
+    Ok(api)
 }
 
 /// Creates `username` as an admin (with roles admin and user), or gives an existing account the admin
@@ -124,7 +138,7 @@ pub async fn bootstrap_admin(
     username: &str,
     password: String,
 ) -> Result<String, ServeError> {
-    let api = build(settings).await?;
+    let api = build(settings, watch::channel(false).1).await?;
     let roles = vec![domain::ROLE_ADMIN.to_owned(), domain::ROLE_USER.to_owned()];
     match api.create_user(username, password, roles.clone()).await {
         Ok(user) => Ok(format!("created admin {} ({})", user.username, user.id)),
@@ -151,15 +165,31 @@ pub async fn bootstrap_admin(
     }
 }
 
-/// Expired refresh tokens can never be used again, nor can idle lockout records matter: dropping them keeps
-/// the tables small.
-async fn purge_expired(store: Store) {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(3600));
+/// Background upkeep: reload the key set now and then (a rotation in another replica), and drop what can
+/// no longer matter (expired refresh tokens, idle lockout records, keys whose tokens have all expired).
+async fn maintain(api: Arc<AuthApi>) {
+    const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    const PURGE_EVERY_RELOADS: u32 = 360;
+    let mut interval = tokio::time::interval(RELOAD_EVERY);
+    interval.tick().await;
+    let mut ticks = 0u32;
     loop {
         interval.tick().await;
-        match store.purge_expired(std::time::SystemTime::now()).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged expired refresh tokens and idle lockout records"),
+        if let Err(error) = api.reload_keys().await {
+            tracing::warn!(%error, "reloading signing keys failed");
+        }
+        ticks += 1;
+        if !ticks.is_multiple_of(PURGE_EVERY_RELOADS) {
+            continue;
+        }
+        let now = std::time::SystemTime::now();
+        let key_cutoff = now - api.tokens.ttl() - watchword::token::CLOCK_LEEWAY;
+        match tokio::try_join!(
+            api.store.purge_expired(now),
+            api.store.drop_retired_keys(key_cutoff)
+        ) {
+            Ok((0, 0)) => {}
+            Ok((records, keys)) => tracing::info!(records, keys, "purged expired records and retired keys"),
             Err(error) => tracing::warn!(%error, "purging expired records failed"),
         }
     }

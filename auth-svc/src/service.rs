@@ -1,9 +1,17 @@
 //! The gRPC handlers: the boundary where protobuf types become domain values and back.
 
 use std::{
-    sync::Arc,
-    time::{Instant, SystemTime},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
+
+use tokio::sync::watch;
+use tokio_stream::{
+    Stream, StreamExt as _,
+    wrappers::{BroadcastStream, IntervalStream, ReceiverStream},
+};
+use watchword::{reason::Reason, token::CLOCK_LEEWAY};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -18,14 +26,20 @@ use crate::{
     error::AuthError,
     password::PasswordHasher,
     refresh::RefreshTokens,
+    revocations::{Revocation, RevocationHub, Target},
     settings::Settings,
     store::{Rotation, Store, StoreError},
     throttle::PeerLimiter,
-    tokens::{Claims, IssuedToken, TokenError, Tokens},
+    tokens::{Claims, IssuedToken, SigningKey, TokenError, Tokens},
 };
 
 pub struct AuthApi {
     pub(crate) store: Store,
+    pub(crate) revocations: RevocationHub,
+    /// Becomes `true` when the server starts shutting down, so endless streams end and draining is quick.
+    pub(crate) stopping: watch::Receiver<bool>,
+    /// When keys were last reloaded from storage because a token named a key we did not know.
+    pub(crate) last_key_reload: Mutex<Option<Instant>>,
     pub(crate) hasher: PasswordHasher,
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) refresh: RefreshTokens,
@@ -174,8 +188,16 @@ impl AuthService for AuthApi {
             Rotation::Revoked => return Err(AuthError::Token(TokenError::Revoked).into()),
             Rotation::UserDisabled => return Err(AuthError::UserDisabled.into()),
             Rotation::Locked(retry_after) => return Err(AuthError::AccountLocked { retry_after }.into()),
-            Rotation::Reused => {
-                tracing::warn!("rotated refresh token presented again: session revoked");
+            Rotation::Reused { session_id } => {
+                tracing::warn!(
+                    session_id,
+                    "rotated refresh token presented again: session revoked"
+                );
+                self.revocations.publish(Revocation {
+                    target: Target::Session(session_id),
+                    revoke_time: now,
+                    reason: Reason::TokenRevoked,
+                });
                 return Err(AuthError::Token(TokenError::Revoked).into());
             }
         };
@@ -238,12 +260,20 @@ impl AuthService for AuthApi {
         let admin = self.require_admin(request.metadata()).await?;
         let pb::SetUserRolesRequest { user_id, roles } = request.into_inner();
         let (user_id, roles) = (parse_user_id(&user_id)?, parse_roles(roles)?);
-        let user = self
+        let now = watchword_db::now();
+        let (user, sessions_ended) = self
             .store
-            .set_roles(&user_id, roles, SystemTime::now())
+            .set_roles(&user_id, roles, now)
             .await
             .map_err(AuthError::from)?
             .ok_or(AuthError::UserNotFound)?;
+        if sessions_ended {
+            self.revocations.publish(Revocation {
+                target: Target::User(user.id.clone()),
+                revoke_time: now,
+                reason: Reason::TokenRevoked,
+            });
+        }
         tracing::info!(admin = %admin.subject, user_id, roles = ?user.roles, "set roles");
         Ok(Response::new(pb::SetUserRolesResponse {
             user: Some(user_to_pb(user)),
@@ -289,23 +319,196 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::DisableUserResponse>, Status> {
         let admin = self.require_admin(request.metadata()).await?;
         let user_id = parse_user_id(&request.get_ref().user_id)?;
+        let now = watchword_db::now();
         let user = self
             .store
-            .disable_user(&user_id, SystemTime::now())
+            .disable_user(&user_id, now)
             .await
             .map_err(AuthError::from)?
             .ok_or(AuthError::UserNotFound)?;
+        self.revocations.publish(Revocation {
+            target: Target::User(user.id.clone()),
+            revoke_time: now,
+            reason: Reason::UserDisabled,
+        });
         tracing::info!(admin = %admin.subject, user_id, "disabled user");
         Ok(Response::new(pb::DisableUserResponse {
             user: Some(user_to_pb(user)),
         }))
     }
+    type WatchRevocationsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send + 'static>>;
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        // Subscribe before reading the snapshot, so nothing falls between the two (repeats are harmless).
+        let live = BroadcastStream::new(self.revocations.subscribe());
+        let window = self.tokens.ttl() + CLOCK_LEEWAY;
+        let since = SystemTime::now() - window;
+        let snapshot = self
+            .store
+            .recent_revocations(since)
+            .await
+            .map_err(AuthError::from)?;
+        let to_pb = move |r: Revocation| revocation_to_pb(r, window);
+        let snapshot = tokio_stream::iter(snapshot.into_iter().map(move |r| Ok(to_pb(r))));
+        // The first tick is immediate: it marks the end of the snapshot.
+        let heartbeats = IntervalStream::new(tokio::time::interval(REVOCATION_HEARTBEAT))
+            .map(|_| Ok(pb::WatchRevocationsResponse::default()));
+        let live = live.map(move |event| match event {
+            Ok(r) => Ok(to_pb(r)),
+            // Too slow to keep up: end the stream so the client drops its cache and reconnects.
+            Err(_lagged) => Err(Status::unavailable("revocation stream fell behind; reconnect")),
+        });
+        let events = snapshot.chain(heartbeats.merge(live));
+        // Forward until the client goes away or the server starts shutting down.
+        let mut stopping = self.stopping.clone();
+        let stop = async move {
+            while !*stopping.borrow_and_update() {
+                if stopping.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            tokio::pin!(events, stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    event = events.next() => {
+                        let Some(event) = event else { break };
+                        if tx.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let admin = self.require_admin(request.metadata()).await?;
+        if self.settings.signing_key_file.is_some() {
+            return Err(AuthError::KeyManagedByFile.into());
+        }
+        let key = SigningKey::generate().map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.store
+            .rotate_key(key.kid(), key.to_pkcs8_pem(), SystemTime::now())
+            .await
+            .map_err(AuthError::from)?;
+        self.reload_keys().await?;
+        tracing::info!(admin = %admin.subject, kid = key.kid(), "rotated signing key");
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid: key.kid().to_owned(),
+        }))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let keys: Vec<pb::Jwk> = self
+            .tokens
+            .public_keys()
+            .into_iter()
+            .map(|key| pb::Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: URL_SAFE_NO_PAD.encode(key.x),
+                kid: key.kid,
+                alg: "EdDSA".into(),
+                r#use: "sig".into(),
+            })
+            .collect();
+        let json_keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.r#use}))
+            .collect();
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: serde_json::json!({ "keys": json_keys }).to_string(),
+            keys,
+            issuer: self.tokens.issuer().to_owned(),
+            audience: self.tokens.audience().to_owned(),
+            max_token_lifetime: prost_types::Duration::try_from(self.tokens.ttl()).ok(),
+        }))
+    }
+}
+
+/// How often a WatchRevocations stream says "still here" when nothing happens.
+pub(crate) const REVOCATION_HEARTBEAT: Duration = Duration::from_secs(5);
+
+fn revocation_to_pb(r: Revocation, window: Duration) -> pb::WatchRevocationsResponse {
+    use pb::watch_revocations_response::Target as PbTarget;
+    pb::WatchRevocationsResponse {
+        target: Some(match r.target {
+            Target::Session(id) => PbTarget::SessionId(id),
+            Target::User(id) => PbTarget::UserId(id),
+        }),
+        revoke_time: Some(r.revoke_time.into()),
+        expire_time: Some((r.revoke_time + window).into()),
+        reason: r.reason.as_str().to_owned(),
+    }
 }
 
 impl AuthApi {
+    /// Reloads the key set from storage: picks up a rotation made here or by another replica, and drops
+    /// keys whose tokens have all expired. A key from --signing-key-file is never replaced.
+    pub(crate) async fn reload_keys(&self) -> Result<(), AuthError> {
+        if self.settings.signing_key_file.is_some() {
+            return Ok(());
+        }
+        let cutoff = SystemTime::now() - self.tokens.ttl() - CLOCK_LEEWAY;
+        let stored = self.store.load_keys(cutoff).await?;
+        let mut signing = None;
+        let mut verifying = Vec::new();
+        for (pem, retired) in stored {
+            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| AuthError::Internal(e.to_string()))?;
+            if !retired && signing.is_none() {
+                signing = Some(key);
+            } else {
+                verifying.push(key.public_key());
+            }
+        }
+        let signing = signing.ok_or_else(|| AuthError::Internal("no active signing key stored".into()))?;
+        self.tokens.replace_keys(signing, verifying);
+        Ok(())
+    }
+
+    /// Verifies `token`; if it names a key we do not know, reloads keys once (at most once a second) in case
+    /// another replica rotated, and tries again.
+    async fn verify_or_reload(&self, token: &str) -> Result<Claims, AuthError> {
+        match self.tokens.verify(token, SystemTime::now()) {
+            Err(TokenError::UnknownKey) if self.may_reload_keys() => {
+                self.reload_keys().await?;
+                Ok(self.tokens.verify(token, SystemTime::now())?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn may_reload_keys(&self) -> bool {
+        let mut last = self
+            .last_key_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
     /// Checks `token` completely: signature and claims, then that its session is live and its user enabled.
     async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
-        let claims = self.tokens.verify(token, SystemTime::now())?;
+        let claims = self.verify_or_reload(token).await?;
         let state = self
             .store
             .session_state(&claims.session_id, &claims.subject)

@@ -5,7 +5,12 @@ use std::time::{Duration, SystemTime};
 
 use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
 
-use crate::domain::{Credentials, User, Username};
+use watchword::reason::Reason;
+
+use crate::{
+    domain::{Credentials, User, Username},
+    revocations::{Revocation, Target},
+};
 
 /// Append-only: entry `i` is schema version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -65,6 +70,11 @@ CREATE TABLE login_failures (
     last_attempt_us INTEGER NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- Set when a newer key takes over signing; the key keeps verifying until its tokens have expired.
+ALTER TABLE signing_keys ADD COLUMN retire_time_us INTEGER;
+CREATE INDEX sessions_by_revoke_time ON sessions (revoke_time_us) WHERE revoke_time_us IS NOT NULL;
+"#,
 ];
 
 /// The first lock lasts this long; each further failure doubles it, up to [`LOCK_CAP`].
@@ -102,7 +112,9 @@ pub enum Rotation {
     /// The account is locked after failed logins; refresh waits like login does.
     Locked(Duration),
     /// An already-rotated token came back after the grace window: the session has just been revoked.
-    Reused,
+    Reused {
+        session_id: String,
+    },
 }
 
 #[derive(Clone)]
@@ -194,13 +206,13 @@ impl Store {
     }
 
     /// Replaces a user's roles. If any role is taken away, the user's sessions end, so that no live
-    /// token still carries it. `None` if there is no such user.
+    /// token still carries it (the `bool` says whether that happened). `None` if there is no such user.
     pub async fn set_roles(
         &self,
         user_id: &str,
         roles: Vec<String>,
         now: SystemTime,
-    ) -> Result<Option<User>, DbError> {
+    ) -> Result<Option<(User, bool)>, DbError> {
         let id = user_id.to_owned();
         self.db
             .write(move |tx| {
@@ -216,7 +228,7 @@ impl Store {
                     revoke_user_sessions(tx, &id, now)?;
                 }
                 user.roles = roles;
-                Ok(Some(user))
+                Ok(Some((user, removes_a_role)))
             })
             .await
     }
@@ -382,13 +394,13 @@ impl Store {
                             }),
                             _ => {
                                 revoke_session(tx, &session_id, now)?;
-                                Ok(Rotation::Reused)
+                                Ok(Rotation::Reused { session_id })
                             }
                         }
                     }
                     Some(_) => {
                         revoke_session(tx, &session_id, now)?;
-                        Ok(Rotation::Reused)
+                        Ok(Rotation::Reused { session_id })
                     }
                 }
             })
@@ -505,6 +517,81 @@ impl Store {
             .await
     }
 
+    /// Keys that may still verify a live token, newest first: `(private key PEM, retired)`. Keys retired
+    /// before `cutoff` are left out (every token they signed has expired).
+    pub async fn load_keys(&self, cutoff: SystemTime) -> Result<Vec<(String, bool)>, DbError> {
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
+                     WHERE retire_time_us IS NULL OR retire_time_us >= ?1
+                     ORDER BY create_time_us DESC, kid",
+                )?
+                .query_map([to_micros(cutoff)], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+            })
+            .await
+    }
+
+    /// Makes `pem` the signing key: every other key is retired now (and keeps verifying for a while).
+    pub async fn rotate_key(&self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
+        let (kid, pem) = (kid.to_owned(), pem.to_owned());
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "UPDATE signing_keys SET retire_time_us = ?1 WHERE retire_time_us IS NULL",
+                    [to_micros(now)],
+                )?;
+                tx.execute(
+                    "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![kid, pem, to_micros(now)],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Deletes keys retired before `cutoff`: no live token can name them.
+    pub async fn drop_retired_keys(&self, cutoff: SystemTime) -> Result<usize, DbError> {
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "DELETE FROM signing_keys WHERE retire_time_us < ?1",
+                    [to_micros(cutoff)],
+                )
+            })
+            .await
+    }
+
+    /// Revocations that may still matter: sessions revoked since `since`, and disabled users.
+    pub async fn recent_revocations(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
+        self.db
+            .read(move |conn| {
+                let mut revocations: Vec<Revocation> = conn
+                    .prepare_cached("SELECT id, revoke_time_us FROM sessions WHERE revoke_time_us >= ?1")?
+                    .query_map([to_micros(since)], |row| {
+                        Ok(Revocation {
+                            target: Target::Session(row.get(0)?),
+                            revoke_time: from_micros(row.get(1)?),
+                            reason: Reason::TokenRevoked,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let disabled = conn
+                    .prepare_cached("SELECT id FROM users WHERE disabled = 1")?
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let now = SystemTime::now();
+                revocations.extend(disabled.into_iter().map(|id| Revocation {
+                    target: Target::User(id),
+                    revoke_time: now,
+                    reason: Reason::UserDisabled,
+                }));
+                Ok(revocations)
+            })
+            .await
+    }
+
     /// The signing key in use: the newest stored one, or `candidate` if none is stored yet. Insert-then-read
     /// lets several processes starting at once agree on one key.
     pub async fn signing_key_or_insert(&self, kid: &str, pem: &str) -> Result<String, DbError> {
@@ -514,7 +601,8 @@ impl Store {
             .write(move |tx| {
                 let existing: Option<String> = tx
                     .query_row(
-                        "SELECT private_key_pem FROM signing_keys ORDER BY create_time_us DESC, kid LIMIT 1",
+                        "SELECT private_key_pem FROM signing_keys WHERE retire_time_us IS NULL
+                         ORDER BY create_time_us DESC, kid LIMIT 1",
                         [],
                         |row| row.get(0),
                     )
