@@ -44,7 +44,7 @@ impl PostsService for MemoryPosts {
     ) -> Result<Response<pb::CreatePostResponse>, Status> {
         // The guard has validated the token; the author comes from it, never from the request.
         let caller = identity(&request)?.clone();
-        let pb::CreatePostRequest { title, body } = request.into_inner();
+        let pb::CreatePostRequest { title, body, .. } = request.into_inner();
         if title.trim().is_empty() || body.trim().is_empty() {
             return Err(Status::invalid_argument("title and body must not be empty"));
         }
