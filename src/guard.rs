@@ -54,8 +54,24 @@ pub struct Identity {
     pub token_id: String,
     /// The session the token belongs to (`sid`).
     pub session_id: String,
+    /// When the token was issued.
+    pub issue_time: SystemTime,
     /// When the token stops being valid.
     pub expire_time: SystemTime,
+}
+
+impl From<crate::token::Claims> for Identity {
+    fn from(claims: crate::token::Claims) -> Self {
+        Self {
+            user_id: claims.subject,
+            username: claims.username,
+            roles: claims.roles,
+            token_id: claims.token_id,
+            session_id: claims.session_id,
+            issue_time: claims.issue_time,
+            expire_time: claims.expire_time,
+        }
+    }
 }
 
 impl Identity {
@@ -77,7 +93,7 @@ pub fn identity<T>(request: &tonic::Request<T>) -> Result<&Identity, Status> {
 }
 
 /// Why the guard refused a call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
     /// The metadata held no usable bearer token; auth-svc was not asked.
     #[error(transparent)]
@@ -155,14 +171,26 @@ pub trait Validator: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct RemoteValidator {
     client: AuthServiceClient<Channel>,
+    channel: Channel,
     timeout: Duration,
 }
 
 impl RemoteValidator {
+    /// The channel to auth-svc, for the revocation feed and JWKS fetches to share.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The bound on each call to auth-svc.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Uses an existing channel; `timeout` bounds each Validate call end to end.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
         Self {
-            client: AuthServiceClient::new(channel),
+            client: AuthServiceClient::new(channel.clone()),
+            channel,
             timeout,
         }
     }
@@ -212,16 +240,18 @@ impl Validator for RemoteValidator {
             tracing::warn!("auth-svc Validate answered OK without claims");
             GuardError::Unavailable
         })?;
+        let time = |t: Option<prost_types::Timestamp>| {
+            t.and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
         Ok(Identity {
             session_id: claims.session_id,
             user_id: claims.subject,
             username: claims.username,
             roles: claims.roles,
             token_id: claims.token_id,
-            expire_time: claims
-                .expire_time
-                .and_then(|t| SystemTime::try_from(t).ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH),
+            issue_time: time(claims.issue_time),
+            expire_time: time(claims.expire_time),
         })
     }
 }

@@ -248,6 +248,11 @@ impl AuthService for AuthApi {
             .revoke_session(&session_id, now)
             .await
             .map_err(AuthError::from)?;
+        self.revocations.publish(Revocation {
+            target: Target::Session(session_id.clone()),
+            revoke_time: now,
+            reason: Reason::TokenRevoked,
+        });
         tracing::info!(session_id, "logged out");
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -261,15 +266,17 @@ impl AuthService for AuthApi {
         let pb::SetUserRolesRequest { user_id, roles } = request.into_inner();
         let (user_id, roles) = (parse_user_id(&user_id)?, parse_roles(roles)?);
         let now = watchword_db::now();
-        let (user, sessions_ended) = self
+        let (user, ended_sessions) = self
             .store
             .set_roles(&user_id, roles, now)
             .await
             .map_err(AuthError::from)?
             .ok_or(AuthError::UserNotFound)?;
-        if sessions_ended {
+        // Name the sessions, not the user: a token from a login right after this must stay valid, and
+        // `iat` has only one-second resolution.
+        for session_id in ended_sessions {
             self.revocations.publish(Revocation {
-                target: Target::User(user.id.clone()),
+                target: Target::Session(session_id),
                 revoke_time: now,
                 reason: Reason::TokenRevoked,
             });

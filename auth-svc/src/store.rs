@@ -206,13 +206,13 @@ impl Store {
     }
 
     /// Replaces a user's roles. If any role is taken away, the user's sessions end, so that no live
-    /// token still carries it (the `bool` says whether that happened). `None` if there is no such user.
+    /// token still carries it (their ids are returned). `None` if there is no such user.
     pub async fn set_roles(
         &self,
         user_id: &str,
         roles: Vec<String>,
         now: SystemTime,
-    ) -> Result<Option<(User, bool)>, DbError> {
+    ) -> Result<Option<(User, Vec<String>)>, DbError> {
         let id = user_id.to_owned();
         self.db
             .write(move |tx| {
@@ -224,11 +224,13 @@ impl Store {
                     "UPDATE users SET roles = ?1 WHERE id = ?2",
                     rusqlite::params![roles.join(" "), id],
                 )?;
-                if removes_a_role {
-                    revoke_user_sessions(tx, &id, now)?;
-                }
+                let ended = if removes_a_role {
+                    revoke_user_sessions(tx, &id, now)?
+                } else {
+                    Vec::new()
+                };
                 user.roles = roles;
-                Ok(Some((user, removes_a_role)))
+                Ok(Some((user, ended)))
             })
             .await
     }
@@ -654,16 +656,17 @@ fn revoke_session(tx: &rusqlite::Transaction<'_>, session_id: &str, now: SystemT
     Ok(())
 }
 
+/// Ends every live session of `user_id`, returning their ids.
 fn revoke_user_sessions(
     tx: &rusqlite::Transaction<'_>,
     user_id: &str,
     now: SystemTime,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE sessions SET revoke_time_us = ?1 WHERE user_id = ?2 AND revoke_time_us IS NULL",
-        rusqlite::params![to_micros(now), user_id],
-    )?;
-    Ok(())
+) -> rusqlite::Result<Vec<String>> {
+    tx.prepare_cached(
+        "UPDATE sessions SET revoke_time_us = ?1 WHERE user_id = ?2 AND revoke_time_us IS NULL RETURNING id",
+    )?
+    .query_map(rusqlite::params![to_micros(now), user_id], |row| row.get(0))?
+    .collect()
 }
 
 fn no_rows_is_none<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {

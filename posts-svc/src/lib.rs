@@ -12,14 +12,17 @@ mod store;
 use std::future::Future;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tower::Layer as _;
 use watchword::{
-    guard::{AuthLayer, Policy, RemoteValidator},
+    cache::CachingValidator,
+    guard::{AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator},
+    local::LocalValidator,
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
-    server,
+    revocation, server,
 };
 
-pub use settings::Settings;
+pub use settings::{Settings, VerifyMode};
 
 use crate::{service::PostsApi, store::Store};
 
@@ -54,8 +57,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let store = Store::open(&settings.database_url).await?;
-    let validator = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)
-        .map_err(ServeError::AuthUrl)?;
+    let (validator, feed_task) = validator(&settings).await?;
 
     let probe_store = store.clone();
     let (health, health_task) = server::health_service(
@@ -77,7 +79,51 @@ pub async fn serve(
 
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
+    if let Some(task) = feed_task {
+        task.abort();
+    }
     Ok(result?)
+}
+
+/// The guard's validator for the configured mode, and the revocation feed task it needs (if any).
+async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHandle<()>>), ServeError> {
+    let remote = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)
+        .map_err(ServeError::AuthUrl)?;
+    if settings.verify == VerifyMode::Remote && settings.validate_cache_ttl.is_zero() {
+        return Ok((AnyValidator::Remote(remote), None));
+    }
+    let (revocations, feed) = revocation::spawn_feed(remote.channel());
+    let validator = match settings.verify {
+        VerifyMode::Remote => AnyValidator::Cached(CachingValidator::new(
+            remote,
+            revocations,
+            settings.validate_cache_ttl,
+            settings.validate_cache_size,
+        )),
+        VerifyMode::Local => AnyValidator::Local(
+            LocalValidator::new(remote, revocations, settings.jwks_refetch_interval).await,
+        ),
+    };
+    Ok((validator, Some(feed)))
+}
+
+/// One of the guard's validators, chosen at start-up. Built once and kept behind the guard's `Arc`, so the
+/// size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum AnyValidator {
+    Remote(RemoteValidator),
+    Cached(CachingValidator<RemoteValidator>),
+    Local(LocalValidator),
+}
+
+impl Validator for AnyValidator {
+    async fn validate(&self, token: &str) -> Result<Identity, GuardError> {
+        match self {
+            Self::Remote(v) => v.validate(token).await,
+            Self::Cached(v) => v.validate(token).await,
+            Self::Local(v) => v.validate(token).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,9 +30,36 @@ pub struct Settings {
     #[arg(long, env = "POSTS_SVC_AUTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
 
+    /// How the guard checks tokens: `remote` asks auth-svc's Validate (cached for --validate-cache-ttl);
+    /// `local` verifies signatures with auth-svc's published keys (JWKS). Both honour revocations at once.
+    #[arg(long, env = "POSTS_SVC_VERIFY", value_enum, default_value_t = VerifyMode::Remote)]
+    pub verify: VerifyMode,
+
+    /// In remote mode, how long a successful validation is reused (never past the token's expiry);
+    /// `0` validates every call remotely.
+    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub validate_cache_ttl: Duration,
+
+    /// Most validations kept in the cache.
+    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_SIZE", default_value_t = 100_000)]
+    pub validate_cache_size: usize,
+
+    /// In local mode, the shortest time between two JWKS fetches prompted by a token with an unknown key.
+    #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwks_refetch_interval: Duration,
+
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
     #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// How the guard checks tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyMode {
+    /// Ask auth-svc (with the validation cache unless its TTL is 0).
+    Remote,
+    /// Verify with auth-svc's JWKS.
+    Local,
 }
 
 impl Settings {

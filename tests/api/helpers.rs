@@ -297,3 +297,32 @@ pub fn assert_reason<T: std::fmt::Debug>(
     assert_eq!(watchword::reason::of(&status), Some(reason), "{status:?}");
     status
 }
+
+impl TestApp {
+    /// Calls ListPosts with `token` until posts-svc refuses it with `reason`, failing if it is still
+    /// accepted after `within`. Returns how long enforcement took.
+    pub async fn refused_within(
+        &self,
+        token: &str,
+        reason: watchword::reason::Reason,
+        within: std::time::Duration,
+    ) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        loop {
+            match self.list_posts(token, Default::default()).await {
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                    assert_eq!(watchword::reason::of(&status), Some(reason), "{status:?}");
+                    return started.elapsed();
+                }
+                Ok(_) => {
+                    assert!(
+                        started.elapsed() < within,
+                        "token still accepted after {within:?}"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+}
