@@ -113,7 +113,9 @@ impl Validator for LocalValidator {
             verdict = self.verify(token);
         }
         let identity = match verdict {
-            None => return self.remote.validate(token).await,
+            // Still no key for it (or none at all): let auth-svc decide rather than guess. Forged kids cost a
+            // remote call, never a wrong answer.
+            None | Some(Err(TokenError::UnknownKey)) => return self.remote.validate(token).await,
             Some(Ok(identity)) => identity,
             Some(Err(error)) => {
                 return Err(GuardError::Rejected {

@@ -28,7 +28,7 @@ async fn fifty_parallel_wrong_guesses_cannot_exceed_the_lockout_threshold() {
             },
         )
     });
-    let results = futures_join_all(guesses).await;
+    let results = join_all(guesses).await;
     let checked = results
         .iter()
         .filter(|r| matches!(r, Err(s) if s.code() == Code::Unauthenticated))
@@ -244,31 +244,4 @@ async fn unknown_user_and_wrong_password_take_the_same_time() {
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
-}
-
-/// `join_all` without a futures dependency: spawn-free, polls all futures on this task.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
 }

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod cache;
 mod guard;
 mod helpers;
 mod hostile;
