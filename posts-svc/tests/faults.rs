@@ -91,6 +91,10 @@ fn start_auth(dir: &Path, listen: &str) -> Service {
 }
 
 fn start_posts(dir: &Path, auth: SocketAddr, auth_timeout: &str) -> Service {
+    start_posts_with(dir, auth, auth_timeout, "5s")
+}
+
+fn start_posts_with(dir: &Path, auth: SocketAddr, auth_timeout: &str, cache_ttl: &str) -> Service {
     let db = format!("sqlite://{}", dir.join("posts.db").display());
     let auth_url = format!("http://{auth}");
     let args = [
@@ -102,6 +106,8 @@ fn start_posts(dir: &Path, auth: SocketAddr, auth_timeout: &str) -> Service {
         &auth_url,
         "--auth-timeout",
         auth_timeout,
+        "--validate-cache-ttl",
+        cache_ttl,
     ];
     spawn(
         Path::new(env!("CARGO_BIN_EXE_posts-svc")),
@@ -232,9 +238,23 @@ async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
     }
 
     let outcomes = outcomes.lock().unwrap();
+    // The guard notices the dead process (its revocation stream breaks) and from then on fails closed.
+    // Calls started in the instant before that may still be answered from the validation cache.
+    let detected = outcomes
+        .iter()
+        .filter(|o| o.started > killed && o.code == Code::Unavailable)
+        .map(|o| o.started + o.took)
+        .min()
+        .expect("the outage was noticed");
+    println!("outage noticed {:?} after the kill", detected - killed);
+    assert!(
+        detected - killed < Duration::from_secs(1),
+        "took {:?} to notice",
+        detected - killed
+    );
     let outage: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| o.started > killed && o.started + o.took < restart_time)
+        .filter(|o| o.started > detected && o.started + o.took < restart_time)
         .collect();
     assert!(outage.len() >= 40);
     for o in &outage {
@@ -263,8 +283,21 @@ async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
 async fn a_frozen_auth_svc_fails_every_call_within_the_guard_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let auth = start_auth(dir.path(), "127.0.0.1:0");
-    let posts = start_posts(dir.path(), auth.addr, "500ms");
+    // Validation cache off: every call needs auth-svc, so every call must fail closed, in time.
+    let posts = start_posts_with(dir.path(), auth.addr, "500ms", "0s");
+    // Default cache: calls with an already validated token may still be answered from the cache (a frozen
+    // auth-svc cannot revoke anything either), but a token it never saw must fail closed, in time.
+    let cached_dir = tempfile::tempdir().unwrap();
+    let cached_posts = start_posts_with(cached_dir.path(), auth.addr, "500ms", "5s");
     let token = token(auth.addr).await;
+    let fresh = {
+        let mut client = AuthServiceClient::new(channel(auth.addr));
+        let login = LoginRequest {
+            username: "alice".into(),
+            password: PASSWORD.into(),
+        };
+        client.login(login).await.unwrap().into_inner().access_token
+    };
     let client = PostsServiceClient::new(channel(posts.addr));
     client
         .clone()
@@ -295,6 +328,13 @@ async fn a_frozen_auth_svc_fails_every_call_within_the_guard_timeout() {
         slowest = slowest.max(took);
     }
     println!("frozen auth-svc: 20 calls UNAVAILABLE, slowest {slowest:?}");
+
+    let started = Instant::now();
+    let result = PostsServiceClient::new(channel(cached_posts.addr))
+        .list_posts(bearer(ListPostsRequest::default(), &fresh))
+        .await;
+    assert_eq!(result.map(drop).map_err(|s| s.code()), Err(Code::Unavailable));
+    assert!(started.elapsed() < Duration::from_millis(1500));
     signal(&auth, "CONT");
 }
 
