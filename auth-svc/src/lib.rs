@@ -66,6 +66,10 @@ pub async fn serve(
     let api = Arc::new(build(&settings, stopping_rx).await?);
     let store = api.store.clone();
     let maintenance_task = tokio::spawn(maintain(Arc::clone(&api)));
+    // With a shared database, revocations made through other replicas must reach this one's streams too.
+    let relay_task = store
+        .is_shared()
+        .then(|| tokio::spawn(relay_revocations(Arc::clone(&api))));
 
     let (health, health_task) = server::health_service(
         <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
@@ -91,12 +95,16 @@ pub async fn serve(
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     maintenance_task.abort();
+    if let Some(task) = relay_task {
+        task.abort();
+    }
     Ok(result?)
 }
 
 /// Everything the handlers need, from storage up.
 async fn build(settings: &Settings, stopping: watch::Receiver<bool>) -> Result<AuthApi, ServeError> {
-    let (store, hasher) = tokio::join!(Store::open(&settings.database_url), PasswordHasher::new());
+    let pool = settings.pool_options();
+    let (store, hasher) = tokio::join!(Store::open(&settings.database_url, &pool), PasswordHasher::new());
     let (store, hasher) = (store?, hasher?);
     let signing_key = load_signing_key(settings, &store).await?;
     tracing::info!(kid = signing_key.kid(), "signing key loaded");
@@ -162,6 +170,40 @@ pub async fn bootstrap_admin(
             ))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Polls the shared database for revocations (any replica's) and publishes the ones not seen yet on this
+/// replica's WatchRevocations streams.
+///
+/// Polling rather than LISTEN/NOTIFY: it needs no dedicated connection or reconnect logic, survives a
+/// database restart by itself, and a 250 ms period keeps end-to-end enforcement well under a second. The
+/// window overlaps the previous poll so a transaction that commits late is still seen.
+async fn relay_revocations(api: Arc<AuthApi>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+    const OVERLAP: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut seen: std::collections::HashMap<
+        (revocations::Target, std::time::SystemTime),
+        std::time::SystemTime,
+    > = std::collections::HashMap::new();
+    let mut since = std::time::SystemTime::now() - OVERLAP;
+    let mut interval = tokio::time::interval(EVERY);
+    loop {
+        interval.tick().await;
+        let polled_at = std::time::SystemTime::now();
+        match api.store.revocations_since(since).await {
+            Ok(found) => {
+                for revocation in found {
+                    let key = (revocation.target.clone(), revocation.revoke_time);
+                    if seen.insert(key, revocation.revoke_time).is_none() {
+                        api.revocations.publish(revocation);
+                    }
+                }
+                since = polled_at - OVERLAP;
+                seen.retain(|_, at| *at >= since);
+            }
+            Err(error) => tracing::warn!(%error, "polling revocations failed"),
+        }
     }
 }
 

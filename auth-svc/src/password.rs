@@ -84,13 +84,27 @@ impl PasswordHasher {
     }
 }
 
+/// Permission to do password work, taken when a Login or Register *starts* (before it touches storage),
+/// so excess calls are refused at once instead of piling up on the database and hashing queues.
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl PasswordHasher {
+    /// Admits one more call that will hash, or refuses if as many are running or waiting as the cores can
+    /// clear promptly.
+    pub fn admit(&self) -> Result<Admission, AuthError> {
+        Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map(|permit| Admission { _permit: permit })
+            .map_err(|_| AuthError::Overloaded)
+    }
+
     /// Runs `f` on the blocking pool once a core is free, or refuses at once if too much is waiting.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
-        let _admitted = self.admitted.try_acquire().map_err(|_| AuthError::Overloaded)?;
         let _worker = self
             .workers
             .acquire()

@@ -11,7 +11,7 @@ use watchword::reason::Reason;
 const BUFFER: usize = 1024;
 
 /// What a revocation covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// Every token of this session.
     Session(String),

@@ -55,6 +55,7 @@ impl AuthService for AuthApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.check_peer(&request)?;
+        let _admitted = self.hasher.admit()?;
         let pb::RegisterRequest { username, password } = request.into_inner();
         let user = self
             .create_user(&username, password, vec![ROLE_USER.to_owned()])
@@ -68,6 +69,7 @@ impl AuthService for AuthApi {
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         self.check_peer(&request)?;
+        let _admitted = self.hasher.admit()?;
         let (username, password) = login_credentials(request)?;
         check_max_length(&password)?;
         let now = watchword_db::now();

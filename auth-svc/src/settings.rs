@@ -50,7 +50,7 @@ pub struct Settings {
           value_parser = clap::value_parser!(u16).range(8..=128))]
     pub min_password_length: u16,
 
-    /// Failed logins in a row after which an account is locked, with a lock that doubles from 1 s (up to
+    /// Failed logins in a row after which an account is locked, with a lock that doubles from 30 s (up to
     /// 15 min) on each further failure. Unknown usernames are counted exactly like real ones.
     #[arg(long, env = "AUTH_SVC_LOCKOUT_THRESHOLD", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -71,6 +71,15 @@ pub struct Settings {
     #[arg(long, value_name = "USERNAME")]
     pub bootstrap_admin: Option<String>,
 
+    /// PostgreSQL only: connections kept per process.
+    #[arg(long, env = "AUTH_SVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: usize,
+
+    /// PostgreSQL only: how long a query may wait for a connection (or to open one) before the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "AUTH_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
     #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -85,6 +94,14 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// The PostgreSQL pool limits from the flags.
+    pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
+        watchword_db::postgres::PoolOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+
     /// Defaults for everything, storing data in `database_url` and listening on an ephemeral port:
     /// a starting point for tests and embedding.
     pub fn for_database(database_url: DatabaseUrl) -> Self {

@@ -3,7 +3,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
+mod postgres;
+
+use watchword_db::{
+    DatabaseUrl, DbError, Sqlite, from_micros,
+    postgres::{PoolOptions, Postgres},
+    rusqlite, to_micros,
+};
 
 use watchword::reason::Reason;
 
@@ -78,7 +84,7 @@ CREATE INDEX sessions_by_revoke_time ON sessions (revoke_time_us) WHERE revoke_t
 ];
 
 /// The first lock lasts this long; each further failure doubles it, up to [`LOCK_CAP`].
-const LOCK_BASE: Duration = Duration::from_secs(1);
+const LOCK_BASE: Duration = Duration::from_secs(30);
 const LOCK_CAP: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -119,17 +125,50 @@ pub enum Rotation {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Sqlite,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(Postgres),
+}
+
+/// Picks the SQLite handle, or returns from the calling method with the PostgreSQL implementation's result.
+macro_rules! sqlite_or {
+    ($store:expr, |$pg:ident| $postgres:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres($pg) => return $postgres,
+        }
+    };
 }
 
 const USER_COLUMNS: &str = "id, username, roles, create_time_us, disabled";
 
 impl Store {
-    pub async fn open(url: &DatabaseUrl) -> Result<Self, DbError> {
-        match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self {
-                db: Sqlite::open(path, MIGRATIONS).await?,
-            }),
+    pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => Backend::Sqlite(Sqlite::open(path, MIGRATIONS).await?),
+            DatabaseUrl::Postgres(url) => {
+                Backend::Postgres(Postgres::connect(url, pool, postgres::MIGRATIONS).await?)
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    /// Whether other processes may write to this database (PostgreSQL), so revocations made elsewhere
+    /// must be picked up by polling.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Revocations recorded at or after `since` (PostgreSQL; an SQLite file has one writer process, which
+    /// already published its own).
+    pub async fn revocations_since(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => postgres::revocations_since(pg, since).await,
         }
     }
 
@@ -140,6 +179,13 @@ impl Store {
         username: &Username,
         password_hash: String,
     ) -> Result<(), StoreError> {
+        let db = sqlite_or!(self, |pg| postgres::insert_user(
+            pg,
+            user,
+            username,
+            &password_hash
+        )
+        .await);
         let (id, display, key) = (
             user.id.clone(),
             username.as_str().to_owned(),
@@ -147,8 +193,7 @@ impl Store {
         );
         let roles = user.roles.join(" ");
         let created = to_micros(user.create_time);
-        let result = self
-            .db
+        let result = db
             .write(move |tx| {
                 tx.execute(
                     "INSERT INTO users (id, username, username_key, password_hash, roles, create_time_us)
@@ -166,43 +211,44 @@ impl Store {
 
     /// The account with this username key, with its password hash.
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<Credentials>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::find_credentials(pg, username).await);
         let key = username.key().to_owned();
-        self.db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"
-                ))?;
-                let mut rows = stmt.query([key])?;
-                let Some(row) = rows.next()? else {
-                    return Ok(None);
-                };
-                Ok(Some(Credentials {
-                    user: read_user(row)?,
-                    password_hash: row.get(5)?,
-                }))
-            })
-            .await
+        db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"
+            ))?;
+            let mut rows = stmt.query([key])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(Credentials {
+                user: read_user(row)?,
+                password_hash: row.get(5)?,
+            }))
+        })
+        .await
     }
 
     pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::find_user(pg, user_id).await);
         let id = user_id.to_owned();
-        self.db.read(move |conn| user_by_id(conn, &id)).await
+        db.read(move |conn| user_by_id(conn, &id)).await
     }
 
     /// Users in creation order (ids are UUIDv7, so id order), after `after`.
     pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<User>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::list_users(pg, after, limit).await);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.db
-            .read(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
-                ))?
-                .query_map(rusqlite::params![after.unwrap_or_default(), limit], |row| {
-                    read_user(row)
-                })?
-                .collect()
-            })
-            .await
+        db.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map(rusqlite::params![after.unwrap_or_default(), limit], |row| {
+                read_user(row)
+            })?
+            .collect()
+        })
+        .await
     }
 
     /// Replaces a user's roles. If any role is taken away, the user's sessions end, so that no live
@@ -213,42 +259,42 @@ impl Store {
         roles: Vec<String>,
         now: SystemTime,
     ) -> Result<Option<(User, Vec<String>)>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::set_roles(pg, user_id, roles, now).await);
         let id = user_id.to_owned();
-        self.db
-            .write(move |tx| {
-                let Some(mut user) = user_by_id(tx, &id)? else {
-                    return Ok(None);
-                };
-                let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
-                tx.execute(
-                    "UPDATE users SET roles = ?1 WHERE id = ?2",
-                    rusqlite::params![roles.join(" "), id],
-                )?;
-                let ended = if removes_a_role {
-                    revoke_user_sessions(tx, &id, now)?
-                } else {
-                    Vec::new()
-                };
-                user.roles = roles;
-                Ok(Some((user, ended)))
-            })
-            .await
+        db.write(move |tx| {
+            let Some(mut user) = user_by_id(tx, &id)? else {
+                return Ok(None);
+            };
+            let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
+            tx.execute(
+                "UPDATE users SET roles = ?1 WHERE id = ?2",
+                rusqlite::params![roles.join(" "), id],
+            )?;
+            let ended = if removes_a_role {
+                revoke_user_sessions(tx, &id, now)?
+            } else {
+                Vec::new()
+            };
+            user.roles = roles;
+            Ok(Some((user, ended)))
+        })
+        .await
     }
 
     /// Disables a user and ends all its sessions. `None` if there is no such user.
     pub async fn disable_user(&self, user_id: &str, now: SystemTime) -> Result<Option<User>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::disable_user(pg, user_id, now).await);
         let id = user_id.to_owned();
-        self.db
-            .write(move |tx| {
-                let Some(mut user) = user_by_id(tx, &id)? else {
-                    return Ok(None);
-                };
-                tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [&id])?;
-                revoke_user_sessions(tx, &id, now)?;
-                user.disabled = true;
-                Ok(Some(user))
-            })
-            .await
+        db.write(move |tx| {
+            let Some(mut user) = user_by_id(tx, &id)? else {
+                return Ok(None);
+            };
+            tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [&id])?;
+            revoke_user_sessions(tx, &id, now)?;
+            user.disabled = true;
+            Ok(Some(user))
+        })
+        .await
     }
 
     /// Starts a session for `user_id` with its first refresh token.
@@ -260,20 +306,28 @@ impl Store {
         refresh_expire_time: SystemTime,
         now: SystemTime,
     ) -> Result<(), DbError> {
+        let db = sqlite_or!(self, |pg| postgres::create_session(
+            pg,
+            session_id,
+            user_id,
+            refresh_hash,
+            refresh_expire_time,
+            now
+        )
+        .await);
         let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
-        self.db
-            .write(move |tx| {
-                tx.execute(
-                    "INSERT INTO sessions (id, user_id, create_time_us) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![session_id, user_id, to_micros(now)],
-                )?;
-                tx.execute(
-                    "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![refresh_hash, session_id, to_micros(refresh_expire_time)],
-                )?;
-                Ok(())
-            })
-            .await
+        db.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sessions (id, user_id, create_time_us) VALUES (?1, ?2, ?3)",
+                rusqlite::params![session_id, user_id, to_micros(now)],
+            )?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
+                rusqlite::params![refresh_hash, session_id, to_micros(refresh_expire_time)],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// The state of `session_id` and its user, or `None` if the session does not belong to `user_id`.
@@ -282,24 +336,24 @@ impl Store {
         session_id: &str,
         user_id: &str,
     ) -> Result<Option<SessionState>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::session_state(pg, session_id, user_id).await);
         let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
-        self.db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT u.id, u.username, u.roles, u.create_time_us, u.disabled, s.revoke_time_us
+        db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT u.id, u.username, u.roles, u.create_time_us, u.disabled, s.revoke_time_us
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.id = ?1 AND s.user_id = ?2",
-                )?;
-                let mut rows = stmt.query([session_id, user_id])?;
-                let Some(row) = rows.next()? else {
-                    return Ok(None);
-                };
-                Ok(Some(SessionState {
-                    user: read_user(row)?,
-                    revoked: row.get::<_, Option<i64>>(5)?.is_some(),
-                }))
-            })
-            .await
+            )?;
+            let mut rows = stmt.query([session_id, user_id])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(SessionState {
+                user: read_user(row)?,
+                revoked: row.get::<_, Option<i64>>(5)?.is_some(),
+            }))
+        })
+        .await
     }
 
     /// Presents refresh token `hash` for rotation to `successor_hash`, atomically.
@@ -314,106 +368,104 @@ impl Store {
         grace: Duration,
         ttl: Duration,
     ) -> Result<Rotation, DbError> {
-        self.db
-            .write(move |tx| {
-                let found = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT r.session_id, r.expire_time_us, r.rotate_time_us, s.revoke_time_us,
+        let db = sqlite_or!(self, |pg| postgres::rotate_refresh(
+            pg,
+            hash,
+            successor_hash,
+            now,
+            grace,
+            ttl
+        )
+        .await);
+        db.write(move |tx| {
+            let found = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT r.session_id, r.expire_time_us, r.rotate_time_us, s.revoke_time_us,
                                 u.id, u.username, u.roles, u.create_time_us, u.disabled, f.locked_until_us
                          FROM refresh_tokens r
                          JOIN sessions s ON s.id = r.session_id
                          JOIN users u ON u.id = s.user_id
                          LEFT JOIN login_failures f ON f.username_key = u.username_key
                          WHERE r.hash = ?1",
+                )?;
+                let mut rows = stmt.query([&hash])?;
+                match rows.next()? {
+                    None => None,
+                    Some(row) => Some((
+                        row.get::<_, String>(0)?,
+                        from_micros(row.get(1)?),
+                        row.get::<_, Option<i64>>(2)?.map(from_micros),
+                        row.get::<_, Option<i64>>(3)?.is_some(),
+                        User {
+                            id: row.get(4)?,
+                            username: row.get(5)?,
+                            roles: split_roles(&row.get::<_, String>(6)?),
+                            create_time: from_micros(row.get(7)?),
+                            disabled: row.get(8)?,
+                        },
+                        row.get::<_, Option<i64>>(9)?.map(from_micros),
+                    )),
+                }
+            };
+            let Some((session_id, expire_time, rotated_at, revoked, user, locked_until)) = found else {
+                return Ok(Rotation::Unknown);
+            };
+            if let Some(early) = refusal(&user, revoked, locked_until, expire_time, now) {
+                return Ok(early);
+            }
+            let successor_expire_time = now + ttl;
+            match rotated_at {
+                None => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET rotate_time_us = ?1 WHERE hash = ?2",
+                        rusqlite::params![to_micros(now), hash],
                     )?;
-                    let mut rows = stmt.query([&hash])?;
-                    match rows.next()? {
-                        None => None,
-                        Some(row) => Some((
-                            row.get::<_, String>(0)?,
-                            from_micros(row.get(1)?),
-                            row.get::<_, Option<i64>>(2)?.map(from_micros),
-                            row.get::<_, Option<i64>>(3)?.is_some(),
-                            User {
-                                id: row.get(4)?,
-                                username: row.get(5)?,
-                                roles: split_roles(&row.get::<_, String>(6)?),
-                                create_time: from_micros(row.get(7)?),
-                                disabled: row.get(8)?,
-                            },
-                            row.get::<_, Option<i64>>(9)?.map(from_micros),
-                        )),
-                    }
-                };
-                let Some((session_id, expire_time, rotated_at, revoked, user, locked_until)) = found else {
-                    return Ok(Rotation::Unknown);
-                };
-                // Disabled first: disabling also revokes sessions, and "disabled" is the more useful answer.
-                if user.disabled {
-                    return Ok(Rotation::UserDisabled);
+                    tx.execute(
+                        "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![successor_hash, session_id, to_micros(successor_expire_time)],
+                    )?;
+                    Ok(Rotation::Rotated {
+                        user,
+                        session_id,
+                        expire_time: successor_expire_time,
+                    })
                 }
-                if revoked {
-                    return Ok(Rotation::Revoked);
-                }
-                if let Some(wait) = locked_until.and_then(|until| until.duration_since(now).ok()) {
-                    return Ok(Rotation::Locked(wait));
-                }
-                if expire_time <= now {
-                    return Ok(Rotation::Expired);
-                }
-                let successor_expire_time = now + ttl;
-                match rotated_at {
-                    None => {
-                        tx.execute(
-                            "UPDATE refresh_tokens SET rotate_time_us = ?1 WHERE hash = ?2",
-                            rusqlite::params![to_micros(now), hash],
-                        )?;
-                        tx.execute(
-                            "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES (?1, ?2, ?3)",
-                            rusqlite::params![successor_hash, session_id, to_micros(successor_expire_time)],
-                        )?;
-                        Ok(Rotation::Rotated {
+                Some(rotated_at) if now.duration_since(rotated_at).unwrap_or_default() <= grace => {
+                    // A repeat: fine as long as the successor has not itself been used yet.
+                    let successor: Option<(Option<i64>, i64)> = tx
+                        .query_row(
+                            "SELECT rotate_time_us, expire_time_us FROM refresh_tokens WHERE hash = ?1",
+                            [&successor_hash],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .map(Some)
+                        .or_else(no_rows_is_none)?;
+                    match successor {
+                        Some((None, expire_us)) => Ok(Rotation::Rotated {
                             user,
                             session_id,
-                            expire_time: successor_expire_time,
-                        })
-                    }
-                    Some(rotated_at) if now.duration_since(rotated_at).unwrap_or_default() <= grace => {
-                        // A repeat: fine as long as the successor has not itself been used yet.
-                        let successor: Option<(Option<i64>, i64)> = tx
-                            .query_row(
-                                "SELECT rotate_time_us, expire_time_us FROM refresh_tokens WHERE hash = ?1",
-                                [&successor_hash],
-                                |row| Ok((row.get(0)?, row.get(1)?)),
-                            )
-                            .map(Some)
-                            .or_else(no_rows_is_none)?;
-                        match successor {
-                            Some((None, expire_us)) => Ok(Rotation::Rotated {
-                                user,
-                                session_id,
-                                expire_time: from_micros(expire_us),
-                            }),
-                            _ => {
-                                revoke_session(tx, &session_id, now)?;
-                                Ok(Rotation::Reused { session_id })
-                            }
+                            expire_time: from_micros(expire_us),
+                        }),
+                        _ => {
+                            revoke_session(tx, &session_id, now)?;
+                            Ok(Rotation::Reused { session_id })
                         }
                     }
-                    Some(_) => {
-                        revoke_session(tx, &session_id, now)?;
-                        Ok(Rotation::Reused { session_id })
-                    }
                 }
-            })
-            .await
+                Some(_) => {
+                    revoke_session(tx, &session_id, now)?;
+                    Ok(Rotation::Reused { session_id })
+                }
+            }
+        })
+        .await
     }
 
     /// Reserves one login attempt for `username_key`, or says how long the account is locked.
     ///
     /// The attempt is counted as a failure *before* the password is checked (and forgiven by
     /// [`Store::login_succeeded`]), in one write transaction: so 50 parallel guesses cannot all slip in
-    /// before the first failure is recorded. Reaching `threshold` failures locks the account for 1 s,
+    /// before the first failure is recorded. Reaching `threshold` failures locks the account for 30 s,
     /// doubling with each further failure up to 15 min.
     pub async fn begin_login_attempt(
         &self,
@@ -421,209 +473,208 @@ impl Store {
         threshold: u32,
         now: SystemTime,
     ) -> Result<Result<(), Duration>, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::begin_login_attempt(
+            pg,
+            username_key,
+            threshold,
+            now
+        )
+        .await);
         let key = username_key.to_owned();
-        self.db
-            .write(move |tx| {
-                let row: Option<(i64, Option<i64>)> = tx
-                    .prepare_cached(
-                        "SELECT failures, locked_until_us FROM login_failures WHERE username_key = ?1",
-                    )?
-                    .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map(Some)
-                    .or_else(no_rows_is_none)?;
-                let (failures, locked_until) = row.unwrap_or((0, None));
-                if let Some(wait) = locked_until.and_then(|until| from_micros(until).duration_since(now).ok())
-                {
-                    return Ok(Err(wait));
-                }
-                let failures = failures.saturating_add(1);
-                let locked_until = u32::try_from(failures)
-                    .ok()
-                    .and_then(|f| f.checked_sub(threshold))
-                    .map(|over| {
-                        let lock = LOCK_BASE.saturating_mul(2u32.saturating_pow(over.min(20)));
-                        to_micros(now + lock.min(LOCK_CAP))
-                    });
-                tx.prepare_cached(
-                    "INSERT INTO login_failures (username_key, failures, locked_until_us, last_attempt_us)
+        db.write(move |tx| {
+            let row: Option<(i64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT failures, locked_until_us FROM login_failures WHERE username_key = ?1",
+                )?
+                .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map(Some)
+                .or_else(no_rows_is_none)?;
+            let (failures, locked_until) = row.unwrap_or((0, None));
+            if let Some(wait) = locked_until.and_then(|until| from_micros(until).duration_since(now).ok()) {
+                return Ok(Err(wait));
+            }
+            let failures: i64 = failures.saturating_add(1);
+            let locked_until = lock_until(failures, threshold, now);
+            tx.prepare_cached(
+                "INSERT INTO login_failures (username_key, failures, locked_until_us, last_attempt_us)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (username_key) DO UPDATE
                      SET failures = ?2, locked_until_us = ?3, last_attempt_us = ?4",
-                )?
-                .execute(rusqlite::params![key, failures, locked_until, to_micros(now)])?;
-                Ok(Ok(()))
-            })
-            .await
+            )?
+            .execute(rusqlite::params![key, failures, locked_until, to_micros(now)])?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     /// Forgets failed attempts after a successful login.
     pub async fn login_succeeded(&self, username_key: &str) -> Result<(), DbError> {
+        let db = sqlite_or!(self, |pg| postgres::login_succeeded(pg, username_key).await);
         let key = username_key.to_owned();
-        self.db
-            .write(move |tx| tx.execute("DELETE FROM login_failures WHERE username_key = ?1", [key]))
+        db.write(move |tx| tx.execute("DELETE FROM login_failures WHERE username_key = ?1", [key]))
             .await?;
         Ok(())
     }
 
     /// The session a refresh token belongs to, if it is one of ours.
     pub async fn session_of_refresh(&self, hash: Vec<u8>) -> Result<Option<String>, DbError> {
-        self.db
-            .read(move |conn| {
-                conn.query_row(
-                    "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
-                    [hash],
-                    |row| row.get(0),
-                )
-                .map(Some)
-                .or_else(no_rows_is_none)
-            })
-            .await
+        let db = sqlite_or!(self, |pg| postgres::session_of_refresh(pg, hash).await);
+        db.read(move |conn| {
+            conn.query_row(
+                "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
+                [hash],
+                |row| row.get(0),
+            )
+            .map(Some)
+            .or_else(no_rows_is_none)
+        })
+        .await
     }
 
     /// Ends a session (idempotent: an ended session keeps its first revocation time).
     pub async fn revoke_session(&self, session_id: &str, now: SystemTime) -> Result<(), DbError> {
+        let db = sqlite_or!(self, |pg| postgres::revoke_session(pg, session_id, now).await);
         let session_id = session_id.to_owned();
-        self.db
-            .write(move |tx| revoke_session(tx, &session_id, now))
-            .await
+        db.write(move |tx| revoke_session(tx, &session_id, now)).await
     }
 
     /// Drops refresh-token rows that expired before `cutoff` (they can never be presented successfully) and
     /// failed-login records idle for longer than the longest lock.
     pub async fn purge_expired(&self, cutoff: SystemTime) -> Result<usize, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::purge_expired(pg, cutoff).await);
         let idle = to_micros(cutoff - LOCK_CAP);
-        self.db
-            .write(move |tx| {
-                let tokens = tx.execute(
-                    "DELETE FROM refresh_tokens WHERE expire_time_us < ?1",
-                    [to_micros(cutoff)],
-                )?;
-                let failures = tx.execute("DELETE FROM login_failures WHERE last_attempt_us < ?1", [idle])?;
-                Ok(tokens + failures)
-            })
-            .await
+        db.write(move |tx| {
+            let tokens = tx.execute(
+                "DELETE FROM refresh_tokens WHERE expire_time_us < ?1",
+                [to_micros(cutoff)],
+            )?;
+            let failures = tx.execute("DELETE FROM login_failures WHERE last_attempt_us < ?1", [idle])?;
+            Ok(tokens + failures)
+        })
+        .await
     }
 
     /// A named secret, created from `candidate` the first time it is asked for.
     pub async fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> Result<Vec<u8>, DbError> {
-        self.db
-            .write(move |tx| {
-                tx.execute(
-                    "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-                    rusqlite::params![name, candidate],
-                )?;
-                tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| {
-                    row.get(0)
-                })
+        let db = sqlite_or!(self, |pg| postgres::secret_or_insert(pg, name, candidate).await);
+        db.write(move |tx| {
+            tx.execute(
+                "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                rusqlite::params![name, candidate],
+            )?;
+            tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| {
+                row.get(0)
             })
-            .await
+        })
+        .await
     }
 
     /// Keys that may still verify a live token, newest first: `(private key PEM, retired)`. Keys retired
     /// before `cutoff` are left out (every token they signed has expired).
     pub async fn load_keys(&self, cutoff: SystemTime) -> Result<Vec<(String, bool)>, DbError> {
-        self.db
-            .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
+        let db = sqlite_or!(self, |pg| postgres::load_keys(pg, cutoff).await);
+        db.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
                      WHERE retire_time_us IS NULL OR retire_time_us >= ?1
                      ORDER BY create_time_us DESC, kid",
-                )?
-                .query_map([to_micros(cutoff)], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect()
-            })
-            .await
+            )?
+            .query_map([to_micros(cutoff)], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect()
+        })
+        .await
     }
 
     /// Makes `pem` the signing key: every other key is retired now (and keeps verifying for a while).
     pub async fn rotate_key(&self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
+        let db = sqlite_or!(self, |pg| postgres::rotate_key(pg, kid, pem, now).await);
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
-        self.db
-            .write(move |tx| {
-                tx.execute(
-                    "UPDATE signing_keys SET retire_time_us = ?1 WHERE retire_time_us IS NULL",
-                    [to_micros(now)],
-                )?;
-                tx.execute(
-                    "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![kid, pem, to_micros(now)],
-                )?;
-                Ok(())
-            })
-            .await
+        db.write(move |tx| {
+            tx.execute(
+                "UPDATE signing_keys SET retire_time_us = ?1 WHERE retire_time_us IS NULL",
+                [to_micros(now)],
+            )?;
+            tx.execute(
+                "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES (?1, ?2, ?3)",
+                rusqlite::params![kid, pem, to_micros(now)],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes keys retired before `cutoff`: no live token can name them.
     pub async fn drop_retired_keys(&self, cutoff: SystemTime) -> Result<usize, DbError> {
-        self.db
-            .write(move |tx| {
-                tx.execute(
-                    "DELETE FROM signing_keys WHERE retire_time_us < ?1",
-                    [to_micros(cutoff)],
-                )
-            })
-            .await
+        let db = sqlite_or!(self, |pg| postgres::drop_retired_keys(pg, cutoff).await);
+        db.write(move |tx| {
+            tx.execute(
+                "DELETE FROM signing_keys WHERE retire_time_us < ?1",
+                [to_micros(cutoff)],
+            )
+        })
+        .await
     }
 
     /// Revocations that may still matter: sessions revoked since `since`, and disabled users.
     pub async fn recent_revocations(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
-        self.db
-            .read(move |conn| {
-                let mut revocations: Vec<Revocation> = conn
-                    .prepare_cached("SELECT id, revoke_time_us FROM sessions WHERE revoke_time_us >= ?1")?
-                    .query_map([to_micros(since)], |row| {
-                        Ok(Revocation {
-                            target: Target::Session(row.get(0)?),
-                            revoke_time: from_micros(row.get(1)?),
-                            reason: Reason::TokenRevoked,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                let disabled = conn
-                    .prepare_cached("SELECT id FROM users WHERE disabled = 1")?
-                    .query_map([], |row| row.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                let now = SystemTime::now();
-                revocations.extend(disabled.into_iter().map(|id| Revocation {
-                    target: Target::User(id),
-                    revoke_time: now,
-                    reason: Reason::UserDisabled,
-                }));
-                Ok(revocations)
-            })
-            .await
+        let db = sqlite_or!(self, |pg| postgres::recent_revocations(pg, since).await);
+        db.read(move |conn| {
+            let mut revocations: Vec<Revocation> = conn
+                .prepare_cached("SELECT id, revoke_time_us FROM sessions WHERE revoke_time_us >= ?1")?
+                .query_map([to_micros(since)], |row| {
+                    Ok(Revocation {
+                        target: Target::Session(row.get(0)?),
+                        revoke_time: from_micros(row.get(1)?),
+                        reason: Reason::TokenRevoked,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let disabled = conn
+                .prepare_cached("SELECT id FROM users WHERE disabled = 1")?
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let now = SystemTime::now();
+            revocations.extend(disabled.into_iter().map(|id| Revocation {
+                target: Target::User(id),
+                revoke_time: now,
+                reason: Reason::UserDisabled,
+            }));
+            Ok(revocations)
+        })
+        .await
     }
 
     /// The signing key in use: the newest stored one, or `candidate` if none is stored yet. Insert-then-read
     /// lets several processes starting at once agree on one key.
     pub async fn signing_key_or_insert(&self, kid: &str, pem: &str) -> Result<String, DbError> {
+        let db = sqlite_or!(self, |pg| postgres::signing_key_or_insert(pg, kid, pem).await);
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
         let created = to_micros(SystemTime::now());
-        self.db
-            .write(move |tx| {
-                let existing: Option<String> = tx
-                    .query_row(
-                        "SELECT private_key_pem FROM signing_keys WHERE retire_time_us IS NULL
+        db.write(move |tx| {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT private_key_pem FROM signing_keys WHERE retire_time_us IS NULL
                          ORDER BY create_time_us DESC, kid LIMIT 1",
-                        [],
-                        |row| row.get(0),
-                    )
-                    .map(Some)
-                    .or_else(no_rows_is_none)?;
-                if let Some(pem) = existing {
-                    return Ok(pem);
-                }
-                tx.execute(
-                    "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![kid, pem, created],
-                )?;
-                Ok(pem)
-            })
-            .await
+                    [],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(no_rows_is_none)?;
+            if let Some(pem) = existing {
+                return Ok(pem);
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES (?1, ?2, ?3)",
+                rusqlite::params![kid, pem, created],
+            )?;
+            Ok(pem)
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.db.ping().await
+        let db = sqlite_or!(self, |pg| pg.ping().await);
+        db.ping().await
     }
 }
 
@@ -642,6 +693,38 @@ fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         create_time: from_micros(row.get(3)?),
         disabled: row.get(4)?,
     })
+}
+
+/// The lock to set after `failures` failed attempts: none below `threshold`, then 30 s doubling per further
+/// failure, capped. Shared by both backends so they lock alike.
+fn lock_until(failures: i64, threshold: u32, now: SystemTime) -> Option<i64> {
+    let over = u32::try_from(failures).ok()?.checked_sub(threshold)?;
+    let lock = LOCK_BASE.saturating_mul(2u32.saturating_pow(over.min(20)));
+    Some(to_micros(now + lock.min(LOCK_CAP)))
+}
+
+/// Why a presented refresh token cannot be rotated, before looking at rotation itself. Disabled first:
+/// disabling also revokes sessions, and "disabled" is the more useful answer.
+fn refusal(
+    user: &User,
+    revoked: bool,
+    locked_until: Option<SystemTime>,
+    expire_time: SystemTime,
+    now: SystemTime,
+) -> Option<Rotation> {
+    if user.disabled {
+        return Some(Rotation::UserDisabled);
+    }
+    if revoked {
+        return Some(Rotation::Revoked);
+    }
+    if let Some(wait) = locked_until.and_then(|until| until.duration_since(now).ok()) {
+        return Some(Rotation::Locked(wait));
+    }
+    if expire_time <= now {
+        return Some(Rotation::Expired);
+    }
+    None
 }
 
 fn split_roles(roles: &str) -> Vec<String> {

@@ -1,4 +1,6 @@
-//! Embedded SQLite for the Watchword services.
+//! Storage plumbing for the Watchword services: embedded SQLite (the default) and PostgreSQL ([`postgres`]).
+//!
+//! Embedded SQLite:
 //!
 //! rusqlite is synchronous, so every statement runs on tokio's blocking pool, never on an async worker.
 //! SQLite allows one writer at a time: writes go through a single connection guarded by a one-permit
@@ -17,6 +19,8 @@ use std::{
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
 
+pub mod postgres;
+
 pub use rusqlite;
 
 /// How long a statement waits for another process's lock before giving up.
@@ -31,22 +35,54 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
-    #[error("unsupported database url {0:?}: expected sqlite://PATH")]
+    #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database connection pool: {0}")]
+    Pool(String),
+    #[error("database configuration: {0}")]
+    Config(String),
     #[error("database worker thread failed")]
     Worker,
 }
 
+impl DbError {
+    /// Whether this is a unique-constraint violation, in either backend.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            }
+            Self::Postgres(e) => e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+}
+
 /// Where a service keeps its data, parsed from `--database-url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// An SQLite file, created on first use.
     Sqlite(PathBuf),
+    /// A PostgreSQL connection string.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// Never prints a PostgreSQL password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
 }
 
 impl DatabaseUrl {
-    /// Accepts `sqlite://PATH` and `sqlite:PATH` (relative paths are relative to the working directory).
+    /// Accepts `sqlite://PATH`, `sqlite:PATH` (relative to the working directory) and
+    /// `postgres://...`/`postgresql://...`.
     pub fn parse(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -67,6 +103,12 @@ impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            // Host and database only: the URL may carry a password.
+            Self::Postgres(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                write!(f, "postgres://{}", host.split('?').next().unwrap_or_default())
+            }
         }
     }
 }
@@ -252,6 +294,9 @@ mod tests {
             DatabaseUrl::Sqlite("/tmp/a.db".into())
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        let pg = DatabaseUrl::parse("postgres://app:secret@db.example/watchword?sslmode=disable").unwrap();
+        assert_eq!(pg.to_string(), "postgres://db.example/watchword");
+        assert!(!format!("{pg:?}").contains("secret"));
         assert!(DatabaseUrl::parse("sqlite://").is_err());
     }
 

@@ -56,7 +56,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&settings.database_url).await?;
+    let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
     let (validator, feed_task) = validator(&settings).await?;
 
     let probe_store = store.clone();

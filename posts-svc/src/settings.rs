@@ -48,6 +48,15 @@ pub struct Settings {
     #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub jwks_refetch_interval: Duration,
 
+    /// PostgreSQL only: connections kept per process.
+    #[arg(long, env = "POSTS_SVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: usize,
+
+    /// PostgreSQL only: how long a query may wait for a connection (or to open one) before the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "POSTS_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
     #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -63,6 +72,14 @@ pub enum VerifyMode {
 }
 
 impl Settings {
+    /// The PostgreSQL pool limits from the flags.
+    pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
+        watchword_db::postgres::PoolOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+
     /// Defaults for everything, with the given storage and auth-svc, listening on an ephemeral port.
     pub fn new(database_url: DatabaseUrl, auth_url: impl Into<String>) -> Self {
         let mut settings = Self::parse_from(["posts-svc"]);

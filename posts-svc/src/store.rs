@@ -1,6 +1,12 @@
 //! posts-svc's storage. Handlers see only these methods, so another backend can slot in behind them.
 
-use watchword_db::{DatabaseUrl, DbError, Sqlite, from_micros, rusqlite, to_micros};
+mod postgres;
+
+use watchword_db::{
+    DatabaseUrl, DbError, Sqlite, from_micros,
+    postgres::{PoolOptions, Postgres},
+    rusqlite, to_micros,
+};
 
 use crate::domain::{PageRequest, PageToken, Post};
 
@@ -45,25 +51,36 @@ pub struct Page {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Sqlite,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(Postgres),
 }
 
 const COLUMNS: &str = "seq, id, author_id, author_username, title, body, create_time_us";
 
 impl Store {
-    pub async fn open(url: &DatabaseUrl) -> Result<Self, DbError> {
-        match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self {
-                db: Sqlite::open(path, MIGRATIONS).await?,
-            }),
-        }
+    pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => Backend::Sqlite(Sqlite::open(path, MIGRATIONS).await?),
+            DatabaseUrl::Postgres(url) => {
+                Backend::Postgres(Postgres::connect(url, pool, postgres::MIGRATIONS).await?)
+            }
+        };
+        Ok(Self { backend })
     }
 
     /// Stores `post`, unless its author already created a post with the same `request_id`: then that
     /// earlier post is returned instead (the insert and the lookup are one transaction).
     pub async fn insert(&self, post: Post, request_id: Option<String>) -> Result<Post, DbError> {
-        self.db
-            .write(move |tx| {
+        let db = match &self.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres(pg) => return postgres::insert(pg, post, request_id).await,
+        };
+        db.write(move |tx| {
                 let inserted = tx
                     .prepare_cached(
                         "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us, request_id)
@@ -92,22 +109,28 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Post>, DbError> {
+        let db = match &self.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres(pg) => return postgres::get(pg, id).await,
+        };
         let id = id.to_owned();
-        self.db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM posts WHERE id = ?1"))?;
-                let mut rows = stmt.query([id])?;
-                rows.next()?
-                    .map(|row| read_post(row).map(|(_, post)| post))
-                    .transpose()
-            })
-            .await
+        db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM posts WHERE id = ?1"))?;
+            let mut rows = stmt.query([id])?;
+            rows.next()?
+                .map(|row| read_post(row).map(|(_, post)| post))
+                .transpose()
+        })
+        .await
     }
 
     /// Newest first, starting after `page.before`.
     pub async fn list(&self, page: PageRequest) -> Result<Page, DbError> {
-        self.db
-            .read(move |conn| {
+        let db = match &self.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres(pg) => return postgres::list(pg, page).await,
+        };
+        db.read(move |conn| {
                 let before = page.before.unwrap_or(i64::MAX);
                 // One more row than asked tells whether another page exists.
                 let limit = i64::try_from(page.size + 1).unwrap_or(i64::MAX);
@@ -125,19 +148,7 @@ impl Store {
                         .query_map(rusqlite::params![before, limit], read_post)?
                         .collect::<Result<_, _>>()?,
                 };
-                let next = if rows.len() > page.size {
-                    rows.truncate(page.size);
-                    rows.last().map(|(seq, _)| PageToken {
-                        before: *seq,
-                        author_id: page.author_id.clone(),
-                    })
-                } else {
-                    None
-                };
-                Ok(Page {
-                    posts: rows.into_iter().map(|(_, post)| post).collect(),
-                    next,
-                })
+                Ok(page_of(&mut rows, &page))
             })
             .await
     }
@@ -147,9 +158,12 @@ impl Store {
     /// A non-admin learns nothing about posts it may not delete: a missing post and someone else's post
     /// both come back as `NotAuthor`. Only admins see `NotFound`.
     pub async fn delete(&self, id: &str, caller: &str, as_admin: bool) -> Result<(), DeleteError> {
+        let db = match &self.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres(pg) => return postgres::delete(pg, id, caller, as_admin).await,
+        };
         let (id, caller) = (id.to_owned(), caller.to_owned());
-        let result = self
-            .db
+        let result = db
             .write(move |tx| {
                 let author: Option<String> = tx
                     .prepare_cached("SELECT author_id FROM posts WHERE id = ?1")?
@@ -159,22 +173,49 @@ impl Store {
                         rusqlite::Error::QueryReturnedNoRows => Ok(None),
                         e => Err(e),
                     })?;
-                match author {
-                    None if as_admin => Ok(Err(DeleteError::NotFound)),
-                    None => Ok(Err(DeleteError::NotAuthor)),
-                    Some(author) if author != caller && !as_admin => Ok(Err(DeleteError::NotAuthor)),
-                    Some(_) => {
-                        tx.execute("DELETE FROM posts WHERE id = ?1", [&id])?;
-                        Ok(Ok(()))
-                    }
+                if let Err(refused) = may_delete(author.as_deref(), &caller, as_admin) {
+                    return Ok(Err(refused));
                 }
+                tx.execute("DELETE FROM posts WHERE id = ?1", [&id])?;
+                Ok(Ok(()))
             })
             .await;
         result.map_err(DeleteError::Db)?
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.db.ping().await
+        match &self.backend {
+            Backend::Sqlite(db) => db.ping().await,
+            Backend::Postgres(pg) => pg.ping().await,
+        }
+    }
+}
+
+/// Trims the one extra row fetched to learn whether another page exists, and makes the page token.
+fn page_of(rows: &mut Vec<(i64, Post)>, page: &PageRequest) -> Page {
+    let next = if rows.len() > page.size {
+        rows.truncate(page.size);
+        rows.last().map(|(seq, _)| PageToken {
+            before: *seq,
+            author_id: page.author_id.clone(),
+        })
+    } else {
+        None
+    };
+    Page {
+        posts: rows.drain(..).map(|(_, post)| post).collect(),
+        next,
+    }
+}
+
+/// Who may delete a post whose author is `author` (`None`: no such post). A non-admin learns nothing
+/// about posts it may not delete: a missing post and someone else's both refuse as `NotAuthor`.
+fn may_delete(author: Option<&str>, caller: &str, as_admin: bool) -> Result<(), DeleteError> {
+    match author {
+        None if as_admin => Err(DeleteError::NotFound),
+        None => Err(DeleteError::NotAuthor),
+        Some(author) if author != caller && !as_admin => Err(DeleteError::NotAuthor),
+        Some(_) => Ok(()),
     }
 }
 

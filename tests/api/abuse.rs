@@ -7,6 +7,10 @@ use watchword::{pb::auth::v1 as pb, reason::Reason};
 
 use crate::helpers::*;
 
+/// The flood and the timing test each load both cores on purpose; run concurrently they would measure each
+/// other. They take turns; every other test still runs in parallel.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn no_peer_limit() -> Options {
     Options {
         auth: Box::new(|settings, _| settings.peer_rate = 0.0),
@@ -40,6 +44,13 @@ async fn fifty_parallel_wrong_guesses_cannot_exceed_the_lockout_threshold() {
     assert!(results.iter().all(Result::is_err), "a wrong guess succeeded");
     // The default threshold is 5: at most 5 guesses were ever checked against the hash.
     assert!(checked <= 5, "{checked} guesses were checked");
+    let others: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| !matches!(s.code(), Code::Unauthenticated | Code::ResourceExhausted))
+        .collect();
+    assert!(others.is_empty(), "unexpected refusals: {others:?}");
+    // The rest were turned away without a hash check: locked out (or shed as overload).
     assert_eq!(checked + locked, 50);
 
     // While locked, even the right password waits, with a RetryInfo delay.
@@ -113,7 +124,7 @@ async fn refresh_waits_while_the_account_is_locked() {
 async fn one_address_cannot_flood_login_and_register() {
     let app = spawn_app_with(Options {
         auth: Box::new(|settings, _| {
-            settings.peer_rate = 1.0;
+            settings.peer_rate = 0.01;
             settings.peer_burst = 3;
         }),
         ..Options::default()
@@ -127,7 +138,11 @@ async fn one_address_cannot_flood_login_and_register() {
         Code::ResourceExhausted,
         Reason::RateLimited,
     );
-    assert!(watchword::reason::retry_after(&status).unwrap() <= Duration::from_secs(1));
+    let wait = watchword::reason::retry_after(&status).unwrap();
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(100),
+        "{wait:?}"
+    );
     assert_reason(
         app.login("alice", PASSWORD).await,
         Code::ResourceExhausted,
@@ -139,6 +154,7 @@ async fn one_address_cannot_flood_login_and_register() {
 
 #[tokio::test]
 async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
+    let _turn = HEAVY.lock().await;
     let app = spawn_app_with(Options {
         auth: Box::new(|settings, _| {
             settings.peer_rate = 0.0;
@@ -189,7 +205,7 @@ async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
     assert!(shed > 0, "the excess must be shed, not queued");
     // Generous: hashing is bounded to the cores, so Validate keeps a slot. (Benchmarks hold the real target.)
     assert!(
-        flood_p99 < Duration::from_millis(250),
+        flood_p99 < Duration::from_millis(500),
         "validate p99 during flood {flood_p99:?}"
     );
 }
@@ -211,6 +227,7 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 
 #[tokio::test]
 async fn unknown_user_and_wrong_password_take_the_same_time() {
+    let _turn = HEAVY.lock().await;
     let app = spawn_app_with(Options {
         auth: Box::new(|settings, _| {
             settings.peer_rate = 0.0;
@@ -222,8 +239,8 @@ async fn unknown_user_and_wrong_password_take_the_same_time() {
     app.register("alice").await.unwrap();
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     // Interleaved, so drift in machine load affects both alike.
-    for i in 0..150 {
-        for (username, samples) in [("alice", &mut wrong), (&*format!("ghost{i}"), &mut unknown)] {
+    for _ in 0..200 {
+        for (username, samples) in [("alice", &mut wrong), ("ghost", &mut unknown)] {
             let started = Instant::now();
             assert_code(
                 app.login(username, "not the password").await,

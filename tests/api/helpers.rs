@@ -10,6 +10,7 @@ use watchword::pb::{
     posts::v1::{self as posts_pb, posts_service_client::PostsServiceClient},
 };
 use watchword_db::DatabaseUrl;
+use watchword_db::postgres::tokio_postgres::NoTls;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -86,6 +87,7 @@ pub struct TestApp {
     pub auth: AuthServiceClient<Channel>,
     pub posts: PostsServiceClient<Channel>,
     pub auth_settings: auth_svc::Settings,
+    pub posts_database: DatabaseUrl,
 }
 
 type AuthKnob = Box<dyn FnOnce(&mut auth_svc::Settings, &TempDir)>;
@@ -112,12 +114,13 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut auth_settings = auth_svc::Settings::for_database(sqlite(&dir, "auth.db"));
+    let mut auth_settings = auth_svc::Settings::for_database(database(&dir, "auth").await);
     (options.auth)(&mut auth_settings, &dir);
     let auth_server = start_auth(bind(auth_settings.listen).await, auth_settings.clone()).await;
 
+    let posts_database = database(&dir, "posts").await;
     let mut posts_settings =
-        posts_svc::Settings::new(sqlite(&dir, "posts.db"), format!("http://{}", auth_server.addr));
+        posts_svc::Settings::new(posts_database.clone(), format!("http://{}", auth_server.addr));
     (options.posts)(&mut posts_settings);
     let posts_server = start_posts(bind(posts_settings.listen).await, posts_settings).await;
 
@@ -127,12 +130,29 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         auth_server: Some(auth_server),
         posts_server,
         auth_settings,
+        posts_database,
         dir,
     }
 }
 
-pub fn sqlite(dir: &TempDir, name: &str) -> DatabaseUrl {
-    DatabaseUrl::Sqlite(dir.path().join(name))
+/// Storage for one service of one test app: an SQLite file in the app's temp dir, or, when
+/// `WATCHWORD_TEST_DATABASE_URL` names a PostgreSQL database, a fresh schema in it (so tests run in
+/// parallel without seeing each other's rows).
+pub async fn database(dir: &TempDir, name: &str) -> DatabaseUrl {
+    let Ok(base) = std::env::var("WATCHWORD_TEST_DATABASE_URL") else {
+        return DatabaseUrl::Sqlite(dir.path().join(format!("{name}.db")));
+    };
+    let schema = format!("t_{name}_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = watchword_db::postgres::tokio_postgres::connect(&base, NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create test schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    DatabaseUrl::Postgres(format!("{base}{separator}options=-csearch_path%3D{schema}"))
 }
 
 /// Writes a fresh Ed25519 PKCS#8 PEM key into `dir` and returns its path and PEM.

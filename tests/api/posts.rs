@@ -213,7 +213,7 @@ async fn posts_survive_a_posts_svc_restart() {
     let app = spawn_app().await;
     let token = app.login_as("alice").await;
     let post = app.create_post(&token, "durable", "body").await.unwrap();
-    let dir_posts = sqlite(&app.dir, "posts.db");
+    let dir_posts = app.posts_database.clone();
     let auth_url = format!("http://{}", app.auth_server.as_ref().unwrap().addr);
     app.posts_server.stop().await;
 

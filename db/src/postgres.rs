@@ -1,0 +1,96 @@
+//! PostgreSQL for deployments that outgrow one machine: several replicas of each service share one database.
+//!
+//! tokio-postgres with a deadpool pool (sqlx cannot be linked beside rusqlite: both link `sqlite3`).
+//! Migrations are embedded like SQLite's, recorded in `schema_migrations`, and applied under a
+//! transaction-scoped advisory lock so replicas starting together do not race.
+
+use std::time::Duration;
+
+pub use deadpool_postgres::Transaction;
+use deadpool_postgres::{Manager, Pool, Runtime};
+pub use tokio_postgres;
+use tokio_postgres::NoTls;
+
+use crate::DbError;
+
+/// Pool limits, from the services' `--db-*` flags.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Connections kept at most (per process).
+    pub max_connections: usize,
+    /// How long a query waits for a free connection, and how long opening one may take, before the call
+    /// fails with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A pooled PostgreSQL database. Cheap to clone.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://user@host/db`; `?options=-csearch_path%3Dname` picks a schema) and
+    /// applies any `migrations` not yet applied. `migrations[i]` is version `i + 1`; append only.
+    pub async fn connect(url: &str, options: &PoolOptions, migrations: &[&str]) -> Result<Self, DbError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        config.connect_timeout(options.acquire_timeout);
+        let pool = Pool::builder(Manager::new(config, NoTls))
+            .max_size(options.max_connections.max(1))
+            .wait_timeout(Some(options.acquire_timeout))
+            .create_timeout(Some(options.acquire_timeout))
+            .recycle_timeout(Some(options.acquire_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        let db = Self { pool };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, DbError> {
+        self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn migrate(&self, migrations: &[&str]) -> Result<(), DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // One migrator per schema at a time; the lock goes with the transaction.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))", &[])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            .await?;
+        let current: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+            .await?
+            .get(0);
+        for (version, sql) in (1i32..)
+            .zip(migrations)
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version])
+                .await?;
+            tracing::info!(version, "applied schema migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
