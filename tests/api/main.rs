@@ -9,3 +9,4 @@ mod helpers;
 mod hostile;
 mod lifecycle;
 mod posts;
+mod replicas;
