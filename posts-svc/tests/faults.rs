@@ -461,3 +461,266 @@ async fn wait_until(condition: impl Fn() -> bool, what: &str) {
         poll.tick().await;
     }
 }
+
+/// A throwaway PostgreSQL cluster of the test's own, so stopping it disturbs nobody else.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// `None` when PostgreSQL's server binaries are not installed (CI installs them: `.ci/postgres`).
+    fn create() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        // initdb refuses to run as root; the postgres system user owns the cluster then.
+        Command::new("chmod")
+            .arg("755")
+            .arg(pg.dir.path())
+            .status()
+            .unwrap();
+        Command::new("chown")
+            .arg("postgres")
+            .arg(pg.dir.path())
+            .status()
+            .unwrap();
+        pg.run(&format!(
+            "{} -D {}/data -A trust -U postgres",
+            pg.bin.join("initdb").display(),
+            pg.dir.path().display()
+        ));
+        pg.start();
+        Some(pg)
+    }
+
+    fn run(&self, command: &str) {
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let status = if as_root {
+            Command::new("su")
+                .args(["postgres", "-c", command])
+                .stdout(Stdio::null())
+                .status()
+        } else {
+            Command::new("sh")
+                .args(["-c", command])
+                .stdout(Stdio::null())
+                .status()
+        };
+        assert!(status.unwrap().success(), "{command}");
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let dir = self.dir.path().display();
+        self.run(&format!(
+            "{} -D {dir}/data -o '-p {} -k {dir} -c listen_addresses=127.0.0.1' -l {dir}/log {action} -w",
+            self.bin.join("pg_ctl").display(),
+            self.port
+        ));
+    }
+
+    fn start(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// An abrupt stop, as in a crash: no goodbye to clients.
+    fn kill(&self) {
+        self.pg_ctl("stop -m immediate");
+    }
+
+    fn url(&self, schema: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?options=-csearch_path%3D{schema}",
+            self.port
+        )
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let dir = self.dir.path().display();
+        let _ = Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!(
+                    "{} -D {dir}/data stop -m immediate",
+                    self.bin.join("pg_ctl").display()
+                ),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_lost() {
+    let Some(pg) = PrivatePostgres::create() else {
+        eprintln!("skipped: PostgreSQL server binaries not installed (.ci/postgres installs them)");
+        return;
+    };
+    let (client, connection) = watchword_db::postgres::tokio_postgres::connect(
+        &pg.url("public"),
+        watchword_db::postgres::tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE SCHEMA auth; CREATE SCHEMA posts")
+        .await
+        .unwrap();
+    let common = ["--db-acquire-timeout", "1s", "--listen", "127.0.0.1:0"];
+    let auth_args: Vec<String> = common
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([
+            "--database-url".into(),
+            pg.url("auth"),
+            "--peer-rate".into(),
+            "0".into(),
+        ])
+        .collect();
+    let auth = spawn(&auth_binary(), &auth_args);
+    let posts_args: Vec<String> = common
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([
+            "--database-url".into(),
+            pg.url("posts"),
+            "--auth-url".into(),
+            format!("http://{}", auth.addr),
+            "--validate-cache-ttl".into(),
+            "0".into(),
+        ])
+        .collect();
+    let posts = spawn(Path::new(env!("CARGO_BIN_EXE_posts-svc")), &posts_args);
+    let token = token(auth.addr).await;
+    let client = PostsServiceClient::new(channel(posts.addr));
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let request = CreatePostRequest {
+            title: format!("before {i}"),
+            body: "body".into(),
+            ..Default::default()
+        };
+        let post = client.clone().create_post(bearer(request, &token)).await.unwrap();
+        acknowledged.push(post.into_inner().post.unwrap().id);
+    }
+
+    pg.kill();
+    for i in 0..10 {
+        let started = Instant::now();
+        let request = CreatePostRequest {
+            title: format!("during {i}"),
+            body: "body".into(),
+            ..Default::default()
+        };
+        let create = client.clone().create_post(bearer(request, &token)).await;
+        let list = client
+            .clone()
+            .list_posts(bearer(ListPostsRequest::default(), &token))
+            .await;
+        assert_eq!(create.map(drop).map_err(|s| s.code()), Err(Code::Unavailable));
+        assert_eq!(list.map(drop).map_err(|s| s.code()), Err(Code::Unavailable));
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let health = |addr| async move {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        tonic_health::pb::health_client::HealthClient::new(channel(addr))
+            .check(request)
+            .await
+            .map(|r| r.into_inner().status)
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    wait_until_async(
+        || async { health(posts.addr).await.ok() == Some(not_serving) },
+        "posts NOT_SERVING",
+    )
+    .await;
+    wait_until_async(
+        || async { health(auth.addr).await.ok() == Some(not_serving) },
+        "auth NOT_SERVING",
+    )
+    .await;
+
+    pg.start();
+    let recovered = Instant::now();
+    wait_until_async(
+        || async {
+            client
+                .clone()
+                .list_posts(bearer(ListPostsRequest::default(), &token))
+                .await
+                .is_ok()
+        },
+        "calls to succeed again",
+    )
+    .await;
+    println!("recovered {:?} after PostgreSQL came back", recovered.elapsed());
+    wait_until_async(
+        || async { health(posts.addr).await.ok() == Some(serving) },
+        "posts SERVING",
+    )
+    .await;
+    wait_until_async(
+        || async { health(auth.addr).await.ok() == Some(serving) },
+        "auth SERVING",
+    )
+    .await;
+
+    let request = ListPostsRequest {
+        page_size: 100,
+        ..Default::default()
+    };
+    let listed: Vec<String> = client
+        .clone()
+        .list_posts(bearer(request, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .posts
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    for id in &acknowledged {
+        assert_eq!(listed.iter().filter(|l| *l == id).count(), 1, "post {id}");
+    }
+    assert_eq!(
+        listed.len(),
+        acknowledged.len(),
+        "nothing from the outage was half-written"
+    );
+}
+
+/// Like `wait_until`, for a condition that has to make calls.
+async fn wait_until_async<F, Fut>(condition: F, what: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        poll.tick().await;
+    }
+}
