@@ -88,6 +88,31 @@ pub async fn serve(
     }
 }
 
+/// The body of a service's `main`: bind `listen`, run `serve` until SIGINT/SIGTERM, and turn the outcome
+/// into an exit code (errors logged). Signal handlers are installed before the listener is handed over.
+pub async fn run_main<F, Fut, E>(name: &str, listen: std::net::SocketAddr, serve: F) -> std::process::ExitCode
+where
+    F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let shutdown = Box::pin(shutdown_signal());
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(addr = %listen, %error, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match serve(listener, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{name} failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 ///
 /// The handlers are registered when this is *called*, not when the future is first polled: a signal that

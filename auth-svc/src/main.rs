@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -10,20 +9,10 @@ async fn main() -> ExitCode {
     if let Some(username) = settings.bootstrap_admin.clone() {
         return bootstrap_admin(&settings, &username).await;
     }
-    let listener = match TcpListener::bind(settings.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(addr = %settings.listen, %error, "cannot listen");
-            return ExitCode::FAILURE;
-        }
-    };
-    match auth_svc::serve(listener, settings, watchword::server::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "auth-svc failed");
-            ExitCode::FAILURE
-        }
-    }
+    watchword::server::run_main("auth-svc", settings.listen, |listener, shutdown| {
+        auth_svc::serve(listener, settings, shutdown)
+    })
+    .await
 }
 
 /// `--bootstrap-admin USERNAME`: the password comes from the environment or stdin, never from a flag.

@@ -1,6 +1,6 @@
 //! `spawn_app()` and typed helpers, so each test reads like the behaviour it checks.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -40,32 +40,31 @@ async fn bind(addr: SocketAddr) -> TcpListener {
 }
 
 pub async fn start_auth(listener: TcpListener, settings: auth_svc::Settings) -> Server {
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        auth_svc::serve(listener, settings, async {
-            let _ = rx.await;
-        })
-        .await
-        .map_err(|e| e.to_string())
-    });
-    Server {
-        addr,
-        shutdown: Some(tx),
-        task,
-    }
+    spawn_server(listener, |listener, stop| {
+        auth_svc::serve(listener, settings, stop)
+    })
 }
 
 pub async fn start_posts(listener: TcpListener, settings: posts_svc::Settings) -> Server {
+    spawn_server(listener, |listener, stop| {
+        posts_svc::serve(listener, settings, stop)
+    })
+}
+
+/// Runs `serve` on `listener` in a task, with a shutdown signal that [`Server::stop`] fires.
+fn spawn_server<F, Fut, E>(listener: TcpListener, serve: F) -> Server
+where
+    F: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        posts_svc::serve(listener, settings, async {
-            let _ = rx.await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+    let stop = Box::pin(async {
+        let _ = rx.await;
     });
+    let running = serve(listener, stop);
+    let task = tokio::spawn(async move { running.await.map_err(|e| e.to_string()) });
     Server {
         addr,
         shutdown: Some(tx),
