@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Keeps the snippets of docs/calling.md true: every fenced code block is checked, none is skipped.
+"""Keeps the snippets of README.md's "Calling the services" true: every fenced code block between the
+checked-snippets markers (or in the whole file, if it has none) is checked, none is skipped.
 
 - ```sh blocks run, in order, one bash script per `###` section (so TOKEN etc. carry over within a section),
   against the live services: 127.0.0.1:50051 and 127.0.0.1:50052 (the defaults the docs show) are replaced
@@ -9,7 +10,7 @@
 - ```python, ```js and ```rust blocks must be verbatim excerpts (indentation aside) of the example that
   CI runs or compiles.
 
-Usage: AUTH_ADDR=... POSTS_ADDR=... python3 tests/interop/docs_snippets.py docs/calling.md
+Usage: AUTH_ADDR=... POSTS_ADDR=... python3 tests/interop/docs_snippets.py README.md
 """
 
 import os
@@ -62,8 +63,14 @@ def wrap_failing(code, status):
     )
 
 
+BEGIN, END = "<!-- checked-snippets:begin -->", "<!-- checked-snippets:end -->"
+
+
 def main(path):
     doc = Path(path).read_text()
+    # In a larger document (README.md) only the marked region is checked.
+    if BEGIN in doc:
+        doc = doc.split(BEGIN, 1)[1].split(END, 1)[0]
     ci_script = (ROOT / ".ci/interop").read_text()
     scripts, errors, checked = {}, [], 0
     for section, language, attributes, code, line in blocks(doc):
