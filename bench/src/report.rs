@@ -471,7 +471,7 @@ impl Report {
                         };
                         let _ = writeln!(
                             s,
-                            r#"<text x="{}" y="{}">{text}</text>"#,
+                            r#"<text x="{:.1}" y="{}">{text}</text>"#,
                             x0 + label_w + w + 5.0,
                             y + 16.0
                         );
