@@ -208,8 +208,7 @@ pub struct Tally {
 }
 
 /// Runs `load` from now: calls made during `warmup` are checked but not measured; calls completing in
-/// `[start + warmup, start + warmup + window]` are measured. `measure` is called at the window's start
-/// and end (for CPU counters).
+/// `[start + warmup, start + warmup + window]` are measured; no call starts after the window.
 pub async fn run(
     load: Load,
     pools: Arc<Pools>,

@@ -291,7 +291,6 @@ async fn run(cli: Cli) -> Result<bool, String> {
         })
         .collect();
     let in_process_rss = servers::sample(None, ticks).map(|x| x.hwm_kib as f64 / 1024.0);
-    let auth_addr = servers.auth.addr;
     servers.stop().await;
 
     // Start-up on an existing database (the first start above created it).
@@ -309,7 +308,6 @@ async fn run(cli: Cli) -> Result<bool, String> {
             s.stop().await;
         }
     }
-    let _ = auth_addr;
     let outcomes = result?;
 
     let report = Report {
@@ -514,26 +512,22 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
     let users: Vec<String> = (0..params.users).map(|i| format!("bench{run_id}u{i}")).collect();
     let names = Arc::new(users.clone());
     let ch = auth_channel.clone();
-    for_each_login_limited(
-        params,
-        {
-            let names = names.clone();
-            move |i| {
-                let mut auth = AuthServiceClient::new(ch.clone());
-                let username = names[i].clone();
-                async move {
-                    auth.register(RegisterRequest {
-                        username,
-                        password: PASSWORD.to_owned(),
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("register: {:?}: {}", s.code(), s.message()))
-                }
+    load::for_each_concurrent(params.users, params.login_concurrency, {
+        let names = names.clone();
+        move |i| {
+            let mut auth = AuthServiceClient::new(ch.clone());
+            let username = names[i].clone();
+            async move {
+                auth.register(RegisterRequest {
+                    username,
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("register: {:?}: {}", s.code(), s.message()))
             }
-        },
-        params.users,
-    )
+        }
+    })
     .await?;
     progress(format!(
         "registered {} users in {:?}",
@@ -543,26 +537,22 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
 
     let started = Instant::now();
     let ch = auth_channel.clone();
-    let tokens = for_each_login_limited(
-        params,
-        {
-            let names = names.clone();
-            move |i| {
-                let mut auth = AuthServiceClient::new(ch.clone());
-                let username = names[i % names.len()].clone();
-                async move {
-                    auth.login(LoginRequest {
-                        username,
-                        password: PASSWORD.to_owned(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().access_token)
-                    .map_err(|s| format!("login: {:?}: {}", s.code(), s.message()))
-                }
+    let tokens = load::for_each_concurrent(params.tokens, params.login_concurrency, {
+        let names = names.clone();
+        move |i| {
+            let mut auth = AuthServiceClient::new(ch.clone());
+            let username = names[i % names.len()].clone();
+            async move {
+                auth.login(LoginRequest {
+                    username,
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().access_token)
+                .map_err(|s| format!("login: {:?}: {}", s.code(), s.message()))
             }
-        },
-        params.tokens,
-    )
+        }
+    })
     .await?;
     progress(format!(
         "{} tokens from logins in {:?}",
@@ -608,15 +598,6 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
         ));
     }
     Ok(pools)
-}
-
-async fn for_each_login_limited<F, Fut, T>(params: &Params, f: F, n: usize) -> Result<Vec<T>, String>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
-    T: Send + 'static,
-{
-    load::for_each_concurrent(n, params.login_concurrency, f).await
 }
 
 async fn run_scenarios(
@@ -693,13 +674,11 @@ async fn run_scenario(
     let (warmup, window) = (params.warmup, params.duration);
     let sampler = async {
         tokio::time::sleep_until(start + warmup).await;
-        let t0 = Instant::now();
         let before = [auth.pid.map(Some), posts.map(|p| p.pid), Some(None)]
             .map(|pid| pid.and_then(|pid| servers::sample(pid, ticks)));
         tokio::time::sleep_until(start + warmup + window).await;
         let after = [auth.pid.map(Some), posts.map(|p| p.pid), Some(None)]
             .map(|pid| pid.and_then(|pid| servers::sample(pid, ticks)));
-        let elapsed = t0.elapsed();
         let delta = |i: usize| match (before[i], after[i]) {
             (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
             _ => None,
@@ -708,7 +687,7 @@ async fn run_scenario(
         // in-process shares the harness's counters).
         let auth_cpu = auth.pid.and(delta(0));
         let posts_cpu = posts.and_then(|p| p.pid).and(delta(1));
-        (auth_cpu, posts_cpu, delta(2), elapsed)
+        (auth_cpu, posts_cpu, delta(2))
     };
     let main = load::run(measured, pools.clone(), start, warmup, window);
     let bg = async {
@@ -717,7 +696,7 @@ async fn run_scenario(
             None => Ok(None),
         }
     };
-    let (main, bg, (auth_cpu, posts_cpu, client_cpu, _elapsed)) = tokio::join!(main, bg, sampler);
+    let (main, bg, (auth_cpu, posts_cpu, client_cpu)) = tokio::join!(main, bg, sampler);
     let main = main?;
     let bg = bg?;
     let (bg_ok, bg_errors, mut samples) = match &bg {
