@@ -258,12 +258,15 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let machine = Machine::read(params.cores);
     progress(format!("{params:?}"));
 
-    // Argon2 cost on this machine, measured before any load (same parameters as auth-svc).
-    let argon2_ms =
-        tokio::task::spawn_blocking(|| measure_argon2(if cfg!(debug_assertions) { 1 } else { 5 }))
+    // Argon2 cost on this machine, measured before any load (same parameters as auth-svc). The fastest
+    // of several is the cost of a hash; slower ones measure whoever else shares the machine.
+    let (argon2_ms, argon2_median_ms) =
+        tokio::task::spawn_blocking(|| measure_argon2(if cfg!(debug_assertions) { 1 } else { 7 }))
             .await
             .map_err(|e| e.to_string())?;
-    progress(format!("argon2id m=19456 t=2 p=1: {argon2_ms:.1} ms per hash"));
+    progress(format!(
+        "argon2id m=19456 t=2 p=1: {argon2_ms:.1} ms per hash (fastest; median {argon2_median_ms:.1})"
+    ));
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let servers = start_servers(&cli, &params, dir.path()).await?;
@@ -314,6 +317,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         params: params.clone(),
         machine,
         argon2_ms,
+        argon2_median_ms,
         outcomes,
         servers: server_reports,
         harness_peak_rss_mib: in_process_rss,
@@ -341,8 +345,9 @@ fn set_restart(reports: &mut [ServerReport], label: &str, startup: Option<Durati
     }
 }
 
-/// Median wall time of `n` argon2id hashes (m=19456 KiB, t=2, p=1, as auth-svc), in milliseconds.
-fn measure_argon2(n: usize) -> f64 {
+/// Fastest and median wall time of `n` argon2id hashes (m=19456 KiB, t=2, p=1, as auth-svc), in
+/// milliseconds.
+fn measure_argon2(n: usize) -> (f64, f64) {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version, password_hash::SaltString};
     let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params");
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -356,7 +361,7 @@ fn measure_argon2(n: usize) -> f64 {
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    (times[0], times[times.len() / 2])
 }
 
 fn bin_dir(cli: &Cli) -> Result<PathBuf, String> {
