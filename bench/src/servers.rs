@@ -263,6 +263,13 @@ pub fn sample(pid: Option<u32>, ticks_per_sec: u64) -> Option<ProcSample> {
     })
 }
 
+/// CPU time of the calling thread (`/proc/thread-self/schedstat`, nanoseconds on CPU).
+pub fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    (ns > 0).then(|| Duration::from_nanos(ns))
+}
+
 /// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on every Linux we know of).
 pub fn ticks_per_sec() -> u64 {
     Command::new("getconf")
