@@ -85,6 +85,47 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// For benchmarks only: posts-svc with the guard replaced by a fixed caller identity, so a harness can
+/// measure what the guard costs (`bench`'s `list-noauth` scenario). No such switch exists in the binary;
+/// never serve real traffic with this. Health is served as in [`serve`]; reflection is left out.
+pub async fn serve_unguarded(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
+    let probe_store = store.clone();
+    let (health, health_task) = server::health_service(
+        <PostsServiceServer<PostsApi> as tonic::server::NamedService>::NAME,
+        move || {
+            let store = probe_store.clone();
+            async move { store.ping().await.is_ok() }
+        },
+    )
+    .await;
+    let now = std::time::SystemTime::now();
+    let caller = Identity {
+        user_id: "00000000-0000-4000-8000-000000000000".to_owned(),
+        username: "bench".to_owned(),
+        roles: vec!["user".to_owned()],
+        token_id: "bench".to_owned(),
+        session_id: "bench".to_owned(),
+        issue_time: now,
+        expire_time: now + std::time::Duration::from_secs(365 * 24 * 3600),
+    };
+    let posts = PostsServiceServer::new(PostsApi { store })
+        .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
+    let posts =
+        tonic::service::interceptor::InterceptedService::new(posts, move |mut request: tonic::Request<()>| {
+            request.extensions_mut().insert(caller.clone());
+            Ok(request)
+        });
+    let router = server::builder().add_service(health).add_service(posts);
+    let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
+    health_task.abort();
+    Ok(result?)
+}
+
 /// The guard's validator for the configured mode, and the revocation feed task it needs (if any).
 async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHandle<()>>), ServeError> {
     let remote = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)

@@ -1,0 +1,736 @@
+//! `bench`: starts auth-svc and posts-svc (as child processes by default), drives each scenario of issue 7
+//! with N concurrent tasks over M connections, and writes a Markdown table, JSON and an SVG chart.
+//!
+//! `bench serve-unguarded <posts-svc flags>` (not listed in `--help`) runs posts-svc without the guard via
+//! `posts_svc::serve_unguarded`; the harness spawns itself that way for the `list-noauth` scenario.
+
+mod load;
+mod report;
+mod servers;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use load::{Load, Op, PASSWORD, Pools};
+use report::{Machine, Outcome, Report, ServerReport};
+use servers::{ChildSpec, Server};
+use watchword::pb::{
+    auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    posts::v1::{CreatePostRequest, posts_service_client::PostsServiceClient},
+};
+
+const AUTH_HEALTH: &str = "auth.v1.AuthService";
+const POSTS_HEALTH: &str = "posts.v1.PostsService";
+
+/// Benchmark harness for Watchword (issue 7). Starts both services on loopback with temporary SQLite
+/// storage (or targets running ones with --auth-addr/--posts-*-addr), seeds users, tokens and posts, then
+/// runs every scenario: health, validate, list-noauth, list-cached, list-remote, create, login and
+/// validate-under-login-flood. Writes results.md, results.json and chart.svg to --out.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// Short CI mode: ~1 s per scenario, low concurrency, small pools. No thresholds.
+    #[arg(long)]
+    smoke: bool,
+    /// Measured time per scenario [default: 5s; smoke: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Unmeasured warm-up per scenario [default: 1s; smoke: 300ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
+    /// Concurrent client tasks per scenario [default: 64; smoke: 4].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// HTTP/2 connections the tasks share [default: 8; smoke: 2].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Concurrent logins (login scenario and the flood). auth-svc admits 9 hashing jobs per core and sheds
+    /// the rest with RESOURCE_EXHAUSTED, so this defaults to min(concurrency, 8 x cores).
+    #[arg(long)]
+    login_concurrency: Option<usize>,
+    /// Distinct access tokens in the pool [default: 1000; smoke: 20].
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Users registered (tokens and logins are spread over them) [default: 64; smoke: 8].
+    #[arg(long)]
+    users: Option<usize>,
+    /// Posts seeded before the list scenarios [default: 10000; smoke: 100].
+    #[arg(long)]
+    posts: Option<usize>,
+    /// ListPosts page size.
+    #[arg(long, default_value_t = 20)]
+    page_size: i32,
+    /// Comma-separated scenarios to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Where results.md, results.json and chart.svg go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Run the servers inside the harness process instead of as child processes (no per-server CPU/RSS).
+    #[arg(long)]
+    in_process: bool,
+    /// Directory holding the auth-svc and posts-svc binaries [default: the directory of this binary].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// RUST_LOG for child servers (their default is `info`: one log line per call, as shipped).
+    #[arg(long, default_value = "info")]
+    server_log: String,
+    /// Target a running auth-svc instead of starting one (disables per-server CPU/RSS).
+    #[arg(long)]
+    auth_addr: Option<SocketAddr>,
+    /// With --auth-addr: a running posts-svc with the validation cache on (health, list-cached, create).
+    #[arg(long, requires = "auth_addr")]
+    posts_addr: Option<SocketAddr>,
+    /// With --auth-addr: a running posts-svc started with --validate-cache-ttl 0 (list-remote).
+    #[arg(long, requires = "auth_addr")]
+    posts_remote_addr: Option<SocketAddr>,
+    /// With --auth-addr: a running unguarded posts server (`bench serve-unguarded`) sharing the posts
+    /// database of --posts-addr (list-noauth).
+    #[arg(long, requires = "auth_addr")]
+    posts_noauth_addr: Option<SocketAddr>,
+}
+
+/// Resolved parameters.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub smoke: bool,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub login_concurrency: usize,
+    pub tokens: usize,
+    pub users: usize,
+    pub posts: usize,
+    pub page_size: i32,
+    pub cores: usize,
+    pub mode: &'static str,
+}
+
+impl Params {
+    fn from(cli: &Cli) -> Self {
+        let s = cli.smoke;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let concurrency = cli.concurrency.unwrap_or(if s { 4 } else { 64 });
+        Self {
+            smoke: s,
+            duration: cli
+                .duration
+                .unwrap_or(Duration::from_millis(if s { 1000 } else { 5000 })),
+            warmup: cli
+                .warmup
+                .unwrap_or(Duration::from_millis(if s { 300 } else { 1000 })),
+            concurrency,
+            connections: cli.connections.unwrap_or(if s { 2 } else { 8 }),
+            login_concurrency: cli.login_concurrency.unwrap_or(concurrency.min(8 * cores)).max(1),
+            tokens: cli.tokens.unwrap_or(if s { 20 } else { 1000 }).max(1),
+            users: cli.users.unwrap_or(if s { 8 } else { 64 }).max(1),
+            posts: cli
+                .posts
+                .unwrap_or(if s { 100 } else { 10_000 })
+                .max(cli.page_size.max(0) as usize),
+            page_size: cli.page_size,
+            cores,
+            mode: if cli.auth_addr.is_some() {
+                "external"
+            } else if cli.in_process {
+                "in-process"
+            } else {
+                "child-processes"
+            },
+        }
+    }
+}
+
+pub const SCENARIOS: [&str; 8] = [
+    "health",
+    "validate",
+    "list-noauth",
+    "list-cached",
+    "list-remote",
+    "create",
+    "login",
+    "validate-under-login-flood",
+];
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve-unguarded") {
+        return runtime.block_on(serve_unguarded(&args[2..]));
+    }
+    let cli = Cli::parse();
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("bench: some scenarios had errors (see the report)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The hidden `serve-unguarded` mode: posts-svc's flags, served by `posts_svc::serve_unguarded`, logging
+/// like the shipped binary so the comparison with the guarded server is like for like.
+async fn serve_unguarded(args: &[String]) -> ExitCode {
+    let settings =
+        posts_svc::Settings::parse_from(std::iter::once("posts-svc".to_owned()).chain(args.iter().cloned()));
+    watchword::telemetry::init();
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", settings.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match posts_svc::serve_unguarded(listener, settings, watchword::server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("posts-svc (unguarded) failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The servers under test.
+struct Servers {
+    auth: Server,
+    posts: Option<Server>,
+    posts_remote: Option<Server>,
+    posts_noauth: Option<Server>,
+}
+
+impl Servers {
+    fn all(&self) -> impl Iterator<Item = &Server> {
+        std::iter::once(&self.auth)
+            .chain(self.posts.as_ref())
+            .chain(self.posts_remote.as_ref())
+            .chain(self.posts_noauth.as_ref())
+    }
+
+    async fn stop(self) {
+        self.auth.stop().await;
+        for s in [self.posts, self.posts_remote, self.posts_noauth]
+            .into_iter()
+            .flatten()
+        {
+            s.stop().await;
+        }
+    }
+}
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+async fn run(cli: Cli) -> Result<bool, String> {
+    let params = Params::from(&cli);
+    let wanted: Vec<&'static str> = if cli.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        for s in &cli.scenarios {
+            if !SCENARIOS.contains(&s.as_str()) {
+                return Err(format!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", ")));
+            }
+        }
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| cli.scenarios.iter().any(|w| w == s))
+            .collect()
+    };
+    let ticks = servers::ticks_per_sec();
+    let machine = Machine::read(params.cores);
+    progress(format!("{params:?}"));
+
+    // Argon2 cost on this machine, measured before any load (same parameters as auth-svc), as CPU time of
+    // the hashing thread so that neighbours taking the core do not inflate it.
+    let argon2 = tokio::task::spawn_blocking(|| measure_argon2(if cfg!(debug_assertions) { 1 } else { 9 }))
+        .await
+        .map_err(|e| e.to_string())?;
+    progress(format!("argon2id m=19456 t=2 p=1: {argon2:?}"));
+
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let servers = start_servers(&cli, &params, dir.path()).await?;
+    for s in servers.all() {
+        progress(format!(
+            "{} on {} (pid {:?}), SERVING after {:?}",
+            s.label, s.addr, s.pid, s.startup
+        ));
+    }
+
+    let result = run_scenarios(&params, &wanted, &servers, ticks).await;
+    // Peak RSS is read before the servers stop.
+    let mut server_reports: Vec<ServerReport> = servers
+        .all()
+        .map(|s| {
+            let sample = s.pid.and_then(|pid| servers::sample(Some(pid), ticks));
+            ServerReport {
+                label: s.label,
+                pid: s.pid,
+                first_start_ms: s.startup.map(|d| d.as_secs_f64() * 1000.0),
+                restart_ms: None,
+                peak_rss_mib: sample.map(|x| x.hwm_kib as f64 / 1024.0),
+                rss_mib: sample.map(|x| x.rss_kib as f64 / 1024.0),
+            }
+        })
+        .collect();
+    let in_process_rss = servers::sample(None, ticks).map(|x| x.hwm_kib as f64 / 1024.0);
+    servers.stop().await;
+
+    // Start-up on an existing database (the first start above created it).
+    if params.mode == "child-processes" {
+        let bin = bin_dir(&cli)?;
+        if let Ok(s) = servers::spawn_child(auth_spec(&cli, &bin, dir.path())).await {
+            set_restart(&mut server_reports, "auth", s.startup);
+            let auth_url = format!("http://{}", s.addr);
+            if let Ok(p) =
+                servers::spawn_child(posts_spec(&cli, &bin, dir.path(), &auth_url, "posts", "5s")).await
+            {
+                set_restart(&mut server_reports, "posts", p.startup);
+                p.stop().await;
+            }
+            s.stop().await;
+        }
+    }
+    let outcomes = result?;
+
+    let report = Report {
+        params: params.clone(),
+        machine,
+        argon2,
+        outcomes,
+        servers: server_reports,
+        harness_peak_rss_mib: in_process_rss,
+    };
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+    let markdown = report.markdown();
+    std::fs::write(cli.out.join("results.md"), &markdown).map_err(|e| e.to_string())?;
+    std::fs::write(
+        cli.out.join("results.json"),
+        serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(cli.out.join("chart.svg"), report.svg()).map_err(|e| e.to_string())?;
+    println!("{markdown}");
+    progress(format!(
+        "wrote results.md, results.json and chart.svg to {}",
+        cli.out.display()
+    ));
+    Ok(report.outcomes.iter().all(|o| o.errors == 0))
+}
+
+fn set_restart(reports: &mut [ServerReport], label: &str, startup: Option<Duration>) {
+    if let Some(r) = reports.iter_mut().find(|r| r.label == label) {
+        r.restart_ms = startup.map(|d| d.as_secs_f64() * 1000.0);
+    }
+}
+
+/// `n` argon2id hashes (m=19456 KiB, t=2, p=1, as auth-svc) on this thread: mean CPU time (from
+/// `/proc/thread-self/schedstat`), fastest and median wall time.
+fn measure_argon2(n: usize) -> report::Argon2Timing {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version, password_hash::SaltString};
+    let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::from_b64("YmVuY2hzYWx0YmVuY2hzYWx0").expect("valid salt");
+    let _ = argon2.hash_password(PASSWORD.as_bytes(), &salt);
+    let n = n.max(1);
+    let mut wall = Vec::with_capacity(n);
+    // The kernel updates a running thread's CPU time lazily (at ticks), so it is read around all the
+    // hashes at once rather than around each.
+    let cpu_start = servers::thread_cpu();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let _ = argon2.hash_password(PASSWORD.as_bytes(), &salt);
+        wall.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let cpu_end = servers::thread_cpu();
+    wall.sort_by(f64::total_cmp);
+    report::Argon2Timing {
+        cpu_ms: cpu_start
+            .zip(cpu_end)
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1000.0 / n as f64),
+        wall_min_ms: wall[0],
+        wall_median_ms: wall[wall.len() / 2],
+    }
+}
+
+fn bin_dir(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(dir) = &cli.bin_dir {
+        return Ok(dir.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
+}
+
+fn auth_spec(cli: &Cli, bin: &std::path::Path, dir: &std::path::Path) -> ChildSpec {
+    ChildSpec {
+        label: "auth",
+        program: bin.join("auth-svc"),
+        args: vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--database-url".into(),
+            format!("sqlite://{}", dir.join("auth.db").display()),
+            "--peer-rate".into(),
+            "0".into(),
+            "--lockout-threshold".into(),
+            "1000000".into(),
+        ],
+        rust_log: cli.server_log.clone(),
+        health_service: AUTH_HEALTH,
+    }
+}
+
+fn posts_spec(
+    cli: &Cli,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    auth_url: &str,
+    label: &'static str,
+    cache_ttl: &str,
+) -> ChildSpec {
+    let mut args = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--database-url".into(),
+        format!("sqlite://{}", dir.join("posts.db").display()),
+        "--auth-url".into(),
+        auth_url.to_owned(),
+        "--validate-cache-ttl".into(),
+        cache_ttl.to_owned(),
+    ];
+    let program = if label == "posts-noauth" {
+        args.insert(0, "serve-unguarded".into());
+        std::env::current_exe().unwrap_or_else(|_| bin.join("bench"))
+    } else {
+        bin.join("posts-svc")
+    };
+    ChildSpec {
+        label,
+        program,
+        args,
+        rust_log: cli.server_log.clone(),
+        health_service: POSTS_HEALTH,
+    }
+}
+
+async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<Servers, String> {
+    match params.mode {
+        "external" => Ok(Servers {
+            auth: Server::external("auth", cli.auth_addr.expect("external mode has --auth-addr")),
+            posts: cli.posts_addr.map(|a| Server::external("posts", a)),
+            posts_remote: cli.posts_remote_addr.map(|a| Server::external("posts-remote", a)),
+            posts_noauth: cli.posts_noauth_addr.map(|a| Server::external("posts-noauth", a)),
+        }),
+        "in-process" => {
+            let mut auth_settings =
+                auth_svc::Settings::for_database(servers::sqlite_url(&dir.join("auth.db")));
+            auth_settings.peer_rate = 0.0;
+            auth_settings.lockout_threshold = 1_000_000;
+            let auth = servers::start_in_process("auth", AUTH_HEALTH, move |l, rx| {
+                auth_svc::serve(l, auth_settings, async {
+                    let _ = rx.await;
+                })
+            })
+            .await?;
+            let auth_url = format!("http://{}", auth.addr);
+            let posts_db = servers::sqlite_url(&dir.join("posts.db"));
+            let mut start = Vec::new();
+            for (label, ttl) in [("posts", 5u64), ("posts-remote", 0), ("posts-noauth", 0)] {
+                let mut settings = posts_svc::Settings::new(posts_db.clone(), auth_url.clone());
+                settings.validate_cache_ttl = Duration::from_secs(ttl);
+                let server = if label == "posts-noauth" {
+                    servers::start_in_process(label, POSTS_HEALTH, move |l, rx| {
+                        posts_svc::serve_unguarded(l, settings, async {
+                            let _ = rx.await;
+                        })
+                    })
+                    .await?
+                } else {
+                    servers::start_in_process(label, POSTS_HEALTH, move |l, rx| {
+                        posts_svc::serve(l, settings, async {
+                            let _ = rx.await;
+                        })
+                    })
+                    .await?
+                };
+                start.push(server);
+            }
+            let noauth = start.pop();
+            let remote = start.pop();
+            let posts = start.pop();
+            Ok(Servers {
+                auth,
+                posts,
+                posts_remote: remote,
+                posts_noauth: noauth,
+            })
+        }
+        _ => {
+            let bin = bin_dir(cli)?;
+            for name in ["auth-svc", "posts-svc"] {
+                if !bin.join(name).exists() {
+                    return Err(format!(
+                        "{} not found: build it first (cargo build --release -p auth-svc -p posts-svc) or pass --bin-dir",
+                        bin.join(name).display()
+                    ));
+                }
+            }
+            let auth = servers::spawn_child(auth_spec(cli, &bin, dir)).await?;
+            let auth_url = format!("http://{}", auth.addr);
+            // One at a time: the first posts server creates the shared database.
+            let posts = servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts", "5s")).await?;
+            let remote =
+                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-remote", "0")).await?;
+            let noauth =
+                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-noauth", "0")).await?;
+            Ok(Servers {
+                auth,
+                posts: Some(posts),
+                posts_remote: Some(remote),
+                posts_noauth: Some(noauth),
+            })
+        }
+    }
+}
+
+/// Registers users, logs in for the token pool, and seeds posts.
+async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> {
+    let started = Instant::now();
+    let auth_channel = servers::connect(servers.auth.addr)
+        .await
+        .map_err(|e| format!("connect auth: {e}"))?;
+    // Unique per run, so a harness pointed at running servers does not collide with earlier runs.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() % 1_000_000_000);
+    let users: Vec<String> = (0..params.users).map(|i| format!("bench{run_id}u{i}")).collect();
+    let names = Arc::new(users.clone());
+    let ch = auth_channel.clone();
+    load::for_each_concurrent(params.users, params.login_concurrency, {
+        let names = names.clone();
+        move |i| {
+            let mut auth = AuthServiceClient::new(ch.clone());
+            let username = names[i].clone();
+            async move {
+                auth.register(RegisterRequest {
+                    username,
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("register: {:?}: {}", s.code(), s.message()))
+            }
+        }
+    })
+    .await?;
+    progress(format!(
+        "registered {} users in {:?}",
+        params.users,
+        started.elapsed()
+    ));
+
+    let started = Instant::now();
+    let ch = auth_channel.clone();
+    let tokens = load::for_each_concurrent(params.tokens, params.login_concurrency, {
+        let names = names.clone();
+        move |i| {
+            let mut auth = AuthServiceClient::new(ch.clone());
+            let username = names[i % names.len()].clone();
+            async move {
+                auth.login(LoginRequest {
+                    username,
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().access_token)
+                .map_err(|s| format!("login: {:?}: {}", s.code(), s.message()))
+            }
+        }
+    })
+    .await?;
+    progress(format!(
+        "{} tokens from logins in {:?}",
+        tokens.len(),
+        started.elapsed()
+    ));
+    let pools = Arc::new(Pools::new(tokens, users, params.page_size));
+
+    if let Some(posts) = &servers.posts {
+        let started = Instant::now();
+        let mut channels = Vec::new();
+        for _ in 0..params.connections.max(1) {
+            channels.push(
+                servers::connect(posts.addr)
+                    .await
+                    .map_err(|e| format!("connect posts: {e}"))?,
+            );
+        }
+        let pools2 = pools.clone();
+        load::for_each_concurrent(params.posts, params.concurrency, move |i| {
+            let mut client = PostsServiceClient::new(channels[i % channels.len()].clone());
+            let mut request = tonic::Request::new(CreatePostRequest {
+                title: format!("Seeded post {i}"),
+                body: format!("Body of seeded post {i}: some text of a realistic length for a short post."),
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", pools2.bearers[i % pools2.bearers.len()].clone());
+            async move {
+                client
+                    .create_post(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("seed post: {:?}: {}", s.code(), s.message()))
+            }
+        })
+        .await?;
+        progress(format!(
+            "seeded {} posts in {:?}",
+            params.posts,
+            started.elapsed()
+        ));
+    }
+    Ok(pools)
+}
+
+async fn run_scenarios(
+    params: &Params,
+    wanted: &[&'static str],
+    servers: &Servers,
+    ticks: u64,
+) -> Result<Vec<Outcome>, String> {
+    let pools = seed(params, servers).await?;
+    let mut outcomes = Vec::new();
+    for &name in wanted {
+        let load = |op, server: &Server, concurrency| Load {
+            op,
+            addr: server.addr,
+            concurrency,
+            connections: params.connections,
+        };
+        let c = params.concurrency;
+        let lc = params.login_concurrency;
+        let auth = &servers.auth;
+        let (measured, background, posts): (Load, Option<Load>, Option<&Server>) = match name {
+            "health" => match &servers.posts {
+                Some(p) => (load(Op::Health, p, c), None, Some(p)),
+                None => continue,
+            },
+            "validate" => (load(Op::Validate, auth, c), None, None),
+            "list-noauth" => match &servers.posts_noauth {
+                Some(p) => (load(Op::ListNoAuth, p, c), None, Some(p)),
+                None => continue,
+            },
+            "list-cached" => match &servers.posts {
+                Some(p) => (load(Op::List, p, c), None, Some(p)),
+                None => continue,
+            },
+            "list-remote" => match &servers.posts_remote {
+                Some(p) => (load(Op::List, p, c), None, Some(p)),
+                None => continue,
+            },
+            "create" => match &servers.posts {
+                Some(p) => (load(Op::Create, p, c), None, Some(p)),
+                None => continue,
+            },
+            "login" => (load(Op::Login, auth, lc), None, None),
+            "validate-under-login-flood" => {
+                (load(Op::Validate, auth, c), Some(load(Op::Login, auth, lc)), None)
+            }
+            _ => unreachable!("scenario names are checked"),
+        };
+        progress(format!("scenario {name}: {measured:?} background {background:?}"));
+        let outcome = run_scenario(name, params, measured, background, auth, posts, &pools, ticks).await?;
+        progress(format!(
+            "  {name}: {:.0} req/s, p99 {:?} ms, {} errors",
+            outcome.throughput(),
+            outcome.p(0.99),
+            outcome.errors
+        ));
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_scenario(
+    name: &'static str,
+    params: &Params,
+    measured: Load,
+    background: Option<Load>,
+    auth: &Server,
+    posts: Option<&Server>,
+    pools: &Arc<Pools>,
+    ticks: u64,
+) -> Result<Outcome, String> {
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let (warmup, window) = (params.warmup, params.duration);
+    let sampler = async {
+        tokio::time::sleep_until(start + warmup).await;
+        let before = [auth.pid.map(Some), posts.map(|p| p.pid), Some(None)]
+            .map(|pid| pid.and_then(|pid| servers::sample(pid, ticks)));
+        tokio::time::sleep_until(start + warmup + window).await;
+        let after = [auth.pid.map(Some), posts.map(|p| p.pid), Some(None)]
+            .map(|pid| pid.and_then(|pid| servers::sample(pid, ticks)));
+        let delta = |i: usize| match (before[i], after[i]) {
+            (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+            _ => None,
+        };
+        // auth-svc, then posts-svc, then the harness itself, but only for child processes (a server
+        // in-process shares the harness's counters).
+        let auth_cpu = auth.pid.and(delta(0));
+        let posts_cpu = posts.and_then(|p| p.pid).and(delta(1));
+        (auth_cpu, posts_cpu, delta(2))
+    };
+    let main = load::run(measured, pools.clone(), start, warmup, window);
+    let bg = async {
+        match background {
+            Some(b) => load::run(b, pools.clone(), start, warmup, window).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (main, bg, (auth_cpu, posts_cpu, client_cpu)) = tokio::join!(main, bg, sampler);
+    let main = main?;
+    let bg = bg?;
+    let (bg_ok, bg_errors, mut samples) = match &bg {
+        Some(t) => (t.ok, t.errors, t.error_samples.clone()),
+        None => (0, 0, Vec::new()),
+    };
+    let mut error_samples = main.error_samples.clone();
+    error_samples.append(&mut samples);
+    Ok(Outcome {
+        name,
+        concurrency: measured.concurrency,
+        background_concurrency: background.map(|b| b.concurrency),
+        connections: measured.connections,
+        window,
+        ok: main.ok,
+        errors: main.errors + bg_errors,
+        error_samples,
+        latencies_us: main.latencies_us,
+        background_ok: bg_ok,
+        background_p99_us: bg.as_ref().and_then(|t| load::quantile(&t.latencies_us, 0.99)),
+        auth_cpu,
+        posts_label: posts.map(|p| p.label),
+        posts_cpu,
+        client_cpu,
+    })
+}
