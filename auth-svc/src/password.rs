@@ -1,7 +1,9 @@
 //! Password hashing with argon2id.
 //!
-//! Hashing costs ~35 ms of CPU by design, so it always runs on tokio's blocking pool: an async worker
-//! busy hashing would stall every other call on it (Validate included).
+//! Hashing costs ~35 ms of CPU and 19 MiB of memory by design. It runs on a few dedicated threads, one per
+//! core: never on an async worker (that would stall every other call on it, Validate included), and not on
+//! tokio's blocking pool either, whose many short-lived threads each left an allocator arena holding
+//! argon2's buffers (auth-svc grew past 2 GiB under a login benchmark).
 
 use std::sync::Arc;
 
@@ -26,8 +28,8 @@ const QUEUE_PER_CORE: usize = 8;
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
-    /// One permit per core: argon2 work never takes more CPUs than there are, so Validate always has room.
-    workers: Arc<Semaphore>,
+    /// The hashing threads: one per core, so argon2 never takes more CPUs than there are.
+    threads: HashingThreads,
     /// Admission: hashing work running or waiting.
     admitted: Arc<Semaphore>,
     /// Verified against when the username is unknown, so that case costs the same as a wrong password.
@@ -42,7 +44,7 @@ impl PasswordHasher {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut hasher = Self {
             argon2,
-            workers: Arc::new(Semaphore::new(cores)),
+            threads: HashingThreads::start(cores),
             admitted: Arc::new(Semaphore::new(cores * (QUEUE_PER_CORE + 1))),
             dummy_hash: Arc::from(""),
         };
@@ -100,19 +102,59 @@ impl PasswordHasher {
             .map_err(|_| AuthError::Overloaded)
     }
 
-    /// Runs `f` on the blocking pool once a core is free, or refuses at once if too much is waiting.
+    /// Runs `f` on a hashing thread (admission, taken by the caller, bounds how many wait).
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
-        let _worker = self
-            .workers
-            .acquire()
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.threads
+            .jobs
+            .send(job)
+            .map_err(|_| AuthError::Internal("hashing threads gone".into()))?;
+        result
             .await
-            .map_err(|_| AuthError::Internal("hashing pool closed".into()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| AuthError::Internal(format!("hashing task: {e}")))?
+            .map_err(|_| AuthError::Internal("hashing job dropped".into()))?
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads running hashing jobs from one queue; they exit when the last sender is dropped.
+#[derive(Clone)]
+struct HashingThreads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HashingThreads {
+    fn start(count: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..count.max(1) {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // Hold the lock only to take a job, not while running it.
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a hashing thread");
+            }
+        }
+        Self { jobs }
     }
 }
 
