@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
-    password_hash::{SaltString, rand_core::OsRng},
+    Algorithm, Argon2, Params, PasswordHash, Version,
+    password_hash::{self, SaltString, rand_core::OsRng},
 };
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
@@ -60,9 +60,7 @@ impl PasswordHasher {
         let argon2 = self.argon2.clone();
         self.run(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon2
-                .hash_password(password.as_bytes(), &salt)
-                .map(|hash| hash.to_string())
+            hash_phc(&argon2, password.as_bytes(), &salt)
                 .map_err(|e| AuthError::Internal(format!("argon2 hash: {e}")))
         })
         .instrument(tracing::debug_span!("argon2_hash"))
@@ -72,18 +70,73 @@ impl PasswordHasher {
     /// Whether `password` matches `stored`. With `stored = None` (no such user) it does the same work
     /// against a dummy hash and returns `false`.
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, AuthError> {
-        let argon2 = self.argon2.clone();
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         self.run(move || {
-            let parsed =
-                PasswordHash::new(&stored).map_err(|e| AuthError::Internal(format!("stored hash: {e}")))?;
-            let matches = argon2.verify_password(password.as_bytes(), &parsed).is_ok();
+            let matches = verify_phc(password.as_bytes(), &stored)
+                .map_err(|e| AuthError::Internal(format!("stored hash: {e}")))?;
             Ok(matches && known)
         })
         .instrument(tracing::debug_span!("argon2_verify"))
         .await
     }
+}
+
+thread_local! {
+    /// argon2's working memory (19 MiB), allocated once per hashing thread and reused for every hash, so
+    /// memory stays flat however many logins come (allocating it per hash fragmented the heap).
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `argon2` of `password` and `salt` into `out`, in this thread's reusable memory.
+fn argon2_into(
+    argon2: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    BLOCKS.with_borrow_mut(|blocks| {
+        blocks.resize(params.block_count(), argon2::Block::default());
+        argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..])
+    })
+}
+
+/// A PHC string for `password` with `salt`, as `PasswordHasher::hash_password` would make it.
+fn hash_phc(argon2: &Argon2<'_>, password: &[u8], salt: &SaltString) -> password_hash::Result<String> {
+    let params = argon2.params().clone();
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf)?;
+    let mut out = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    argon2_into(argon2, &params, password, salt_bytes, &mut out)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: password_hash::ParamsString::try_from(&params)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(password_hash::Output::new(&out)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `stored` (any argon2 variant and parameters it names).
+fn verify_phc(password: &[u8], stored: &str) -> password_hash::Result<bool> {
+    let parsed = PasswordHash::new(stored)?;
+    let params = Params::try_from(&parsed)?;
+    let argon2 = Argon2::new(
+        Algorithm::try_from(parsed.algorithm)?,
+        Version::try_from(parsed.version.unwrap_or(0x13))?,
+        params.clone(),
+    );
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(password_hash::Error::Password);
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let mut out = vec![0u8; expected.len()];
+    argon2_into(&argon2, &params, password, salt_bytes, &mut out)?;
+    // `Output`'s equality is constant-time.
+    Ok(password_hash::Output::new(&out)? == expected)
 }
 
 /// Permission to do password work, taken when a Login or Register *starts* (before it touches storage),
@@ -160,7 +213,41 @@ impl HashingThreads {
 
 #[cfg(test)]
 mod tests {
+    use argon2::{PasswordHasher as _, PasswordVerifier as _};
+
     use super::*;
+
+    /// Hashing into reused memory must give exactly what the argon2 crate gives, both ways.
+    #[test]
+    fn reused_memory_hashes_are_standard_phc_strings() {
+        let argon2 = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(MEMORY_KIB, PASSES, LANES, None).unwrap(),
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let ours = hash_phc(&argon2, b"correct horse battery", &salt).unwrap();
+        let theirs = argon2
+            .hash_password(b"correct horse battery", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(ours, theirs);
+        assert!(
+            argon2
+                .verify_password(b"correct horse battery", &PasswordHash::new(&ours).unwrap())
+                .is_ok()
+        );
+        assert!(verify_phc(b"correct horse battery", &theirs).unwrap());
+        assert!(!verify_phc(b"wrong horse battery", &theirs).unwrap());
+        // Other stored parameters (e.g. from an older policy) still verify.
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(1024, 1, 1, None).unwrap(),
+        );
+        let old = cheap.hash_password(b"pw", &salt).unwrap().to_string();
+        assert!(verify_phc(b"pw", &old).unwrap());
+    }
 
     #[tokio::test]
     async fn hashes_verify_only_with_the_right_password_and_never_for_unknown_users() {
