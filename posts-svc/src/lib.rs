@@ -59,15 +59,7 @@ pub async fn serve(
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
     let (validator, feed_task) = validator(&settings).await?;
 
-    let probe_store = store.clone();
-    let (health, health_task) = server::health_service(
-        <PostsServiceServer<PostsApi> as tonic::server::NamedService>::NAME,
-        move || {
-            let store = probe_store.clone();
-            async move { store.ping().await.is_ok() }
-        },
-    )
-    .await;
+    let (health, health_task) = health(&store).await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
@@ -94,15 +86,7 @@ pub async fn serve_unguarded(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
-    let probe_store = store.clone();
-    let (health, health_task) = server::health_service(
-        <PostsServiceServer<PostsApi> as tonic::server::NamedService>::NAME,
-        move || {
-            let store = probe_store.clone();
-            async move { store.ping().await.is_ok() }
-        },
-    )
-    .await;
+    let (health, health_task) = health(&store).await;
     let now = std::time::SystemTime::now();
     let caller = Identity {
         user_id: "00000000-0000-4000-8000-000000000000".to_owned(),
@@ -124,6 +108,24 @@ pub async fn serve_unguarded(
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     Ok(result?)
+}
+
+/// `grpc.health.v1` for PostsService, SERVING while storage answers.
+async fn health(
+    store: &Store,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    JoinHandle<()>,
+) {
+    let store = store.clone();
+    server::health_service(
+        <PostsServiceServer<PostsApi> as tonic::server::NamedService>::NAME,
+        move || {
+            let store = store.clone();
+            async move { store.ping().await.is_ok() }
+        },
+    )
+    .await
 }
 
 /// The guard's validator for the configured mode, and the revocation feed task it needs (if any).
