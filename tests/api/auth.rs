@@ -218,8 +218,11 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
         with("sid", json!("0195f3a4-0000-7000-8000-00000000dead")),
     ];
     for claims in &bad_claims {
-        let result = app.validate(&sign(claims, Some("at+jwt"), Some(&kid))).await;
-        assert_code(result, Code::Unauthenticated);
+        let token = sign(claims, Some("at+jwt"), Some(&kid));
+        assert_code(app.validate(&token).await, Code::Unauthenticated);
+        // And through posts-svc's guard.
+        let listed = app.list_posts(&token, Default::default()).await;
+        assert_code(listed, Code::Unauthenticated);
     }
     assert_code(
         app.validate(&sign(&good, None, Some(&kid))).await,
