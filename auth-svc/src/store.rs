@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 mod postgres;
 
 use watchword_db::{
-    DatabaseUrl, DbError, Sqlite, from_micros,
-    postgres::{PoolOptions, Postgres},
-    rusqlite, to_micros,
+    Database, DatabaseUrl, DbError, Migrations, from_micros, postgres::PoolOptions, rusqlite, sqlite_or,
+    to_micros,
 };
 
 use watchword::reason::Reason;
@@ -125,50 +124,34 @@ pub enum Rotation {
 
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-}
-
-#[derive(Clone)]
-enum Backend {
-    Sqlite(Sqlite),
-    Postgres(Postgres),
-}
-
-/// Picks the SQLite handle, or returns from the calling method with the PostgreSQL implementation's result.
-macro_rules! sqlite_or {
-    ($store:expr, |$pg:ident| $postgres:expr) => {
-        match &$store.backend {
-            Backend::Sqlite(db) => db,
-            Backend::Postgres($pg) => return $postgres,
-        }
-    };
+    db: Database,
 }
 
 const USER_COLUMNS: &str = "id, username, roles, create_time_us, disabled";
 
 impl Store {
     pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
-        let backend = match url {
-            DatabaseUrl::Sqlite(path) => Backend::Sqlite(Sqlite::open(path, MIGRATIONS).await?),
-            DatabaseUrl::Postgres(url) => {
-                Backend::Postgres(Postgres::connect(url, pool, postgres::MIGRATIONS).await?)
-            }
+        let migrations = Migrations {
+            sqlite: MIGRATIONS,
+            postgres: postgres::MIGRATIONS,
         };
-        Ok(Self { backend })
+        Ok(Self {
+            db: Database::open(url, pool, &migrations).await?,
+        })
     }
 
     /// Whether other processes may write to this database (PostgreSQL), so revocations made elsewhere
     /// must be picked up by polling.
     pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
+        self.db.is_shared()
     }
 
     /// Revocations recorded at or after `since` (PostgreSQL; an SQLite file has one writer process, which
     /// already published its own).
     pub async fn revocations_since(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
-        match &self.backend {
-            Backend::Sqlite(_) => Ok(Vec::new()),
-            Backend::Postgres(pg) => postgres::revocations_since(pg, since).await,
+        match &self.db {
+            Database::Sqlite(_) => Ok(Vec::new()),
+            Database::Postgres(pg) => postgres::revocations_since(pg, since).await,
         }
     }
 
@@ -179,7 +162,7 @@ impl Store {
         username: &Username,
         password_hash: String,
     ) -> Result<(), StoreError> {
-        let db = sqlite_or!(self, |pg| postgres::insert_user(
+        let db = sqlite_or!(&self.db, |pg| postgres::insert_user(
             pg,
             user,
             username,
@@ -211,7 +194,7 @@ impl Store {
 
     /// The account with this username key, with its password hash.
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<Credentials>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::find_credentials(pg, username).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::find_credentials(pg, username).await);
         let key = username.key().to_owned();
         db.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -230,14 +213,14 @@ impl Store {
     }
 
     pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::find_user(pg, user_id).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::find_user(pg, user_id).await);
         let id = user_id.to_owned();
         db.read(move |conn| user_by_id(conn, &id)).await
     }
 
     /// Users in creation order (ids are UUIDv7, so id order), after `after`.
     pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<User>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::list_users(pg, after, limit).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::list_users(pg, after, limit).await);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         db.read(move |conn| {
             conn.prepare_cached(&format!(
@@ -259,7 +242,7 @@ impl Store {
         roles: Vec<String>,
         now: SystemTime,
     ) -> Result<Option<(User, Vec<String>)>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::set_roles(pg, user_id, roles, now).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::set_roles(pg, user_id, roles, now).await);
         let id = user_id.to_owned();
         db.write(move |tx| {
             let Some(mut user) = user_by_id(tx, &id)? else {
@@ -283,7 +266,7 @@ impl Store {
 
     /// Disables a user and ends all its sessions. `None` if there is no such user.
     pub async fn disable_user(&self, user_id: &str, now: SystemTime) -> Result<Option<User>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::disable_user(pg, user_id, now).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::disable_user(pg, user_id, now).await);
         let id = user_id.to_owned();
         db.write(move |tx| {
             let Some(mut user) = user_by_id(tx, &id)? else {
@@ -306,7 +289,7 @@ impl Store {
         refresh_expire_time: SystemTime,
         now: SystemTime,
     ) -> Result<(), DbError> {
-        let db = sqlite_or!(self, |pg| postgres::create_session(
+        let db = sqlite_or!(&self.db, |pg| postgres::create_session(
             pg,
             session_id,
             user_id,
@@ -336,7 +319,8 @@ impl Store {
         session_id: &str,
         user_id: &str,
     ) -> Result<Option<SessionState>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::session_state(pg, session_id, user_id).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::session_state(pg, session_id, user_id)
+            .await);
         let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
         db.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -368,7 +352,7 @@ impl Store {
         grace: Duration,
         ttl: Duration,
     ) -> Result<Rotation, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::rotate_refresh(
+        let db = sqlite_or!(&self.db, |pg| postgres::rotate_refresh(
             pg,
             hash,
             successor_hash,
@@ -473,7 +457,7 @@ impl Store {
         threshold: u32,
         now: SystemTime,
     ) -> Result<Result<(), Duration>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::begin_login_attempt(
+        let db = sqlite_or!(&self.db, |pg| postgres::begin_login_attempt(
             pg,
             username_key,
             threshold,
@@ -509,7 +493,7 @@ impl Store {
 
     /// Forgets failed attempts after a successful login.
     pub async fn login_succeeded(&self, username_key: &str) -> Result<(), DbError> {
-        let db = sqlite_or!(self, |pg| postgres::login_succeeded(pg, username_key).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::login_succeeded(pg, username_key).await);
         let key = username_key.to_owned();
         db.write(move |tx| tx.execute("DELETE FROM login_failures WHERE username_key = ?1", [key]))
             .await?;
@@ -518,7 +502,7 @@ impl Store {
 
     /// The session a refresh token belongs to, if it is one of ours.
     pub async fn session_of_refresh(&self, hash: Vec<u8>) -> Result<Option<String>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::session_of_refresh(pg, hash).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::session_of_refresh(pg, hash).await);
         db.read(move |conn| {
             conn.query_row(
                 "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
@@ -533,7 +517,7 @@ impl Store {
 
     /// Ends a session (idempotent: an ended session keeps its first revocation time).
     pub async fn revoke_session(&self, session_id: &str, now: SystemTime) -> Result<(), DbError> {
-        let db = sqlite_or!(self, |pg| postgres::revoke_session(pg, session_id, now).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::revoke_session(pg, session_id, now).await);
         let session_id = session_id.to_owned();
         db.write(move |tx| revoke_session(tx, &session_id, now)).await
     }
@@ -541,7 +525,7 @@ impl Store {
     /// Drops refresh-token rows that expired before `cutoff` (they can never be presented successfully) and
     /// failed-login records idle for longer than the longest lock.
     pub async fn purge_expired(&self, cutoff: SystemTime) -> Result<usize, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::purge_expired(pg, cutoff).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::purge_expired(pg, cutoff).await);
         let idle = to_micros(cutoff - LOCK_CAP);
         db.write(move |tx| {
             let tokens = tx.execute(
@@ -556,7 +540,8 @@ impl Store {
 
     /// A named secret, created from `candidate` the first time it is asked for.
     pub async fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> Result<Vec<u8>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::secret_or_insert(pg, name, candidate).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::secret_or_insert(pg, name, candidate)
+            .await);
         db.write(move |tx| {
             tx.execute(
                 "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
@@ -572,7 +557,7 @@ impl Store {
     /// Keys that may still verify a live token, newest first: `(private key PEM, retired)`. Keys retired
     /// before `cutoff` are left out (every token they signed has expired).
     pub async fn load_keys(&self, cutoff: SystemTime) -> Result<Vec<(String, bool)>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::load_keys(pg, cutoff).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::load_keys(pg, cutoff).await);
         db.read(move |conn| {
             conn.prepare_cached(
                 "SELECT private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
@@ -587,7 +572,7 @@ impl Store {
 
     /// Makes `pem` the signing key: every other key is retired now (and keeps verifying for a while).
     pub async fn rotate_key(&self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
-        let db = sqlite_or!(self, |pg| postgres::rotate_key(pg, kid, pem, now).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::rotate_key(pg, kid, pem, now).await);
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
         db.write(move |tx| {
             tx.execute(
@@ -605,7 +590,7 @@ impl Store {
 
     /// Deletes keys retired before `cutoff`: no live token can name them.
     pub async fn drop_retired_keys(&self, cutoff: SystemTime) -> Result<usize, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::drop_retired_keys(pg, cutoff).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::drop_retired_keys(pg, cutoff).await);
         db.write(move |tx| {
             tx.execute(
                 "DELETE FROM signing_keys WHERE retire_time_us < ?1",
@@ -617,7 +602,7 @@ impl Store {
 
     /// Revocations that may still matter: sessions revoked since `since`, and disabled users.
     pub async fn recent_revocations(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::recent_revocations(pg, since).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::recent_revocations(pg, since).await);
         db.read(move |conn| {
             let mut revocations: Vec<Revocation> = conn
                 .prepare_cached("SELECT id, revoke_time_us FROM sessions WHERE revoke_time_us >= ?1")?
@@ -647,7 +632,7 @@ impl Store {
     /// The signing key in use: the newest stored one, or `candidate` if none is stored yet. Insert-then-read
     /// lets several processes starting at once agree on one key.
     pub async fn signing_key_or_insert(&self, kid: &str, pem: &str) -> Result<String, DbError> {
-        let db = sqlite_or!(self, |pg| postgres::signing_key_or_insert(pg, kid, pem).await);
+        let db = sqlite_or!(&self.db, |pg| postgres::signing_key_or_insert(pg, kid, pem).await);
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
         let created = to_micros(SystemTime::now());
         db.write(move |tx| {
@@ -673,8 +658,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        let db = sqlite_or!(self, |pg| pg.ping().await);
-        db.ping().await
+        self.db.ping().await
     }
 }
 

@@ -113,6 +113,61 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
+/// A service's database, whichever backend `--database-url` chose. Stores hold one of these and dispatch on
+/// it with [`sqlite_or!`]; the SQL itself stays in each service.
+#[derive(Clone)]
+pub enum Database {
+    Sqlite(Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+/// A service's schema, once per dialect (each list append-only).
+pub struct Migrations {
+    pub sqlite: &'static [&'static str],
+    pub postgres: &'static [&'static str],
+}
+
+impl Database {
+    /// Opens (and migrates) the database `url` names.
+    pub async fn open(
+        url: &DatabaseUrl,
+        pool: &postgres::PoolOptions,
+        migrations: &Migrations,
+    ) -> Result<Self, DbError> {
+        Ok(match url {
+            DatabaseUrl::Sqlite(path) => Self::Sqlite(Sqlite::open(path, migrations.sqlite).await?),
+            DatabaseUrl::Postgres(url) => {
+                Self::Postgres(postgres::Postgres::connect(url, pool, migrations.postgres).await?)
+            }
+        })
+    }
+
+    /// Whether other processes may write to this database too (PostgreSQL: replicas).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// A cheap query proving the database answers; used by health reporting.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(db) => db.ping().await,
+            Self::Postgres(pg) => pg.ping().await,
+        }
+    }
+}
+
+/// Picks the SQLite handle out of a [`Database`], or returns from the calling function with the PostgreSQL
+/// implementation's result: `let db = sqlite_or!(&self.db, |pg| postgres::get(pg, id).await);`.
+#[macro_export]
+macro_rules! sqlite_or {
+    ($database:expr, |$pg:ident| $postgres:expr) => {
+        match $database {
+            $crate::Database::Sqlite(db) => db,
+            $crate::Database::Postgres($pg) => return $postgres,
+        }
+    };
+}
+
 /// A handle to one SQLite database. Cheap to clone.
 #[derive(Clone)]
 pub struct Sqlite {

@@ -3,9 +3,8 @@
 mod postgres;
 
 use watchword_db::{
-    DatabaseUrl, DbError, Sqlite, from_micros,
-    postgres::{PoolOptions, Postgres},
-    rusqlite, to_micros,
+    Database, DatabaseUrl, DbError, Migrations, from_micros, postgres::PoolOptions, rusqlite, sqlite_or,
+    to_micros,
 };
 
 use crate::domain::{PageRequest, PageToken, Post};
@@ -51,35 +50,26 @@ pub struct Page {
 
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-}
-
-#[derive(Clone)]
-enum Backend {
-    Sqlite(Sqlite),
-    Postgres(Postgres),
+    db: Database,
 }
 
 const COLUMNS: &str = "seq, id, author_id, author_username, title, body, create_time_us";
 
 impl Store {
     pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
-        let backend = match url {
-            DatabaseUrl::Sqlite(path) => Backend::Sqlite(Sqlite::open(path, MIGRATIONS).await?),
-            DatabaseUrl::Postgres(url) => {
-                Backend::Postgres(Postgres::connect(url, pool, postgres::MIGRATIONS).await?)
-            }
+        let migrations = Migrations {
+            sqlite: MIGRATIONS,
+            postgres: postgres::MIGRATIONS,
         };
-        Ok(Self { backend })
+        Ok(Self {
+            db: Database::open(url, pool, &migrations).await?,
+        })
     }
 
     /// Stores `post`, unless its author already created a post with the same `request_id`: then that
     /// earlier post is returned instead (the insert and the lookup are one transaction).
     pub async fn insert(&self, post: Post, request_id: Option<String>) -> Result<Post, DbError> {
-        let db = match &self.backend {
-            Backend::Sqlite(db) => db,
-            Backend::Postgres(pg) => return postgres::insert(pg, post, request_id).await,
-        };
+        let db = sqlite_or!(&self.db, |pg| postgres::insert(pg, post, request_id).await);
         db.write(move |tx| {
                 let inserted = tx
                     .prepare_cached(
@@ -109,10 +99,7 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Post>, DbError> {
-        let db = match &self.backend {
-            Backend::Sqlite(db) => db,
-            Backend::Postgres(pg) => return postgres::get(pg, id).await,
-        };
+        let db = sqlite_or!(&self.db, |pg| postgres::get(pg, id).await);
         let id = id.to_owned();
         db.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM posts WHERE id = ?1"))?;
@@ -126,10 +113,7 @@ impl Store {
 
     /// Newest first, starting after `page.before`.
     pub async fn list(&self, page: PageRequest) -> Result<Page, DbError> {
-        let db = match &self.backend {
-            Backend::Sqlite(db) => db,
-            Backend::Postgres(pg) => return postgres::list(pg, page).await,
-        };
+        let db = sqlite_or!(&self.db, |pg| postgres::list(pg, page).await);
         db.read(move |conn| {
                 let before = page.before.unwrap_or(i64::MAX);
                 // One more row than asked tells whether another page exists.
@@ -158,10 +142,7 @@ impl Store {
     /// A non-admin learns nothing about posts it may not delete: a missing post and someone else's post
     /// both come back as `NotAuthor`. Only admins see `NotFound`.
     pub async fn delete(&self, id: &str, caller: &str, as_admin: bool) -> Result<(), DeleteError> {
-        let db = match &self.backend {
-            Backend::Sqlite(db) => db,
-            Backend::Postgres(pg) => return postgres::delete(pg, id, caller, as_admin).await,
-        };
+        let db = sqlite_or!(&self.db, |pg| postgres::delete(pg, id, caller, as_admin).await);
         let (id, caller) = (id.to_owned(), caller.to_owned());
         let result = db
             .write(move |tx| {
@@ -184,10 +165,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.ping().await,
-            Backend::Postgres(pg) => pg.ping().await,
-        }
+        self.db.ping().await
     }
 }
 
