@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 mod postgres;
 
+use watchword_db::rusqlite::OptionalExtension as _;
 use watchword_db::{
     Database, DatabaseUrl, DbError, Migrations, from_micros, postgres::PoolOptions, rusqlite, sqlite_or,
     to_micros,
@@ -422,8 +423,7 @@ impl Store {
                             [&successor_hash],
                             |row| Ok((row.get(0)?, row.get(1)?)),
                         )
-                        .map(Some)
-                        .or_else(no_rows_is_none)?;
+                        .optional()?;
                     match successor {
                         Some((None, expire_us)) => Ok(Rotation::Rotated {
                             user,
@@ -471,8 +471,7 @@ impl Store {
                     "SELECT failures, locked_until_us FROM login_failures WHERE username_key = ?1",
                 )?
                 .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map(Some)
-                .or_else(no_rows_is_none)?;
+                .optional()?;
             let (failures, locked_until) = row.unwrap_or((0, None));
             if let Some(wait) = locked_until.and_then(|until| from_micros(until).duration_since(now).ok()) {
                 return Ok(Err(wait));
@@ -509,8 +508,7 @@ impl Store {
                 [hash],
                 |row| row.get(0),
             )
-            .map(Some)
-            .or_else(no_rows_is_none)
+            .optional()
         })
         .await
     }
@@ -643,8 +641,7 @@ impl Store {
                     [],
                     |row| row.get(0),
                 )
-                .map(Some)
-                .or_else(no_rows_is_none)?;
+                .optional()?;
             if let Some(pem) = existing {
                 return Ok(pem);
             }
@@ -665,8 +662,7 @@ impl Store {
 fn user_by_id(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<User>> {
     conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
         .query_row([id], read_user)
-        .map(Some)
-        .or_else(no_rows_is_none)
+        .optional()
 }
 
 fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
@@ -734,13 +730,6 @@ fn revoke_user_sessions(
     )?
     .query_map(rusqlite::params![to_micros(now), user_id], |row| row.get(0))?
     .collect()
-}
-
-fn no_rows_is_none<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
-    match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-        e => Err(e),
-    }
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {

@@ -2,6 +2,7 @@
 
 mod postgres;
 
+use watchword_db::rusqlite::OptionalExtension as _;
 use watchword_db::{
     Database, DatabaseUrl, DbError, Migrations, from_micros, postgres::PoolOptions, rusqlite, sqlite_or,
     to_micros,
@@ -149,11 +150,7 @@ impl Store {
                 let author: Option<String> = tx
                     .prepare_cached("SELECT author_id FROM posts WHERE id = ?1")?
                     .query_row([&id], |row| row.get(0))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
+                    .optional()?;
                 if let Err(refused) = may_delete(author.as_deref(), &caller, as_admin) {
                     return Ok(Err(refused));
                 }
