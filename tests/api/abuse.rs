@@ -11,6 +11,17 @@ use crate::helpers::*;
 /// other. They take turns; every other test still runs in parallel.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Neither the per-peer limit nor lockout: for tests that log in far more often than a person would.
+fn no_throttling() -> Options {
+    Options {
+        auth: Box::new(|settings, _| {
+            settings.peer_rate = 0.0;
+            settings.lockout_threshold = u32::MAX;
+        }),
+        ..Options::default()
+    }
+}
+
 fn no_peer_limit() -> Options {
     Options {
         auth: Box::new(|settings, _| settings.peer_rate = 0.0),
@@ -155,14 +166,7 @@ async fn one_address_cannot_flood_login_and_register() {
 #[tokio::test]
 async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
     let _turn = HEAVY.lock().await;
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| {
-            settings.peer_rate = 0.0;
-            settings.lockout_threshold = u32::MAX;
-        }),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(no_throttling()).await;
     app.register("alice").await.unwrap();
     let token = app.login("alice", PASSWORD).await.unwrap().access_token;
 
@@ -228,14 +232,7 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 #[tokio::test]
 async fn unknown_user_and_wrong_password_take_the_same_time() {
     let _turn = HEAVY.lock().await;
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| {
-            settings.peer_rate = 0.0;
-            settings.lockout_threshold = u32::MAX;
-        }),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(no_throttling()).await;
     app.register("alice").await.unwrap();
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     // Interleaved, so drift in machine load affects both alike.
