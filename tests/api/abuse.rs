@@ -249,8 +249,11 @@ async fn unknown_user_and_wrong_password_take_the_same_time() {
     let (unknown, wrong) = (median(unknown), median(wrong));
     let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
     println!("median login: unknown user {unknown:?}, wrong password {wrong:?}, ratio {ratio:.3}");
+    // The oracle this guards against is skipping (ratio ~0.05) or repeating (~2) the argon2 work for one
+    // case. The bounds sit far from both but well outside scheduling noise: on a shared 2-core CI machine,
+    // with the rest of the suite running beside this test, medians of identical work differed by 10 %.
     assert!(
-        (0.9..=1.1).contains(&ratio),
+        (0.67..=1.5).contains(&ratio),
         "unknown {unknown:?} vs wrong {wrong:?}"
     );
 }
