@@ -19,7 +19,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
 
+mod batch;
 pub mod postgres;
+
+pub use batch::GroupCommit;
 
 pub use rusqlite;
 
@@ -45,6 +48,12 @@ pub enum DbError {
     Config(String),
     #[error("database worker thread failed")]
     Worker,
+    /// Another process already holds [`DatabaseUrl::claim_exclusive`] on this database.
+    #[error("{path} is already served by another process (it holds {lock})")]
+    InUse { path: PathBuf, lock: PathBuf },
+    /// The transaction of a [`GroupCommit`] batch failed, so every write in it shares this error.
+    #[error("{0}")]
+    Batch(Arc<DbError>),
 }
 
 impl DbError {
@@ -55,6 +64,7 @@ impl DbError {
                 f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
             }
             Self::Postgres(e) => e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+            Self::Batch(e) => e.is_unique_violation(),
             _ => false,
         }
     }
@@ -77,6 +87,41 @@ impl std::fmt::Debug for DatabaseUrl {
 }
 
 impl DatabaseUrl {
+    /// For an SQLite file, claims it for this process until the returned file is dropped, or fails with
+    /// [`DbError::InUse`] if another process (or another claim here) holds it. A PostgreSQL database is
+    /// meant to be shared: `None`.
+    ///
+    /// For services that keep state derived from the database in memory and so must see every write. The
+    /// lock is an advisory `flock` on a `<database>.lock` file beside it, not on the database itself:
+    /// closing any descriptor of the database file would drop SQLite's own POSIX locks. The kernel releases
+    /// it when the process dies, however it dies.
+    pub fn claim_exclusive(&self) -> Result<Option<std::fs::File>, DbError> {
+        let Self::Sqlite(path) = self else {
+            return Ok(None);
+        };
+        create_parent_dir(path)?;
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| DbError::Directory {
+                path: lock.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(DbError::InUse {
+                path: path.clone(),
+                lock,
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(DbError::Directory { path: lock, source }),
+        }
+    }
+
     /// Accepts `sqlite://PATH`, `sqlite:PATH` (relative to the working directory) and
     /// `postgres://...`/`postgresql://...`.
     pub fn parse(url: &str) -> Result<Self, DbError> {
@@ -190,12 +235,7 @@ impl Sqlite {
     pub async fn open(path: &Path, migrations: &'static [&'static str]) -> Result<Self, DbError> {
         let path = path.to_path_buf();
         blocking(move || {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| DbError::Directory {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            }
+            create_parent_dir(&path)?;
             let mut writer = connect(&path, false)?;
             migrate(&mut writer, migrations)?;
             Ok(Self {
@@ -286,6 +326,16 @@ pub fn now() -> SystemTime {
     from_micros(to_micros(SystemTime::now()))
 }
 
+fn create_parent_dir(path: &Path) -> Result<(), DbError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| DbError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn connect(path: &Path, read_only: bool) -> Result<Connection, DbError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -337,6 +387,19 @@ mod tests {
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
         "ALTER TABLE t ADD COLUMN w TEXT",
     ];
+
+    #[test]
+    fn an_exclusive_claim_holds_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("new/a.db"));
+        let claim = url.claim_exclusive().unwrap();
+        assert!(claim.is_some());
+        assert!(matches!(url.claim_exclusive(), Err(DbError::InUse { .. })));
+        drop(claim);
+        assert!(url.claim_exclusive().expect("free again once dropped").is_some());
+        let shared = DatabaseUrl::Postgres("postgres://localhost/db".into());
+        assert!(shared.claim_exclusive().unwrap().is_none());
+    }
 
     #[test]
     fn database_url_accepts_sqlite_forms_and_rejects_others() {
