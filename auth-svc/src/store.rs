@@ -224,8 +224,9 @@ impl Store {
         let db = sqlite_or!(&self.db, |pg| postgres::list_users(pg, after, limit).await);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         db.read(move |conn| {
+            // The cast keeps the bound LIMIT out of the plan: a bare `LIMIT ?2` re-prepares on every call.
             conn.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+                "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT CAST(?2 AS INTEGER)"
             ))?
             .query_map(rusqlite::params![after.unwrap_or_default(), limit], |row| {
                 read_user(row)
