@@ -63,7 +63,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let api = Arc::new(build(&settings, stopping_rx).await?);
+    // On SQLite, this process must see every revocation (Validate remembers live sessions): claim the file
+    // before touching it, and hold the claim until serving ends. A shared PostgreSQL database is not claimed,
+    // and then Validate reads session state from storage every time.
+    let claim = settings.database_url.claim_exclusive()?;
+    let api = Arc::new(build(&settings, stopping_rx, claim.is_some()).await?);
     let store = api.store.clone();
     let maintenance_task = tokio::spawn(maintain(Arc::clone(&api)));
     // With a shared database, revocations made through other replicas must reach this one's streams too.
@@ -102,7 +106,14 @@ pub async fn serve(
 }
 
 /// Everything the handlers need, from storage up.
-async fn build(settings: &Settings, stopping: watch::Receiver<bool>) -> Result<AuthApi, ServeError> {
+///
+/// `remember_live`: whether Validate may remember live sessions, i.e. whether this process has claimed the
+/// database and so sees every revocation.
+async fn build(
+    settings: &Settings,
+    stopping: watch::Receiver<bool>,
+    remember_live: bool,
+) -> Result<AuthApi, ServeError> {
     let pool = settings.pool_options();
     let (store, hasher) = tokio::join!(Store::open(&settings.database_url, &pool), PasswordHasher::new());
     let (store, hasher) = (store?, hasher?);
@@ -125,7 +136,7 @@ async fn build(settings: &Settings, stopping: watch::Receiver<bool>) -> Result<A
         .map_err(|_| KeyError::Parse("stored refresh_token_pepper is not 32 bytes".into()))?;
     let api = AuthApi {
         store,
-        revocations: RevocationHub::new(),
+        revocations: RevocationHub::new(remember_live),
         stopping,
         last_key_reload: std::sync::Mutex::new(None),
         hasher,
@@ -146,7 +157,9 @@ pub async fn bootstrap_admin(
     username: &str,
     password: String,
 ) -> Result<String, ServeError> {
-    let api = build(settings, watch::channel(false).1).await?;
+    // Does not claim the database: it only adds or promotes a user, which a running server need not hear
+    // about, so it may run beside one. It validates no tokens, so it remembers nothing either.
+    let api = build(settings, watch::channel(false).1, false).await?;
     let roles = vec![domain::ROLE_ADMIN.to_owned(), domain::ROLE_USER.to_owned()];
     match api.create_user(username, password, roles.clone()).await {
         Ok(user) => Ok(format!("created admin {} ({})", user.username, user.id)),

@@ -518,6 +518,11 @@ impl AuthApi {
     /// Checks `token` completely: signature and claims, then that its session is live and its user enabled.
     async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_or_reload(token).await?;
+        let live = self.revocations.live_sessions();
+        if live.contains(&claims.session_id, &claims.subject) {
+            return Ok(claims);
+        }
+        let epoch = live.epoch();
         let state = self
             .store
             .session_state(&claims.session_id, &claims.subject)
@@ -529,6 +534,7 @@ impl AuthApi {
         if state.revoked {
             return Err(TokenError::Revoked.into());
         }
+        live.remember(&claims.session_id, &claims.subject, epoch);
         Ok(claims)
     }
 

@@ -149,3 +149,22 @@ fn bootstrap_admin_takes_the_password_from_the_environment_or_stdin_and_exits() 
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
 }
+
+#[test]
+fn a_second_auth_svc_on_the_same_sqlite_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _addr, _log) = start(dir.path(), "5s");
+    let second = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.path().join("auth.db").display()))
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already served by another process"), "{stderr}");
+
+    // Once the first has gone, the file is free again.
+    drop(first);
+    let (_again, _addr, _log) = start(dir.path(), "5s");
+}

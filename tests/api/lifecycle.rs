@@ -170,6 +170,46 @@ async fn logout_revokes_the_session_at_once_everywhere_and_is_idempotent() {
     app.validate(&other_session.access_token).await.unwrap();
 }
 
+/// auth-svc remembers verified tokens and live sessions (on SQLite); a logout racing a stream of Validates
+/// must still win for every Validate that starts after the logout returned.
+#[tokio::test]
+async fn validate_refuses_a_token_from_the_moment_logout_returns_even_under_load() {
+    let app = spawn_app().await;
+    app.register("alice").await.unwrap();
+    for round in 0..5 {
+        let login = app.login("alice", PASSWORD).await.unwrap();
+        app.validate(&login.access_token).await.unwrap();
+        let hammering: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut auth, token) = (app.auth.clone(), login.access_token.clone());
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        let _ = auth.validate(pb::ValidateRequest { token: token.clone() }).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        app.logout(&login.access_token).await.unwrap();
+        for _ in 0..20 {
+            assert_reason(
+                app.validate(&login.access_token).await,
+                Code::Unauthenticated,
+                Reason::TokenRevoked,
+            );
+        }
+        for task in hammering {
+            task.await.unwrap();
+        }
+        assert_reason(
+            app.validate(&login.access_token).await,
+            Code::Unauthenticated,
+            Reason::TokenRevoked,
+        );
+        eprintln!("round {round}: refused after logout");
+    }
+}
+
 #[tokio::test]
 async fn logout_with_only_a_refresh_token_ends_that_session() {
     let app = spawn_app().await;
