@@ -61,7 +61,11 @@ impl Pools {
     pub fn new(tokens: Vec<String>, users: Vec<String>, page_size: i32) -> Self {
         let bearers = tokens
             .iter()
-            .map(|t| MetadataValue::try_from(format!("Bearer {t}")).expect("token is ASCII"))
+            .map(|t| {
+                let mut value = MetadataValue::try_from(format!("Bearer {t}")).expect("token is ASCII");
+                value.set_sensitive(true);
+                value
+            })
             .collect();
         Self {
             tokens,
