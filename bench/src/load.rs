@@ -63,6 +63,8 @@ impl Pools {
             .iter()
             .map(|t| {
                 let mut value = MetadataValue::try_from(format!("Bearer {t}")).expect("token is ASCII");
+                // As a client should mark a credential: no HPACK table on the way may keep it. (h2 never
+                // indexes `authorization` values anyway, so this costs nothing.)
                 value.set_sensitive(true);
                 value
             })

@@ -41,9 +41,14 @@ struct Cli {
     /// Measured time per scenario [default: 5s; smoke: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Unmeasured warm-up per scenario [default: 1s; smoke: 300ms].
+    /// Unmeasured warm-up before each slice [default: 500ms; smoke: 300ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
+    /// Slices each scenario's measured time is cut into. The scenarios take turns slice by slice, so a
+    /// machine whose speed drifts during the run (a shared VM) slows them all alike and the ratios hold
+    /// [default: 5; smoke: 1].
+    #[arg(long)]
+    slices: Option<usize>,
     /// Concurrent client tasks per scenario [default: 64; smoke: 4].
     #[arg(long)]
     concurrency: Option<usize>,
@@ -102,6 +107,7 @@ pub struct Params {
     pub smoke: bool,
     pub duration: Duration,
     pub warmup: Duration,
+    pub slices: usize,
     pub concurrency: usize,
     pub connections: usize,
     pub login_concurrency: usize,
@@ -125,7 +131,8 @@ impl Params {
                 .unwrap_or(Duration::from_millis(if s { 1000 } else { 5000 })),
             warmup: cli
                 .warmup
-                .unwrap_or(Duration::from_millis(if s { 300 } else { 1000 })),
+                .unwrap_or(Duration::from_millis(if s { 300 } else { 500 })),
+            slices: cli.slices.unwrap_or(if s { 1 } else { 5 }).max(1),
             concurrency,
             connections: cli.connections.unwrap_or(if s { 2 } else { 8 }),
             login_concurrency: cli.login_concurrency.unwrap_or(concurrency.min(8 * cores)).max(1),
@@ -258,12 +265,14 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let machine = Machine::read(params.cores);
     progress(format!("{params:?}"));
 
-    // Argon2 cost on this machine, measured before any load (same parameters as auth-svc), as CPU time of
-    // the hashing thread so that neighbours taking the core do not inflate it.
-    let argon2 = tokio::task::spawn_blocking(|| measure_argon2(if cfg!(debug_assertions) { 1 } else { 9 }))
-        .await
-        .map_err(|e| e.to_string())?;
-    progress(format!("argon2id m=19456 t=2 p=1: {argon2:?}"));
+    // Argon2's cost on this machine (auth-svc's parameters), as the hashing thread's CPU time so that
+    // neighbours taking the core do not inflate it. With the login scenario it is timed just before each
+    // login slice (run_scenarios), so that it sees the machine the logins see; otherwise once, here.
+    let early_argon2 = if wanted.contains(&"login") {
+        None
+    } else {
+        Some(time_argon2(if cfg!(debug_assertions) { 1 } else { 9 }).await?)
+    };
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let servers = start_servers(&cli, &params, dir.path()).await?;
@@ -308,7 +317,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
             s.stop().await;
         }
     }
-    let outcomes = result?;
+    let (outcomes, beside_logins) = result?;
+    let argon2 = match (beside_logins, early_argon2) {
+        (Some(samples), _) => samples.timing(true),
+        (None, Some(samples)) => samples.timing(false),
+        (None, None) => return Err("argon2 was never timed".to_owned()),
+    };
+    progress(format!("argon2id m=19456 t=2 p=1: {argon2:?}"));
 
     let report = Report {
         params: params.clone(),
@@ -341,13 +356,47 @@ fn set_restart(reports: &mut [ServerReport], label: &str, startup: Option<Durati
     }
 }
 
-/// `n` argon2id hashes (m=19456 KiB, t=2, p=1, as auth-svc) on this thread: mean CPU time (from
-/// `/proc/thread-self/schedstat`), fastest and median wall time.
+/// Timings of argon2id hashes, from one or more [`measure_argon2`] calls.
+#[derive(Debug)]
+struct Argon2Samples {
+    /// CPU time of all the hashes, when the kernel reports per-thread CPU time.
+    cpu: Option<Duration>,
+    wall_ms: Vec<f64>,
+}
+
+impl Argon2Samples {
+    fn absorb(&mut self, other: Argon2Samples) {
+        self.cpu = self.cpu.zip(other.cpu).map(|(a, b)| a + b);
+        self.wall_ms.extend(other.wall_ms);
+    }
+
+    fn timing(mut self, beside_logins: bool) -> report::Argon2Timing {
+        let n = self.wall_ms.len();
+        self.wall_ms.sort_by(f64::total_cmp);
+        report::Argon2Timing {
+            hashes: n,
+            beside_logins,
+            cpu_ms: self.cpu.map(|c| c.as_secs_f64() * 1000.0 / n as f64),
+            wall_min_ms: self.wall_ms[0],
+            wall_median_ms: self.wall_ms[n / 2],
+        }
+    }
+}
+
+/// [`measure_argon2`] on a blocking thread.
+async fn time_argon2(n: usize) -> Result<Argon2Samples, String> {
+    tokio::task::spawn_blocking(move || measure_argon2(n))
+        .await
+        .map_err(|e| format!("argon2 timing: {e}"))
+}
+
+/// `n` argon2id hashes (m=19456 KiB, t=2, p=1, as auth-svc) on this thread: their CPU time (from
+/// `/proc/thread-self/schedstat`) and each one's wall time.
 ///
 /// Hashed the way auth-svc hashes: into one block buffer allocated once and reused. A fresh 19 MiB
 /// allocation per hash costs page faults (~7 ms a hash here), which would lower the ceiling and flatter the
 /// login ratio.
-fn measure_argon2(n: usize) -> report::Argon2Timing {
+fn measure_argon2(n: usize) -> Argon2Samples {
     use argon2::{Algorithm, Argon2, Block, Params, Version};
     let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params");
     let mut blocks = vec![Block::default(); params.block_count()];
@@ -371,13 +420,9 @@ fn measure_argon2(n: usize) -> report::Argon2Timing {
         wall.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     let cpu_end = servers::thread_cpu();
-    wall.sort_by(f64::total_cmp);
-    report::Argon2Timing {
-        cpu_ms: cpu_start
-            .zip(cpu_end)
-            .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1000.0 / n as f64),
-        wall_min_ms: wall[0],
-        wall_median_ms: wall[wall.len() / 2],
+    Argon2Samples {
+        cpu: cpu_start.zip(cpu_end).map(|(a, b)| b.saturating_sub(a)),
+        wall_ms: wall,
     }
 }
 
@@ -622,69 +667,99 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
     Ok(pools)
 }
 
+/// Every wanted scenario, slice by slice: all scenarios take a turn at their first slice, then at their
+/// second, and so on, so that drift in the machine's speed affects every scenario alike. Also returns the
+/// argon2 timings taken just before each login slice (None without the login scenario).
 async fn run_scenarios(
     params: &Params,
     wanted: &[&'static str],
     servers: &Servers,
     ticks: u64,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<(Vec<Outcome>, Option<Argon2Samples>), String> {
     let pools = seed(params, servers).await?;
-    let mut outcomes = Vec::new();
-    for &name in wanted {
-        let load = |op, server: &Server, concurrency| Load {
-            op,
-            addr: server.addr,
-            concurrency,
-            connections: params.connections,
-        };
-        let c = params.concurrency;
-        let lc = params.login_concurrency;
-        let auth = &servers.auth;
-        let (measured, background, posts): (Load, Option<Load>, Option<&Server>) = match name {
-            "health" => match &servers.posts {
-                Some(p) => (load(Op::Health, p, c), None, Some(p)),
-                None => continue,
-            },
-            "validate" => (load(Op::Validate, auth, c), None, None),
-            "list-noauth" => match &servers.posts_noauth {
-                Some(p) => (load(Op::ListNoAuth, p, c), None, Some(p)),
-                None => continue,
-            },
-            "list-cached" => match &servers.posts {
-                Some(p) => (load(Op::List, p, c), None, Some(p)),
-                None => continue,
-            },
-            "list-remote" => match &servers.posts_remote {
-                Some(p) => (load(Op::List, p, c), None, Some(p)),
-                None => continue,
-            },
-            "create" => match &servers.posts {
-                Some(p) => (load(Op::Create, p, c), None, Some(p)),
-                None => continue,
-            },
-            "login" => (load(Op::Login, auth, lc), None, None),
-            "validate-under-login-flood" => {
-                (load(Op::Validate, auth, c), Some(load(Op::Login, auth, lc)), None)
+    let window = params.duration / u32::try_from(params.slices).map_err(|_| "too many slices")?;
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut argon2: Option<Argon2Samples> = None;
+    for slice in 1..=params.slices {
+        for &name in wanted {
+            let load = |op, server: &Server, concurrency| Load {
+                op,
+                addr: server.addr,
+                concurrency,
+                connections: params.connections,
+            };
+            let c = params.concurrency;
+            let lc = params.login_concurrency;
+            let auth = &servers.auth;
+            let (measured, background, posts): (Load, Option<Load>, Option<&Server>) = match name {
+                "health" => match &servers.posts {
+                    Some(p) => (load(Op::Health, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "validate" => (load(Op::Validate, auth, c), None, None),
+                "list-noauth" => match &servers.posts_noauth {
+                    Some(p) => (load(Op::ListNoAuth, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "list-cached" => match &servers.posts {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "list-remote" => match &servers.posts_remote {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "create" => match &servers.posts {
+                    Some(p) => (load(Op::Create, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "login" => (load(Op::Login, auth, lc), None, None),
+                "validate-under-login-flood" => {
+                    (load(Op::Validate, auth, c), Some(load(Op::Login, auth, lc)), None)
+                }
+                _ => unreachable!("scenario names are checked"),
+            };
+            if name == "login" {
+                // 9 hashes in all (at least 2 per slice), with the servers idle between two slices.
+                let hashes = if cfg!(debug_assertions) {
+                    1
+                } else {
+                    9usize.div_ceil(params.slices).max(2)
+                };
+                let sample = time_argon2(hashes).await?;
+                match &mut argon2 {
+                    Some(all) => all.absorb(sample),
+                    None => argon2 = Some(sample),
+                }
             }
-            _ => unreachable!("scenario names are checked"),
-        };
-        progress(format!("scenario {name}: {measured:?} background {background:?}"));
-        let outcome = run_scenario(name, params, measured, background, auth, posts, &pools, ticks).await?;
-        progress(format!(
-            "  {name}: {:.0} req/s, p99 {:?} ms, {} errors",
-            outcome.throughput(),
-            outcome.p(0.99),
-            outcome.errors
-        ));
-        outcomes.push(outcome);
+            progress(format!(
+                "scenario {name}, slice {slice}/{}: {measured:?} background {background:?}",
+                params.slices
+            ));
+            let outcome = run_scenario(
+                name, params, window, measured, background, auth, posts, &pools, ticks,
+            )
+            .await?;
+            progress(format!(
+                "  {name}: {:.0} req/s, p99 {:?} ms, {} errors",
+                outcome.throughput(),
+                outcome.p(0.99),
+                outcome.errors
+            ));
+            match outcomes.iter_mut().find(|o| o.name == name) {
+                Some(total) => total.absorb(outcome),
+                None => outcomes.push(outcome),
+            }
+        }
     }
-    Ok(outcomes)
+    Ok((outcomes, argon2))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run_scenario(
     name: &'static str,
     params: &Params,
+    window: Duration,
     measured: Load,
     background: Option<Load>,
     auth: &Server,
@@ -693,7 +768,7 @@ async fn run_scenario(
     ticks: u64,
 ) -> Result<Outcome, String> {
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let (warmup, window) = (params.warmup, params.duration);
+    let warmup = params.warmup;
     let sampler = async {
         tokio::time::sleep_until(start + warmup).await;
         let before = [auth.pid.map(Some), posts.map(|p| p.pid), Some(None)]
@@ -736,9 +811,10 @@ async fn run_scenario(
         ok: main.ok,
         errors: main.errors + bg_errors,
         error_samples,
+        slice_rps: vec![main.ok as f64 / window.as_secs_f64()],
         latencies_us: main.latencies_us,
         background_ok: bg_ok,
-        background_p99_us: bg.as_ref().and_then(|t| load::quantile(&t.latencies_us, 0.99)),
+        background_latencies_us: bg.map(|t| t.latencies_us).unwrap_or_default(),
         auth_cpu,
         posts_label: posts.map(|p| p.label),
         posts_cpu,

@@ -55,9 +55,11 @@ pub struct Outcome {
     pub errors: u64,
     pub error_samples: Vec<String>,
     pub latencies_us: Vec<u32>,
+    /// Throughput of each slice, in the order they ran: how much the machine moved under this scenario.
+    pub slice_rps: Vec<f64>,
     /// Calls of the background load (the login flood) completed OK in the window.
     pub background_ok: u64,
-    pub background_p99_us: Option<u32>,
+    pub background_latencies_us: Vec<u32>,
     pub auth_cpu: Option<Duration>,
     pub posts_label: Option<&'static str>,
     pub posts_cpu: Option<Duration>,
@@ -65,6 +67,26 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds a later slice of the same scenario: counts, windows, CPU times and latencies add up.
+    pub fn absorb(&mut self, slice: Outcome) {
+        let sum = |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| a + b);
+        self.window += slice.window;
+        self.ok += slice.ok;
+        self.errors += slice.errors;
+        self.error_samples.extend(slice.error_samples);
+        self.error_samples.truncate(MAX_ERROR_SAMPLES);
+        // Quantiles are read from sorted latencies.
+        self.latencies_us.extend(slice.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.slice_rps.extend(slice.slice_rps);
+        self.background_ok += slice.background_ok;
+        self.background_latencies_us.extend(slice.background_latencies_us);
+        self.background_latencies_us.sort_unstable();
+        self.auth_cpu = sum(self.auth_cpu, slice.auth_cpu);
+        self.posts_cpu = sum(self.posts_cpu, slice.posts_cpu);
+        self.client_cpu = sum(self.client_cpu, slice.client_cpu);
+    }
+
     pub fn failed(&self) -> bool {
         self.errors > 0 || self.ok == 0
     }
@@ -91,9 +113,15 @@ impl Outcome {
     }
 }
 
+/// Error messages kept per scenario, for the report.
+pub const MAX_ERROR_SAMPLES: usize = 5;
+
 /// What one argon2id hash costs on this machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Argon2Timing {
+    /// Hashes timed, and whether beside the login slices (else once, before the servers started).
+    pub hashes: usize,
+    pub beside_logins: bool,
     /// Mean CPU time per hash, when the kernel reports per-thread CPU time.
     pub cpu_ms: Option<f64>,
     pub wall_min_ms: f64,
@@ -238,10 +266,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Per scenario: {:?} warm-up, {:?} measured; concurrency {} (logins {}), {} connections; \
-             {} tokens over {} users; {} posts, page size {}.\n",
-            p.warmup,
+            "Per scenario: {:?} measured in {} slice(s), the scenarios taking turns slice by slice, each slice \
+             after {:?} of warm-up; concurrency {} (logins {}), {} connections; {} tokens over {} users; \
+             {} posts, page size {}.\n",
             p.duration,
+            p.slices,
+            p.warmup,
             p.concurrency,
             p.login_concurrency,
             p.connections,
@@ -251,9 +281,9 @@ impl Report {
             p.page_size
         );
         s.push_str(
-            "| scenario | tasks | req/s | p50 ms | p90 ms | p99 ms | auth CPU µs/call | posts CPU µs/call | harness CPU µs/call | errors |\n",
+            "| scenario | tasks | req/s | slices req/s (min–max) | p50 ms | p90 ms | p99 ms | auth CPU µs/call | posts CPU µs/call | harness CPU µs/call | errors |\n",
         );
-        s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for o in &self.outcomes {
             let tasks = match o.background_concurrency {
                 Some(b) => format!("{} + {b} logins", o.concurrency),
@@ -262,7 +292,7 @@ impl Report {
             if o.failed() {
                 let _ = writeln!(
                     s,
-                    "| {} | {tasks} | FAILED | | | | | | | {} ({}) |",
+                    "| {} | {tasks} | FAILED | | | | | | | | {} ({}) |",
                     o.name,
                     o.errors,
                     o.error_samples.join("; ").replace('|', "/")
@@ -276,7 +306,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {tasks} | {:.0}{} | {} | {} | {} | {} | {posts_cpu} | {} | 0 |",
+                "| {} | {tasks} | {:.0}{} | {} | {} | {} | {} | {} | {posts_cpu} | {} | 0 |",
                 o.name,
                 o.throughput(),
                 if o.background_ok > 0 {
@@ -287,6 +317,7 @@ impl Report {
                 } else {
                     String::new()
                 },
+                spread(&o.slice_rps),
                 opt(o.p(0.5), 2),
                 opt(o.p(0.9), 2),
                 opt(o.p(0.99), 2),
@@ -313,8 +344,14 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nargon2id (m=19456 KiB, t=2, p=1), 9 hashes on one thread before the servers started: {} ms of CPU \
+            "\nargon2id (m=19456 KiB, t=2, p=1), {} hashes on one thread {}: {} ms of CPU \
              per hash (mean; wall time fastest {:.1} ms, median {:.1} ms), so {} cores could do {:.1} logins/s.\n",
+            self.argon2.hashes,
+            if self.argon2.beside_logins {
+                "just before each login slice, the servers idle"
+            } else {
+                "before the servers started"
+            },
             opt(self.argon2.cpu_ms, 1),
             self.argon2.wall_min_ms,
             self.argon2.wall_median_ms,
@@ -361,12 +398,13 @@ impl Report {
                     "errors": o.errors,
                     "error_samples": o.error_samples,
                     "throughput_rps": o.valid(Some(o.throughput())),
+                    "slice_throughput_rps": o.valid(Some(&o.slice_rps)),
                     "p50_ms": o.valid(o.p(0.5)),
                     "p90_ms": o.valid(o.p(0.9)),
                     "p99_ms": o.valid(o.p(0.99)),
                     "max_ms": o.valid(o.p(1.0)),
                     "background_logins_rps": o.valid(o.background_concurrency.map(|_| o.background_ok as f64 / o.window.as_secs_f64())),
-                    "background_login_p99_ms": o.valid(o.background_p99_us.map(|us| f64::from(us) / 1000.0)),
+                    "background_login_p99_ms": o.valid(o.background_concurrency.and_then(|_| quantile(&o.background_latencies_us, 0.99)).map(|us| f64::from(us) / 1000.0)),
                     "auth_cpu_us_per_call": o.valid(o.per_call(o.auth_cpu)),
                     "posts_server": o.posts_label,
                     "posts_cpu_us_per_call": o.valid(o.per_call(o.posts_cpu)),
@@ -410,7 +448,8 @@ impl Report {
             "params": {
                 "mode": p.mode,
                 "smoke": p.smoke,
-                "warmup_s": p.warmup.as_secs_f64(),
+                "warmup_s_per_slice": p.warmup.as_secs_f64(),
+                "slices": p.slices,
                 "duration_s": p.duration.as_secs_f64(),
                 "concurrency": p.concurrency,
                 "login_concurrency": p.login_concurrency,
@@ -421,6 +460,8 @@ impl Report {
                 "page_size": p.page_size,
             },
             "argon2_ms_per_hash": self.argon2.per_hash_ms(),
+            "argon2_hashes": self.argon2.hashes,
+            "argon2_beside_logins": self.argon2.beside_logins,
             "argon2_cpu_ms_mean": self.argon2.cpu_ms,
             "argon2_wall_ms_min": self.argon2.wall_min_ms,
             "argon2_wall_ms_median": self.argon2.wall_median_ms,
@@ -520,5 +561,16 @@ impl Report {
         );
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// `min–max` of per-slice throughputs, or `—` for a single slice.
+fn spread(rps: &[f64]) -> String {
+    let min = rps.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rps.iter().copied().fold(0.0, f64::max);
+    if rps.len() < 2 {
+        "—".to_owned()
+    } else {
+        format!("{min:.0}–{max:.0}")
     }
 }
