@@ -152,6 +152,15 @@ fn bearer<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// When the first call started after `killed` came back UNAVAILABLE: the guard had noticed the outage.
+fn first_unavailable_end(outcomes: &[Outcome], killed: Instant) -> Option<Instant> {
+    outcomes
+        .iter()
+        .filter(|o| o.started > killed && o.code == Code::Unavailable)
+        .map(|o| o.started + o.took)
+        .min()
+}
+
 /// One finished call of a load run.
 struct Outcome {
     started: Instant,
@@ -214,16 +223,17 @@ async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
     auth.child.wait().unwrap();
     let killed = Instant::now();
 
-    // Let calls fail for a while (measured in calls, not time), then restart on the same address.
-    let failures_after_kill = || {
-        outcomes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o.started > killed && o.code != Code::Ok)
-            .count()
+    // Let calls fail for a while (measured in calls, not time), then restart on the same address. Counted
+    // exactly as the outage is checked below: calls started after the first UNAVAILABLE came back (any
+    // call recorded now has also finished before the restart).
+    let outage_so_far = || {
+        let outcomes = outcomes.lock().unwrap();
+        let Some(detected) = first_unavailable_end(&outcomes, killed) else {
+            return 0;
+        };
+        outcomes.iter().filter(|o| o.started > detected).count()
     };
-    wait_until(|| failures_after_kill() >= 40, "calls to fail after the kill").await;
+    wait_until(|| outage_so_far() >= 40, "calls to fail after the kill").await;
     let restarted = start_auth(dir.path(), &auth_addr.to_string());
     let restart_time = Instant::now();
     let ok_before_recovery = ok_calls.load(Ordering::Relaxed);
@@ -240,12 +250,7 @@ async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
     let outcomes = outcomes.lock().unwrap();
     // The guard notices the dead process (its revocation stream breaks) and from then on fails closed.
     // Calls started in the instant before that may still be answered from the validation cache.
-    let detected = outcomes
-        .iter()
-        .filter(|o| o.started > killed && o.code == Code::Unavailable)
-        .map(|o| o.started + o.took)
-        .min()
-        .expect("the outage was noticed");
+    let detected = first_unavailable_end(&outcomes, killed).expect("the outage was noticed");
     println!("outage noticed {:?} after the kill", detected - killed);
     assert!(
         detected - killed < Duration::from_secs(1),
