@@ -38,6 +38,8 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
+    #[error("database lock file {path}: {source}")]
+    LockFile { path: PathBuf, source: std::io::Error },
     #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("postgres: {0}")]
@@ -108,7 +110,7 @@ impl DatabaseUrl {
             .truncate(false)
             .write(true)
             .open(&lock)
-            .map_err(|source| DbError::Directory {
+            .map_err(|source| DbError::LockFile {
                 path: lock.clone(),
                 source,
             })?;
@@ -118,7 +120,7 @@ impl DatabaseUrl {
                 path: path.clone(),
                 lock,
             }),
-            Err(std::fs::TryLockError::Error(source)) => Err(DbError::Directory { path: lock, source }),
+            Err(std::fs::TryLockError::Error(source)) => Err(DbError::LockFile { path: lock, source }),
         }
     }
 
