@@ -95,28 +95,36 @@ struct LiveState {
     epoch: u64,
 }
 
+/// What [`LiveSessions::lookup`] knows of a session.
+pub enum Liveness {
+    /// Storage showed it live and nothing has revoked it since.
+    Live,
+    /// Not known: read storage, and if it is live, [`LiveSessions::remember`] it with this epoch.
+    Unknown(Epoch),
+}
+
+/// The revocation count when a lookup missed. Only [`LiveSessions::lookup`] makes one, so a storage read
+/// can only be remembered against the epoch taken before it.
+pub struct Epoch(u64);
+
 impl LiveSessions {
     fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `session_id` of `user_id` is known to be live. Take [`LiveSessions::epoch`] *before* reading
-    /// storage when this says no.
-    pub fn contains(&self, session_id: &str, user_id: &str) -> bool {
-        self.enabled
-            && self
-                .state()
-                .sessions
-                .get(session_id)
-                .is_some_and(|u| u == user_id)
+    /// Whether `session_id` of `user_id` is known to be live.
+    pub fn lookup(&self, session_id: &str, user_id: &str) -> Liveness {
+        let state = self.state();
+        let known = self.enabled && state.sessions.get(session_id).is_some_and(|u| u == user_id);
+        if known {
+            Liveness::Live
+        } else {
+            Liveness::Unknown(Epoch(state.epoch))
+        }
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.state().epoch
-    }
-
-    /// Remembers a session storage showed live, unless a revocation was published after `epoch` was read.
-    pub fn remember(&self, session_id: &str, user_id: &str, epoch: u64) {
+    /// Remembers a session storage showed live, unless a revocation was published after `epoch` was taken.
+    pub fn remember(&self, session_id: &str, user_id: &str, Epoch(epoch): Epoch) {
         if !self.enabled {
             return;
         }
@@ -146,6 +154,18 @@ impl LiveSessions {
 mod tests {
     use super::*;
 
+    fn contains(live: &LiveSessions, session_id: &str, user_id: &str) -> bool {
+        matches!(live.lookup(session_id, user_id), Liveness::Live)
+    }
+
+    /// The epoch a Validate would take now (a lookup that misses).
+    fn epoch(live: &LiveSessions) -> Epoch {
+        match live.lookup("", "") {
+            Liveness::Unknown(epoch) => epoch,
+            Liveness::Live => unreachable!("no session has an empty id"),
+        }
+    }
+
     fn revoke(hub: &RevocationHub, target: Target) {
         hub.publish(Revocation {
             target,
@@ -158,35 +178,35 @@ mod tests {
     fn revocations_forget_live_sessions_and_void_reads_in_flight() {
         let hub = RevocationHub::new(true);
         let live = hub.live_sessions();
-        live.remember("s1", "u1", live.epoch());
-        live.remember("s2", "u1", live.epoch());
-        live.remember("s3", "u2", live.epoch());
-        assert!(live.contains("s1", "u1"));
+        live.remember("s1", "u1", epoch(live));
+        live.remember("s2", "u1", epoch(live));
+        live.remember("s3", "u2", epoch(live));
+        assert!(contains(live, "s1", "u1"));
         assert!(
-            !live.contains("s1", "u2"),
+            !contains(live, "s1", "u2"),
             "a session is live only for its own user"
         );
 
         revoke(&hub, Target::Session("s1".into()));
-        assert!(!live.contains("s1", "u1"));
-        assert!(live.contains("s2", "u1"));
+        assert!(!contains(live, "s1", "u1"));
+        assert!(contains(live, "s2", "u1"));
 
         revoke(&hub, Target::User("u1".into()));
-        assert!(!live.contains("s2", "u1"));
-        assert!(live.contains("s3", "u2"));
+        assert!(!contains(live, "s2", "u1"));
+        assert!(contains(live, "s3", "u2"));
 
         // A Validate read storage (live), then a revocation was published before it remembered: it must not.
-        let before = live.epoch();
+        let before = epoch(live);
         revoke(&hub, Target::Session("s4".into()));
         live.remember("s4", "u2", before);
-        assert!(!live.contains("s4", "u2"));
+        assert!(!contains(live, "s4", "u2"));
     }
 
     #[test]
     fn nothing_is_remembered_when_disabled() {
         let hub = RevocationHub::new(false);
         let live = hub.live_sessions();
-        live.remember("s1", "u1", live.epoch());
-        assert!(!live.contains("s1", "u1"));
+        live.remember("s1", "u1", epoch(live));
+        assert!(!contains(live, "s1", "u1"));
     }
 }

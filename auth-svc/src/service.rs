@@ -26,7 +26,7 @@ use crate::{
     error::AuthError,
     password::PasswordHasher,
     refresh::RefreshTokens,
-    revocations::{Revocation, RevocationHub, Target},
+    revocations::{Liveness, Revocation, RevocationHub, Target},
     settings::Settings,
     store::{Rotation, Store, StoreError},
     throttle::PeerLimiter,
@@ -519,10 +519,10 @@ impl AuthApi {
     async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_or_reload(token).await?;
         let live = self.revocations.live_sessions();
-        if live.contains(&claims.session_id, &claims.subject) {
-            return Ok(claims);
-        }
-        let epoch = live.epoch();
+        let epoch = match live.lookup(&claims.session_id, &claims.subject) {
+            Liveness::Live => return Ok(claims),
+            Liveness::Unknown(epoch) => epoch,
+        };
         let state = self
             .store
             .session_state(&claims.session_id, &claims.subject)
