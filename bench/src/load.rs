@@ -271,15 +271,23 @@ pub async fn run(
         let tally = task.await.map_err(|e| format!("load task panicked: {e}"))?;
         total.ok += tally.ok;
         total.errors += tally.errors;
-        for e in tally.error_samples {
-            if total.error_samples.len() < 5 && !total.error_samples.contains(&e) {
-                total.error_samples.push(e);
-            }
-        }
+        keep_error_samples(&mut total.error_samples, tally.error_samples);
         total.latencies_us.extend(tally.latencies_us);
     }
     total.latencies_us.sort_unstable();
     Ok(total)
+}
+
+/// Distinct error messages kept per scenario, for the report.
+const MAX_ERROR_SAMPLES: usize = 5;
+
+/// Adds `more` to `kept`: distinct messages only, at most [`MAX_ERROR_SAMPLES`].
+pub fn keep_error_samples(kept: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    for e in more {
+        if kept.len() < MAX_ERROR_SAMPLES && !kept.contains(&e) {
+            kept.push(e);
+        }
+    }
 }
 
 /// The `q` quantile (0..=1) of sorted `values`, nearest rank.

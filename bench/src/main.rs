@@ -796,12 +796,12 @@ async fn run_scenario(
     let (main, bg, (auth_cpu, posts_cpu, client_cpu)) = tokio::join!(main, bg, sampler);
     let main = main?;
     let bg = bg?;
-    let (bg_ok, bg_errors, mut samples) = match &bg {
+    let (bg_ok, bg_errors, samples) = match &bg {
         Some(t) => (t.ok, t.errors, t.error_samples.clone()),
         None => (0, 0, Vec::new()),
     };
     let mut error_samples = main.error_samples.clone();
-    error_samples.append(&mut samples);
+    load::keep_error_samples(&mut error_samples, samples);
     Ok(Outcome {
         name,
         concurrency: measured.concurrency,

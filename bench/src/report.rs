@@ -4,7 +4,10 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::{Params, load::quantile};
+use crate::{
+    Params,
+    load::{keep_error_samples, quantile},
+};
 
 /// The machine the run happened on.
 pub struct Machine {
@@ -73,8 +76,7 @@ impl Outcome {
         self.window += slice.window;
         self.ok += slice.ok;
         self.errors += slice.errors;
-        self.error_samples.extend(slice.error_samples);
-        self.error_samples.truncate(MAX_ERROR_SAMPLES);
+        keep_error_samples(&mut self.error_samples, slice.error_samples);
         // Quantiles are read from sorted latencies.
         self.latencies_us.extend(slice.latencies_us);
         self.latencies_us.sort_unstable();
@@ -112,9 +114,6 @@ impl Outcome {
         if self.failed() { None } else { v }
     }
 }
-
-/// Error messages kept per scenario, for the report.
-pub const MAX_ERROR_SAMPLES: usize = 5;
 
 /// What one argon2id hash costs on this machine.
 #[derive(Debug, Clone, Copy)]
