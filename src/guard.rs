@@ -58,6 +58,8 @@ pub struct Identity {
     pub issue_time: SystemTime,
     /// When the token stops being valid.
     pub expire_time: SystemTime,
+    /// The key that signed the token (`kid`), so revoking a key can deny its tokens.
+    pub key_id: String,
 }
 
 impl From<crate::token::Claims> for Identity {
@@ -70,6 +72,7 @@ impl From<crate::token::Claims> for Identity {
             session_id: claims.session_id,
             issue_time: claims.issue_time,
             expire_time: claims.expire_time,
+            key_id: claims.key_id,
         }
     }
 }
@@ -252,6 +255,7 @@ impl Validator for RemoteValidator {
             token_id: claims.token_id,
             issue_time: time(claims.issue_time),
             expire_time: time(claims.expire_time),
+            key_id: claims.key_id,
         })
     }
 }

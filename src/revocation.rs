@@ -47,6 +47,8 @@ struct Denylist {
     sessions: HashMap<String, (Reason, SystemTime)>,
     /// User id → (reason, tokens issued at or before this are revoked, forget after).
     users: HashMap<String, (Reason, SystemTime, SystemTime)>,
+    /// Key id → (reason, forget after): every token the key signed.
+    keys: HashMap<String, (Reason, SystemTime)>,
 }
 
 impl Revocations {
@@ -67,13 +69,18 @@ impl Revocations {
             .sessions
             .get(&identity.session_id)
             .map(|(reason, _)| *reason);
+        // A disabled account covers every token, whatever its `iat` (a login racing the disabling may carry
+        // a later one); other user-wide revocations cover the tokens issued up to them.
         let user = denied
             .users
             .get(&identity.user_id)
-            .filter(|(_, revoked_at, _)| identity.issue_time <= *revoked_at)
+            .filter(|(reason, revoked_at, _)| {
+                *reason == Reason::UserDisabled || identity.issue_time <= *revoked_at
+            })
             .map(|(reason, _, _)| *reason);
+        let key = denied.keys.get(&identity.key_id).map(|(reason, _)| *reason);
         // A disabled user outranks an ended session, as in auth-svc.
-        match user.or(session) {
+        match user.or(key).or(session) {
             None => Ok(()),
             Some(reason) => Err(GuardError::Rejected {
                 reason,
@@ -105,10 +112,14 @@ impl Revocations {
                     *entry = (reason, revoked_at, until);
                 }
             }
+            Target::KeyId(kid) => {
+                denied.keys.insert(kid, (reason, until));
+            }
         }
-        if denied.sessions.len() + denied.users.len() > SWEEP_ABOVE {
+        if denied.sessions.len() + denied.users.len() + denied.keys.len() > SWEEP_ABOVE {
             denied.sessions.retain(|_, (_, until)| *until > now);
             denied.users.retain(|_, (_, _, until)| *until > now);
+            denied.keys.retain(|_, (_, until)| *until > now);
         }
     }
 
@@ -173,6 +184,7 @@ mod tests {
             session_id: "s1".into(),
             issue_time: issued,
             expire_time: issued + Duration::from_secs(900),
+            key_id: "k1".into(),
         }
     }
 

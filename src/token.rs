@@ -50,10 +50,13 @@ pub struct Claims {
     pub issuer: String,
     pub audience: String,
     pub session_id: String,
+    /// The `kid` of the key that signed the token.
+    pub key_id: String,
 }
 
-impl From<JwtClaims> for Claims {
-    fn from(c: JwtClaims) -> Self {
+impl Claims {
+    /// The claims of a token signed by the key `key_id`.
+    pub fn new(c: JwtClaims, key_id: String) -> Self {
         Self {
             subject: c.sub,
             username: c.username,
@@ -64,6 +67,7 @@ impl From<JwtClaims> for Claims {
             issuer: c.iss,
             audience: c.aud,
             session_id: c.sid,
+            key_id,
         }
     }
 }
@@ -198,11 +202,8 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(TokenError::Header("crit"));
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(TokenError::UnknownKey)?;
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
 
         let data =
             jsonwebtoken::decode::<JwtClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
@@ -234,7 +235,7 @@ impl Verifier {
         if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(claims.into())
+        Ok(Claims::new(claims, kid))
     }
 }
 

@@ -125,6 +125,7 @@ impl AuthService for AuthApi {
             refresh_token,
             session_id,
             refresh_expire_time: Some(refresh_expire_time.into()),
+            device_token: String::new(),
         }))
     }
 
@@ -420,6 +421,20 @@ impl AuthService for AuthApi {
         }))
     }
 
+    async fn unlock_user(
+        &self,
+        _request: Request<pb::UnlockUserRequest>,
+    ) -> Result<Response<pb::UnlockUserResponse>, Status> {
+        Err(Status::unimplemented("UnlockUser is not implemented yet"))
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        _request: Request<pb::RevokeSigningKeyRequest>,
+    ) -> Result<Response<pb::RevokeSigningKeyResponse>, Status> {
+        Err(Status::unimplemented("RevokeSigningKey is not implemented yet"))
+    }
+
     async fn get_jwks(
         &self,
         _request: Request<pb::GetJwksRequest>,
@@ -626,7 +641,9 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
 fn login_credentials(request: Request<pb::LoginRequest>) -> Result<(String, String), AuthError> {
     let from_metadata = request.get_ref().username.is_empty() && request.get_ref().password.is_empty();
     if !from_metadata {
-        let pb::LoginRequest { username, password } = request.into_inner();
+        let pb::LoginRequest {
+            username, password, ..
+        } = request.into_inner();
         return Ok((username, password));
     }
     basic_credentials(request.metadata().as_ref()).map_err(|e| match e {
@@ -676,5 +693,6 @@ fn claims_to_pb(claims: Claims) -> pb::Claims {
         issuer: claims.issuer,
         audience: claims.audience,
         session_id: claims.session_id,
+        key_id: claims.key_id,
     }
 }

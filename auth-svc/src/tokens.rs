@@ -263,7 +263,7 @@ impl Tokens {
         let token = jsonwebtoken::encode(&header, &claims, &signing.encoding)?;
         Ok(IssuedToken {
             token,
-            claims: claims.into(),
+            claims: Claims::new(claims, signing.kid.clone()),
         })
     }
 

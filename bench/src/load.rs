@@ -183,6 +183,7 @@ async fn call(op: Op, clients: &mut Clients, pools: &Pools, seq: u64) -> Result<
                 .login(request(LoginRequest {
                     username,
                     password: PASSWORD.to_owned(),
+                    ..Default::default()
                 }))
                 .await
                 .map_err(status)?;

@@ -613,6 +613,7 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
                 auth.login(LoginRequest {
                     username,
                     password: PASSWORD.to_owned(),
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner().access_token)

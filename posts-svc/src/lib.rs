@@ -96,6 +96,7 @@ pub async fn serve_unguarded(
         session_id: "bench".to_owned(),
         issue_time: now,
         expire_time: now + std::time::Duration::from_secs(365 * 24 * 3600),
+        key_id: "bench".to_owned(),
     };
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);

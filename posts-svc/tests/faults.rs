@@ -141,6 +141,7 @@ async fn token(auth: SocketAddr) -> String {
     let login = LoginRequest {
         username: "alice".into(),
         password: PASSWORD.into(),
+        ..Default::default()
     };
     client.login(login).await.unwrap().into_inner().access_token
 }
@@ -300,6 +301,7 @@ async fn a_frozen_auth_svc_fails_every_call_within_the_guard_timeout() {
         let login = LoginRequest {
             username: "alice".into(),
             password: PASSWORD.into(),
+            ..Default::default()
         };
         client.login(login).await.unwrap().into_inner().access_token
     };
@@ -434,6 +436,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
                 let login = LoginRequest {
                     username: "alice".into(),
                     password: PASSWORD.into(),
+                    ..Default::default()
                 };
                 client.clone().login(login).await.map(drop).map_err(|s| s.code())
             })

@@ -183,6 +183,7 @@ async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
                 let request = pb::LoginRequest {
                     username: "alice".into(),
                     password: PASSWORD.into(),
+                    ..Default::default()
                 };
                 match auth.clone().login(request).await {
                     Ok(_) => ok += 1,

@@ -93,6 +93,15 @@ impl AuthService for CountingAuth {
     ) -> Forwarded<pb::RotateSigningKeyResponse> {
         Err(Status::unimplemented("not proxied"))
     }
+    async fn unlock_user(&self, _: Request<pb::UnlockUserRequest>) -> Forwarded<pb::UnlockUserResponse> {
+        Err(Status::unimplemented("not proxied"))
+    }
+    async fn revoke_signing_key(
+        &self,
+        _: Request<pb::RevokeSigningKeyRequest>,
+    ) -> Forwarded<pb::RevokeSigningKeyResponse> {
+        Err(Status::unimplemented("not proxied"))
+    }
 }
 
 /// The app with posts-svc talking to auth-svc through a counting proxy.

@@ -195,6 +195,7 @@ impl TestApp {
             .login(auth_pb::LoginRequest {
                 username: username.into(),
                 password: password.into(),
+                ..Default::default()
             })
             .await?;
         Ok(response.into_inner())

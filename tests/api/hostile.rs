@@ -289,6 +289,7 @@ async fn oversized_messages_and_expired_deadlines_get_tonics_statuses() {
     let mut request = tonic::Request::new(watchword::pb::auth::v1::LoginRequest {
         username: "alice".into(),
         password: PASSWORD.into(),
+        ..Default::default()
     });
     request.set_timeout(std::time::Duration::from_millis(1));
     let status = app.auth.clone().login(request).await.unwrap_err();

@@ -58,6 +58,7 @@ async fn two_auth_and_two_posts_replicas_on_one_postgres_behave_as_one_service()
             let request = pb::LoginRequest {
                 username: "alice".into(),
                 password: PASSWORD.into(),
+                ..Default::default()
             };
             client.login(request).await.unwrap().into_inner()
         }
@@ -118,6 +119,7 @@ async fn two_auth_and_two_posts_replicas_on_one_postgres_behave_as_one_service()
         .login(pb::LoginRequest {
             username: "root".into(),
             password: PASSWORD.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
