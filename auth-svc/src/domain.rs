@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use unicode_normalization::UnicodeNormalization;
+use watchword::reason::Reason;
 
 use crate::error::AuthError;
 
@@ -169,6 +170,72 @@ impl User {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+}
+
+/// Roles as stored: space-separated names.
+pub fn split_roles(roles: &str) -> Vec<String> {
+    roles.split_whitespace().map(str::to_owned).collect()
+}
+
+/// What a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Every token of this session.
+    Session(String),
+    /// Every token of this user: all of them when it is disabled, else those issued up to the revocation.
+    User(String),
+    /// Every token signed by this key.
+    Key(String),
+}
+
+impl Target {
+    /// The target as stored in the revocation log: (kind, id).
+    pub fn columns(&self) -> (&'static str, &str) {
+        match self {
+            Self::Session(id) => ("session", id),
+            Self::User(id) => ("user", id),
+            Self::Key(id) => ("key", id),
+        }
+    }
+}
+
+/// A stored revocation, as published to WatchRevocations subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub target: Target,
+    pub revoke_time: SystemTime,
+    /// The reason a verifier should give for an affected token.
+    pub reason: Reason,
+}
+
+impl Revocation {
+    pub fn new(target: Target, revoke_time: SystemTime, reason: Reason) -> Self {
+        Self {
+            target,
+            revoke_time,
+            reason,
+        }
+    }
+
+    /// A revocation from its log columns; `None` for a kind this version does not know.
+    pub fn from_columns(
+        kind: &str,
+        id: String,
+        reason: Option<Reason>,
+        revoke_time: SystemTime,
+    ) -> Option<Self> {
+        let target = match kind {
+            "session" => Target::Session(id),
+            "user" => Target::User(id),
+            "key" => Target::Key(id),
+            _ => return None,
+        };
+        Some(Self::new(
+            target,
+            revoke_time,
+            reason.unwrap_or(Reason::TokenRevoked),
+        ))
+    }
 }
 
 #[cfg(test)]

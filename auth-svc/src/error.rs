@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use watchword::reason::{self, Reason};
+use watchword::{
+    reason::{self, Reason},
+    token::TokenError,
+};
 use watchword_db::DbError;
-
-use crate::tokens::TokenError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -20,22 +21,39 @@ pub enum AuthError {
     /// cannot be told apart.
     #[error("invalid username or password")]
     BadCredentials,
+    /// The token (access or refresh) is not one we would accept, whatever its session.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The token's session was ended (logout, refresh-token reuse, role removal), or its key revoked.
+    #[error("token revoked: log in again")]
+    Revoked,
     #[error("account disabled")]
     UserDisabled,
     #[error("this call requires the admin role")]
     AdminRequired,
     #[error("user not found")]
     UserNotFound,
+    #[error("no signing key with that kid")]
+    KeyNotFound,
+    #[error("this would leave no enabled admin; make another user an admin first")]
+    LastAdmin,
     #[error("too many failed attempts for this account; retry later")]
     AccountLocked { retry_after: Duration },
     #[error("too many requests from this address; retry later")]
     RateLimited { retry_after: Duration },
     #[error("server busy; retry later")]
     Overloaded,
+    #[error("too many revocation subscribers; retry later")]
+    TooManySubscribers,
+    /// This replica cannot read the revocation log, so it cannot vouch for what it streams.
+    #[error("revocations unavailable on this replica; retry, or use another replica")]
+    RevocationsUnavailable,
     #[error("the signing key comes from --signing-key-file; rotate it by replacing the file")]
     KeyManagedByFile,
+    #[error(
+        "an account with that username exists and the password given is not its password; nothing changed"
+    )]
+    BootstrapPasswordMismatch,
     #[error("storage: {0}")]
     Storage(#[from] DbError),
     #[error("internal: {0}")]
@@ -51,31 +69,37 @@ impl AuthError {
     }
 }
 
+impl From<crate::keys::KeyError> for AuthError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        Self::Internal(format!("signing key: {error}"))
+    }
+}
+
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
+        let message = error.to_string();
         match error {
-            AuthError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            AuthError::UsernameTaken => Status::already_exists(error.to_string()),
-            AuthError::UserNotFound => Status::not_found(error.to_string()),
-            AuthError::KeyManagedByFile => Status::failed_precondition(error.to_string()),
-            AuthError::BadCredentials => reason::status(
-                Code::Unauthenticated,
-                Reason::InvalidCredentials,
-                error.to_string(),
-            ),
+            AuthError::InvalidArgument { .. } => Status::invalid_argument(message),
+            AuthError::UsernameTaken => Status::already_exists(message),
+            AuthError::UserNotFound | AuthError::KeyNotFound => Status::not_found(message),
+            AuthError::KeyManagedByFile | AuthError::LastAdmin | AuthError::BootstrapPasswordMismatch => {
+                Status::failed_precondition(message)
+            }
+            AuthError::BadCredentials => {
+                reason::status(Code::Unauthenticated, Reason::InvalidCredentials, message)
+            }
             AuthError::Token(e) => {
                 tracing::debug!(cause = %e, "token refused");
                 reason::status(Code::Unauthenticated, e.reason(), e.client_message())
             }
-            AuthError::UserDisabled => {
-                reason::status(Code::Unauthenticated, Reason::UserDisabled, error.to_string())
-            }
-            AuthError::AdminRequired => {
-                reason::status(Code::PermissionDenied, Reason::RoleRequired, error.to_string())
-            }
-            AuthError::AccountLocked { retry_after } => retry(Reason::AccountLocked, &error, retry_after),
-            AuthError::RateLimited { retry_after } => retry(Reason::RateLimited, &error, retry_after),
-            AuthError::Overloaded => retry(Reason::Overloaded, &error, OVERLOADED_RETRY),
+            AuthError::Revoked => reason::status(Code::Unauthenticated, Reason::TokenRevoked, message),
+            AuthError::UserDisabled => reason::status(Code::Unauthenticated, Reason::UserDisabled, message),
+            AuthError::AdminRequired => reason::status(Code::PermissionDenied, Reason::RoleRequired, message),
+            AuthError::AccountLocked { retry_after } => retry(Reason::AccountLocked, message, retry_after),
+            AuthError::RateLimited { retry_after } => retry(Reason::RateLimited, message, retry_after),
+            AuthError::Overloaded => retry(Reason::Overloaded, message, OVERLOADED_RETRY),
+            AuthError::TooManySubscribers => retry(Reason::Overloaded, message, SUBSCRIBERS_RETRY),
+            AuthError::RevocationsUnavailable => Status::unavailable(message),
             AuthError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("storage unavailable, retry later")
@@ -90,9 +114,11 @@ impl From<AuthError> for Status {
 
 /// What an overloaded server suggests: about the time a queued hash takes to clear.
 const OVERLOADED_RETRY: Duration = Duration::from_millis(250);
+/// What a full set of revocation subscribers suggests: a stream ends when its guard goes away, rarely.
+const SUBSCRIBERS_RETRY: Duration = Duration::from_secs(5);
 
-fn retry(reason: Reason, error: &AuthError, after: Duration) -> Status {
+fn retry(reason: Reason, message: String, after: Duration) -> Status {
     // Whole milliseconds, at least one: a zero delay would invite a hot retry loop.
     let after = Duration::from_millis(u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1));
-    reason::retry_status(Code::ResourceExhausted, reason, error.to_string(), after)
+    reason::retry_status(Code::ResourceExhausted, reason, message, after)
 }

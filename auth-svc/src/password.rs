@@ -5,7 +5,10 @@
 //! tokio's blocking pool either, whose many short-lived threads each left an allocator arena holding
 //! argon2's buffers (auth-svc grew past 2 GiB under a login benchmark).
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, Version,
@@ -22,7 +25,8 @@ const PASSES: u32 = 2;
 const LANES: u32 = 1;
 
 /// Hashing requests allowed to wait for a worker, per core. Beyond this a request is refused at once
-/// (RESOURCE_EXHAUSTED) instead of queueing without bound while its client times out.
+/// (RESOURCE_EXHAUSTED) instead of queueing without bound while its client times out. The permit lives with
+/// the job, so this bounds the queue itself, whatever happens to the callers.
 const QUEUE_PER_CORE: usize = 8;
 
 #[derive(Clone)]
@@ -34,6 +38,8 @@ pub struct PasswordHasher {
     admitted: Arc<Semaphore>,
     /// Verified against when the username is unknown, so that case costs the same as a wrong password.
     dummy_hash: Arc<str>,
+    /// Hashes computed so far (skipped jobs not counted).
+    computed: Arc<AtomicU64>,
 }
 
 impl PasswordHasher {
@@ -47,18 +53,23 @@ impl PasswordHasher {
             threads: HashingThreads::start(cores),
             admitted: Arc::new(Semaphore::new(cores * (QUEUE_PER_CORE + 1))),
             dummy_hash: Arc::from(""),
+            computed: Arc::default(),
         };
+        let admission = hasher.admit()?;
         hasher.dummy_hash = hasher
-            .hash("not a real password, only here to spend time".to_owned())
+            .hash(
+                admission,
+                "not a real password, only here to spend time".to_owned(),
+            )
             .await?
             .into();
         Ok(hasher)
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
-    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+    pub async fn hash(&self, admission: Admission, password: String) -> Result<String, AuthError> {
         let argon2 = self.argon2.clone();
-        self.run(move || {
+        self.run(admission, move || {
             let salt = SaltString::generate(&mut OsRng);
             hash_phc(&argon2, password.as_bytes(), &salt)
                 .map_err(|e| AuthError::Internal(format!("argon2 hash: {e}")))
@@ -69,10 +80,15 @@ impl PasswordHasher {
 
     /// Whether `password` matches `stored`. With `stored = None` (no such user) it does the same work
     /// against a dummy hash and returns `false`.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, AuthError> {
+    pub async fn verify(
+        &self,
+        admission: Admission,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, AuthError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        self.run(move || {
+        self.run(admission, move || {
             let matches = verify_phc(password.as_bytes(), &stored)
                 .map_err(|e| AuthError::Internal(format!("stored hash: {e}")))?;
             Ok(matches && known)
@@ -155,13 +171,28 @@ impl PasswordHasher {
             .map_err(|_| AuthError::Overloaded)
     }
 
-    /// Runs `f` on a hashing thread (admission, taken by the caller, bounds how many wait).
+    /// Hashes computed so far: jobs whose caller had gone before they started are not.
+    #[cfg(test)]
+    fn computed(&self) -> u64 {
+        self.computed.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on a hashing thread. The admission permit goes with the job, so however the caller ends
+    /// (a cancelled call drops this future), the job counts against the queue until it has run or been
+    /// skipped, and a job whose caller has gone is skipped rather than hashed for nobody.
     async fn run<T: Send + 'static>(
         &self,
+        admission: Admission,
         f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
         let (done, result) = tokio::sync::oneshot::channel();
+        let computed = Arc::clone(&self.computed);
         let job: Job = Box::new(move || {
+            let _admission = admission;
+            if done.is_closed() {
+                return;
+            }
+            computed.fetch_add(1, Ordering::Relaxed);
             let _ = done.send(f());
         });
         self.threads
@@ -252,26 +283,103 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_only_with_the_right_password_and_never_for_unknown_users() {
         let hasher = PasswordHasher::new().await.unwrap();
-        let hash = hasher.hash("correct horse battery".into()).await.unwrap();
+        let admit = || hasher.admit().unwrap();
+        let hash = hasher
+            .hash(admit(), "correct horse battery".into())
+            .await
+            .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(
             hasher
-                .verify("correct horse battery".into(), Some(hash.clone()))
+                .verify(admit(), "correct horse battery".into(), Some(hash.clone()))
                 .await
                 .unwrap()
         );
         assert!(
             !hasher
-                .verify("wrong horse battery".into(), Some(hash))
+                .verify(admit(), "wrong horse battery".into(), Some(hash))
                 .await
                 .unwrap()
         );
         let dummy = "not a real password, only here to spend time".to_owned();
-        assert!(!hasher.verify(dummy, None).await.unwrap());
+        assert!(!hasher.verify(admit(), dummy, None).await.unwrap());
         // An unknown user costs what a known one does only if the dummy hash names the same parameters
         // (tests/api/abuse.rs measures the times; this pins the cause without a clock).
         let params = |phc: &str| phc.rsplitn(3, '$').nth(2).unwrap().to_owned();
-        let real = hasher.hash("any".into()).await.unwrap();
+        let real = hasher.hash(admit(), "any".into()).await.unwrap();
         assert_eq!(params(&hasher.dummy_hash), params(&real));
+    }
+
+    /// A job whose caller has gone is skipped, and its permit comes back only when the job has left the
+    /// queue: cancelled logins cannot make argon2 work for nobody, nor queue more than admission allows.
+    #[tokio::test]
+    async fn jobs_of_callers_that_left_are_skipped_and_hold_their_permit_until_then() {
+        let hasher = PasswordHasher::new().await.unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // Every permit, once the start-up hash's job has let go of its own.
+        let total = cores * (QUEUE_PER_CORE + 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hasher.admitted.available_permits() < total {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the start-up hash never finished"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Keep every hashing thread busy until released, so the jobs below wait in the queue.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let started = Arc::new(AtomicU64::new(0));
+        let mut blockers = Vec::new();
+        for _ in 0..cores {
+            let (gate, started) = (Arc::clone(&gate), Arc::clone(&started));
+            let admission = hasher.admit().unwrap();
+            blockers.push(tokio::spawn({
+                let hasher = hasher.clone();
+                async move {
+                    hasher
+                        .run(admission, move || {
+                            started.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.lock().unwrap().recv();
+                            Ok(())
+                        })
+                        .await
+                }
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while started.load(Ordering::SeqCst) < cores as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hashing threads never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let before = hasher.computed();
+        for _ in 0..5 {
+            let admission = hasher.admit().unwrap();
+            let mut call = Box::pin(hasher.verify(admission, "a password".into(), None));
+            // One poll puts the job in the queue (a zero timeout polls the call once); then the caller leaves.
+            let pending = tokio::time::timeout(std::time::Duration::ZERO, &mut call).await;
+            assert!(pending.is_err(), "the hashing threads are all busy");
+        }
+        assert_eq!(
+            hasher.admitted.available_permits(),
+            total - cores - 5,
+            "queued jobs keep their permits after their callers left"
+        );
+        for _ in 0..cores {
+            release.send(()).unwrap();
+        }
+        for blocker in blockers {
+            blocker.await.unwrap().unwrap();
+        }
+        // The skipped jobs leave the queue and give their permits back, without hashing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hasher.admitted.available_permits() < total {
+            assert!(std::time::Instant::now() < deadline, "permits not returned");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hasher.computed(), before, "the abandoned jobs hashed nothing");
     }
 }

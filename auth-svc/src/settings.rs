@@ -65,6 +65,21 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_PEER_BURST", default_value_t = 30)]
     pub peer_burst: u32,
 
+    /// Load balancers or proxies (CIDR ranges, comma-separated) whose `x-forwarded-for` names the client
+    /// for the per-address limit. A peer outside these ranges is the client, whatever it sends.
+    #[arg(
+        long,
+        env = "AUTH_SVC_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR[,CIDR...]"
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Most WatchRevocations streams served at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AUTH_SVC_MAX_REVOCATION_SUBSCRIBERS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_revocation_subscribers: u32,
+
     /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
     /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
     /// never from a flag, so it stays out of shell history and process listings.

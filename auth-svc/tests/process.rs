@@ -141,7 +141,15 @@ fn bootstrap_admin_takes_the_password_from_the_environment_or_stdin_and_exits() 
     assert!(from_stdin.status.success(), "{from_stdin:?}");
     assert!(String::from_utf8_lossy(&from_stdin.stdout).contains("created admin ops"));
 
-    let again = run("root", Some("whatever it is now"), "");
+    // An existing account is promoted only by someone who knows its password (whoever registered the
+    // name first must not become admin by the operator's command).
+    let wrong = run("root", Some("whatever it is now"), "");
+    assert!(!wrong.status.success(), "{wrong:?}");
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("is not its password; nothing changed"),
+        "{wrong:?}"
+    );
+    let again = run("root", Some("correct horse battery staple"), "");
     assert!(again.status.success(), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stdout).contains("granted admin to existing user root"));
 

@@ -38,11 +38,7 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     ///
     /// `apply` runs on the writer connection inside the batch's transaction. When it fails, only its own
     /// savepoint is rolled back: the other writes of the batch still commit.
-    pub fn spawn(
-        db: Sqlite,
-        max_batch: usize,
-        apply: fn(&Transaction<'_>, I) -> rusqlite::Result<O>,
-    ) -> Self {
+    pub fn spawn(db: Sqlite, max_batch: usize, apply: fn(&Transaction<'_>, I) -> Result<O, DbError>) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         tokio::spawn(run(db, waiting, max_batch.max(1), apply));
         Self { queue }
@@ -63,7 +59,7 @@ async fn run<I: Send + 'static, O: Send + 'static>(
     db: Sqlite,
     mut waiting: mpsc::Receiver<(I, Reply<O>)>,
     max_batch: usize,
-    apply: fn(&Transaction<'_>, I) -> rusqlite::Result<O>,
+    apply: fn(&Transaction<'_>, I) -> Result<O, DbError>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while waiting.recv_many(&mut batch, max_batch).await > 0 {
@@ -80,7 +76,7 @@ async fn run<I: Send + 'static, O: Send + 'static>(
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // A caller that gave up (cancelled call) just misses its answer; the write stands.
-                    let _ = reply.send(result.map_err(DbError::from));
+                    let _ = reply.send(result);
                 }
             }
             Err(error) => {
@@ -99,8 +95,8 @@ async fn run<I: Send + 'static, O: Send + 'static>(
 fn in_savepoint<I, O>(
     tx: &Transaction<'_>,
     item: I,
-    apply: fn(&Transaction<'_>, I) -> rusqlite::Result<O>,
-) -> rusqlite::Result<rusqlite::Result<O>> {
+    apply: fn(&Transaction<'_>, I) -> Result<O, DbError>,
+) -> rusqlite::Result<Result<O, DbError>> {
     tx.prepare_cached("SAVEPOINT batch_item")?.execute([])?;
     match apply(tx, item) {
         Ok(output) => {
@@ -121,7 +117,7 @@ mod tests {
 
     const SCHEMA: &[&str] = &["CREATE TABLE t (k TEXT NOT NULL UNIQUE, v INTEGER NOT NULL) STRICT;"];
 
-    fn insert(tx: &Transaction<'_>, (k, v): (String, i64)) -> rusqlite::Result<i64> {
+    fn insert(tx: &Transaction<'_>, (k, v): (String, i64)) -> Result<i64, DbError> {
         tx.prepare_cached("INSERT INTO t (k, v) VALUES (?1, ?2)")?
             .execute(rusqlite::params![k, v])?;
         Ok(v)
@@ -171,8 +167,8 @@ mod tests {
         let db = Sqlite::open(&dir.path().join("t.db"), SCHEMA).await.unwrap();
         // `apply` errors outside its savepoint handling by breaking the transaction: a savepoint
         // release after the transaction is gone fails, which fails the batch.
-        fn breaks(tx: &Transaction<'_>, (): ()) -> rusqlite::Result<()> {
-            tx.execute_batch("COMMIT")
+        fn breaks(tx: &Transaction<'_>, (): ()) -> Result<(), DbError> {
+            Ok(tx.execute_batch("COMMIT")?)
         }
         let group = GroupCommit::spawn(db.clone(), 8, breaks);
         let error = group.submit(()).await.unwrap_err();

@@ -11,8 +11,11 @@
 //! transactions start with `BEGIN IMMEDIATE` so a read-then-write never fails its lock upgrade.
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
+    pin::pin,
     sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, Waker},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -160,15 +163,18 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
-/// A service's database, whichever backend `--database-url` chose. Stores hold one of these and dispatch on
-/// it with [`sqlite_or!`]; the SQL itself stays in each service.
+/// A service's database, whichever backend `--database-url` chose.
+///
+/// A service writes each of its storage rules once, as an async function over its own transaction trait,
+/// and implements that trait for [`SqliteTx`] and [`PgTx`] with SQL and row mapping only. [`transaction!`] and
+/// [`read!`] run a rule on whichever backend is in use.
 #[derive(Clone)]
 pub enum Database {
     Sqlite(Sqlite),
     Postgres(postgres::Postgres),
 }
 
-/// A service's schema, once per dialect (each list append-only).
+/// A service's schema, once per dialect (each list append-only, with the same version numbers).
 pub struct Migrations {
     pub sqlite: &'static [&'static str],
     pub postgres: &'static [&'static str],
@@ -203,16 +209,103 @@ impl Database {
     }
 }
 
-/// Picks the SQLite handle out of a [`Database`], or returns from the calling function with the PostgreSQL
-/// implementation's result: `let db = sqlite_or!(&self.db, |pg| postgres::get(pg, id).await);`.
+/// Runs `$rule` (an expression that may use `$tx`: a `&mut` [`SqliteTx`] or [`PgTx`]) in one write
+/// transaction of `$db` (a [`Database`]): committed when it returns `Ok`, rolled back otherwise. On SQLite
+/// the rule runs on the blocking thread holding the writer ([`run_ready`]); on PostgreSQL it awaits each
+/// statement on a pooled connection. Evaluates to `Result<T, DbError>`.
 #[macro_export]
-macro_rules! sqlite_or {
-    ($database:expr, |$pg:ident| $postgres:expr) => {
-        match $database {
-            $crate::Database::Sqlite(db) => db,
-            $crate::Database::Postgres($pg) => return $postgres,
+macro_rules! transaction {
+    ($db:expr, |$tx:ident| $rule:expr) => {
+        match $db {
+            $crate::Database::Sqlite(db) => {
+                db.write(move |t| {
+                    let $tx = &mut $crate::SqliteTx(t);
+                    $crate::run_ready($crate::rule($rule))
+                })
+                .await
+            }
+            $crate::Database::Postgres(pg) => {
+                async {
+                    let mut client = pg.client().await?;
+                    let t = client.transaction().await?;
+                    let value = {
+                        let $tx = &mut $crate::postgres::PgTx::Transaction(&t);
+                        $crate::rule($rule).await?
+                    };
+                    t.commit().await?;
+                    Ok::<_, $crate::DbError>(value)
+                }
+                .await
+            }
         }
     };
+}
+
+/// Like [`transaction!`], for a rule that only reads: on a read-only SQLite connection, or a pooled PostgreSQL
+/// connection without a transaction.
+#[macro_export]
+macro_rules! read {
+    ($db:expr, |$tx:ident| $rule:expr) => {
+        match $db {
+            $crate::Database::Sqlite(db) => {
+                db.read(move |c| {
+                    let $tx = &mut $crate::SqliteTx(c);
+                    $crate::run_ready($crate::rule($rule))
+                })
+                .await
+            }
+            $crate::Database::Postgres(pg) => {
+                async {
+                    let client = pg.client().await?;
+                    let $tx = &mut $crate::postgres::PgTx::Client(&client);
+                    $crate::rule($rule).await
+                }
+                .await
+            }
+        }
+    };
+}
+
+/// Pins a rule's error type, which an `async` block cannot declare. For [`transaction!`] and [`read!`].
+#[doc(hidden)]
+pub fn rule<T, F: Future<Output = Result<T, DbError>>>(rule: F) -> F {
+    rule
+}
+
+/// An SQLite connection inside a rule: a write transaction, or a read-only connection. Services implement
+/// their transaction trait for it with SQL and row mapping, using these helpers.
+pub struct SqliteTx<'c>(pub &'c Connection);
+
+impl SqliteTx<'_> {
+    /// Runs a statement; the number of rows changed.
+    pub fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, DbError> {
+        Ok(self.0.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// The first row, mapped.
+    pub fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, DbError> {
+        use rusqlite::OptionalExtension as _;
+        Ok(self.0.prepare_cached(sql)?.query_row(params, map).optional()?)
+    }
+
+    /// Every row, mapped.
+    pub fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
+        Ok(self
+            .0
+            .prepare_cached(sql)?
+            .query_map(params, map)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 /// A handle to one SQLite database. Cheap to clone.
@@ -224,9 +317,11 @@ pub struct Sqlite {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
-    write_permit: Semaphore,
+    /// Permits are moved into the blocking work they admit, so work whose caller has gone (a cancelled
+    /// call) still holds its permit until it has finished: the limits bound the work, not the waiters.
+    write_permit: Arc<Semaphore>,
     readers: Mutex<Vec<Connection>>,
-    read_permits: Semaphore,
+    read_permits: Arc<Semaphore>,
 }
 
 impl Sqlite {
@@ -244,9 +339,9 @@ impl Sqlite {
                 inner: Arc::new(Inner {
                     path,
                     writer: Mutex::new(writer),
-                    write_permit: Semaphore::new(1),
+                    write_permit: Arc::new(Semaphore::new(1)),
                     readers: Mutex::new(Vec::new()),
-                    read_permits: Semaphore::new(MAX_READERS),
+                    read_permits: Arc::new(Semaphore::new(MAX_READERS)),
                 }),
             })
         })
@@ -254,19 +349,19 @@ impl Sqlite {
     }
 
     /// Runs `f` on a read-only connection.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        E: Into<DbError>,
         T: Send + 'static,
     {
-        let _permit = self
-            .inner
-            .read_permits
-            .acquire()
+        let permit = Arc::clone(&self.inner.read_permits)
+            .acquire_owned()
             .await
             .map_err(|_| DbError::Worker)?;
         let inner = Arc::clone(&self.inner);
         blocking(move || {
+            let _permit = permit;
             let pooled = inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -278,28 +373,28 @@ impl Sqlite {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(conn);
-            Ok(result?)
+            result.map_err(Into::into)
         })
         .await
     }
 
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, committed only if `f` returns `Ok`.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+        E: Into<DbError>,
         T: Send + 'static,
     {
-        let _permit = self
-            .inner
-            .write_permit
-            .acquire()
+        let permit = Arc::clone(&self.inner.write_permit)
+            .acquire_owned()
             .await
             .map_err(|_| DbError::Worker)?;
         let inner = Arc::clone(&self.inner);
         blocking(move || {
+            let _permit = permit;
             let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
+            let value = f(&tx).map_err(Into::into)?;
             tx.commit()?;
             Ok(value)
         })
@@ -309,6 +404,20 @@ impl Sqlite {
     /// A cheap query proving the database answers; used by health reporting.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}
+
+/// The output of `future`, which must be ready at once: a rule written as async code (so PostgreSQL can
+/// await its statements) that runs on an SQLite connection, whose statements never wait. It runs on the
+/// blocking thread holding the connection, inside the transaction.
+///
+/// # Panics
+/// If `future` is not ready on its first poll: that would be a rule awaiting something other than SQLite
+/// statements, a bug that must not turn into a hang on a thread holding the writer.
+pub fn run_ready<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("an SQLite rule awaited something that was not ready"),
     }
 }
 

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-pub use deadpool_postgres::Transaction;
+pub use deadpool_postgres::{Client, Transaction};
 use deadpool_postgres::{Manager, Pool, Runtime};
 pub use tokio_postgres;
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use crate::DbError;
 
@@ -92,5 +92,39 @@ impl Postgres {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// A PostgreSQL connection inside a rule (see [`crate::transaction!`]): a transaction, or a pooled client for
+/// single reads. Services implement their transaction trait for it with SQL and row mapping, using these
+/// helpers; statements are prepared once per connection and cached.
+pub enum PgTx<'c> {
+    Transaction(&'c Transaction<'c>),
+    Client(&'c Client),
+}
+
+/// Statement parameters.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl PgTx<'_> {
+    /// Every row.
+    pub async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
+        Ok(match self {
+            Self::Transaction(t) => t.query(&t.prepare_cached(sql).await?, params).await?,
+            Self::Client(c) => c.query(&c.prepare_cached(sql).await?, params).await?,
+        })
+    }
+
+    /// The first row.
+    pub async fn one(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, DbError> {
+        Ok(self.rows(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs a statement; the number of rows changed.
+    pub async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, DbError> {
+        Ok(match self {
+            Self::Transaction(t) => t.execute(&t.prepare_cached(sql).await?, params).await?,
+            Self::Client(c) => c.execute(&c.prepare_cached(sql).await?, params).await?,
+        })
     }
 }

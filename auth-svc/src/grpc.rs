@@ -1,0 +1,357 @@
+//! The gRPC handlers: protobuf in, one use case, protobuf out. Nothing here decides anything.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use watchword::{
+    credentials::{CredentialsError, basic_credentials, bearer_token},
+    pagination,
+    pb::auth::v1::{self as pb, auth_service_server::AuthService},
+};
+
+use crate::{
+    accounts::{Login, Peer},
+    admin::AdminCaller,
+    app::App,
+    domain::{Revocation, Target, User, parse_roles, parse_user_id},
+    error::AuthError,
+    keys::{Claims, IssuedToken, Jwks, TokenError},
+    revocations::Event,
+    sessions::LogoutBy,
+};
+
+pub struct AuthApi {
+    app: Arc<App>,
+    /// Becomes `true` when the server starts shutting down, so endless streams end and draining is quick.
+    stopping: watch::Receiver<bool>,
+}
+
+impl AuthApi {
+    pub fn new(app: Arc<App>, stopping: watch::Receiver<bool>) -> Self {
+        Self { app, stopping }
+    }
+
+    /// The caller of an admin RPC: a valid bearer token whose account is an admin *now*.
+    async fn admin(&self, metadata: &MetadataMap) -> Result<AdminCaller, AuthError> {
+        let caller = self.app.sessions.authenticate(bearer(metadata)?).await?;
+        self.app.admin.require_admin(&caller).await
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    #[tracing::instrument(skip_all)]
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        let peer = peer(&request);
+        let pb::RegisterRequest { username, password } = request.into_inner();
+        let user = self.app.accounts.register(&username, password, &peer).await?;
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
+        let peer = peer(&request);
+        let (username, password, device_token) = login_credentials(request)?;
+        let login = Login {
+            username,
+            password,
+            device_token: (!device_token.is_empty()).then_some(device_token),
+            peer,
+        };
+        let done = self.app.accounts.login(login).await?;
+        let IssuedToken { token, claims } = done.access;
+        Ok(Response::new(pb::LoginResponse {
+            access_token: token,
+            token_type: "Bearer".to_owned(),
+            expires_in: self.expires_in(),
+            expire_time: Some(claims.expire_time.into()),
+            refresh_token: done.refresh_token,
+            session_id: done.session_id,
+            refresh_expire_time: Some(done.refresh_expire_time.into()),
+            device_token: done.device_token,
+        }))
+    }
+
+    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Reply<pb::ValidateResponse> {
+        let token = match request.get_ref().token.as_str() {
+            "" => bearer(request.metadata())?,
+            token => token,
+        };
+        let claims = self.app.sessions.authenticate(token).await?;
+        Ok(Response::new(pb::ValidateResponse {
+            claims: Some(claims_to_pb(claims)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
+        let refreshed = self
+            .app
+            .sessions
+            .refresh(&request.get_ref().refresh_token)
+            .await?;
+        Ok(Response::new(pb::RefreshResponse {
+            access_token: refreshed.access.token,
+            refresh_token: refreshed.refresh_token,
+            expires_in: self.expires_in(),
+            expire_time: Some(refreshed.access.claims.expire_time.into()),
+            token_type: "Bearer".to_owned(),
+            refresh_expire_time: Some(refreshed.refresh_expire_time.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Reply<pb::LogoutResponse> {
+        let by = match bearer_token(request.metadata().as_ref()) {
+            Ok(token) => LogoutBy::AccessToken(token),
+            Err(CredentialsError::Missing) => LogoutBy::RefreshToken(&request.get_ref().refresh_token),
+            Err(_) => return Err(AuthError::Token(TokenError::Malformed).into()),
+        };
+        self.app.sessions.logout(by).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_user_roles(
+        &self,
+        request: Request<pb::SetUserRolesRequest>,
+    ) -> Reply<pb::SetUserRolesResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let pb::SetUserRolesRequest { user_id, roles } = request.into_inner();
+        let (user_id, roles) = (parse_user_id(&user_id)?, parse_roles(roles)?);
+        let user = self.app.admin.set_roles(&admin, user_id, roles).await?;
+        Ok(Response::new(pb::SetUserRolesResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Reply<pb::ListUsersResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let pb::ListUsersRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let size = pagination::page_size(page_size)
+            .ok_or_else(|| AuthError::invalid("page_size", "must not be negative"))?;
+        let after = decode_user_page_token(&page_token)?;
+        let mut users = self.app.admin.list_users(&admin, after, size + 1).await?;
+        let next_page_token = if users.len() > size {
+            users.truncate(size);
+            users
+                .last()
+                .map(|u| encode_user_page_token(&u.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(user_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Reply<pb::DisableUserResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let user_id = parse_user_id(&request.get_ref().user_id)?;
+        let user = self.app.admin.disable_user(&admin, user_id).await?;
+        Ok(Response::new(pb::DisableUserResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unlock_user(&self, request: Request<pb::UnlockUserRequest>) -> Reply<pb::UnlockUserResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let user_id = parse_user_id(&request.get_ref().user_id)?;
+        let user = self.app.admin.unlock_user(&admin, &user_id).await?;
+        Ok(Response::new(pb::UnlockUserResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    type WatchRevocationsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send + 'static>>;
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<pb::WatchRevocationsRequest>,
+    ) -> Reply<Self::WatchRevocationsStream> {
+        let window = self.app.keys.revocation_window();
+        let events = self.app.hub.subscribe(self.stopping.clone())?;
+        let events = events.map(move |event| match event {
+            Ok(Event::Revoked(revocation)) => Ok(revocation_to_pb(revocation, window)),
+            Ok(Event::Heartbeat) => Ok(pb::WatchRevocationsResponse::default()),
+            Err(error) => Err(Status::from(error)),
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Reply<pb::RotateSigningKeyResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let kid = self.app.keys.rotate(&admin).await?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_signing_key(
+        &self,
+        request: Request<pb::RevokeSigningKeyRequest>,
+    ) -> Reply<pb::RevokeSigningKeyResponse> {
+        let admin = self.admin(request.metadata()).await?;
+        let kid = &request.get_ref().kid;
+        if kid.is_empty() {
+            return Err(AuthError::invalid("kid", "required").into());
+        }
+        let signing_kid = self.app.keys.revoke(&admin, &self.app.hub, kid).await?;
+        Ok(Response::new(pb::RevokeSigningKeyResponse { signing_kid }))
+    }
+
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Reply<pb::GetJwksResponse> {
+        Ok(Response::new(jwks_to_pb(self.app.keys.jwks())))
+    }
+}
+
+impl AuthApi {
+    fn expires_in(&self) -> i32 {
+        i32::try_from(self.app.keys.ttl().as_secs()).unwrap_or(i32::MAX)
+    }
+}
+
+/// Where the call came from, for per-client limits.
+fn peer<T>(request: &Request<T>) -> Peer {
+    Peer {
+        addr: request.remote_addr().map(|addr| addr.ip()),
+        forwarded_for: request
+            .metadata()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok().map(str::to_owned))
+            .collect(),
+    }
+}
+
+/// The bearer token of `metadata`, with credential problems as token errors.
+fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    bearer_token(metadata.as_ref()).map_err(|e| {
+        AuthError::Token(match e {
+            CredentialsError::Missing => TokenError::Missing,
+            _ => TokenError::Malformed,
+        })
+    })
+}
+
+/// Username, password and device token from the body, or username and password from HTTP Basic
+/// metadata when both body fields are empty.
+fn login_credentials(request: Request<pb::LoginRequest>) -> Result<(String, String, String), AuthError> {
+    let from_metadata = request.get_ref().username.is_empty() && request.get_ref().password.is_empty();
+    if !from_metadata {
+        let pb::LoginRequest {
+            username,
+            password,
+            device_token,
+        } = request.into_inner();
+        return Ok((username, password, device_token));
+    }
+    let (username, password) = basic_credentials(request.metadata().as_ref()).map_err(|e| match e {
+        CredentialsError::Missing => AuthError::invalid(
+            "username",
+            "required: set username and password, or send `authorization: Basic` metadata",
+        ),
+        e => AuthError::invalid("authorization", e.to_string()),
+    })?;
+    Ok((username, password, request.into_inner().device_token))
+}
+
+const USER_PAGE_TOKEN_PREFIX: &str = "u1:";
+
+fn encode_user_page_token(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{USER_PAGE_TOKEN_PREFIX}{last_id}"))
+}
+
+fn decode_user_page_token(token: &str) -> Result<Option<String>, AuthError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || AuthError::invalid("page_token", "is not a token this service issued");
+    let decoded = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let id = decoded.strip_prefix(USER_PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    Ok(Some(parse_user_id(id).map_err(|_| invalid())?))
+}
+
+fn user_to_pb(user: User) -> pb::User {
+    pb::User {
+        id: user.id,
+        username: user.username,
+        roles: user.roles,
+        create_time: Some(user.create_time.into()),
+        disabled: user.disabled,
+    }
+}
+
+fn claims_to_pb(claims: Claims) -> pb::Claims {
+    pb::Claims {
+        subject: claims.subject,
+        username: claims.username,
+        roles: claims.roles,
+        token_id: claims.token_id,
+        issue_time: Some(claims.issue_time.into()),
+        expire_time: Some(claims.expire_time.into()),
+        issuer: claims.issuer,
+        audience: claims.audience,
+        session_id: claims.session_id,
+        key_id: claims.key_id,
+    }
+}
+
+fn revocation_to_pb(r: Revocation, window: Duration) -> pb::WatchRevocationsResponse {
+    use pb::watch_revocations_response::Target as PbTarget;
+    pb::WatchRevocationsResponse {
+        target: Some(match r.target {
+            Target::Session(id) => PbTarget::SessionId(id),
+            Target::User(id) => PbTarget::UserId(id),
+            Target::Key(id) => PbTarget::KeyId(id),
+        }),
+        revoke_time: Some(r.revoke_time.into()),
+        expire_time: Some((r.revoke_time + window).into()),
+        reason: r.reason.as_str().to_owned(),
+    }
+}
+
+fn jwks_to_pb(jwks: Jwks) -> pb::GetJwksResponse {
+    let keys: Vec<pb::Jwk> = jwks
+        .keys
+        .into_iter()
+        .map(|key| pb::Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: URL_SAFE_NO_PAD.encode(key.x),
+            kid: key.kid,
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+        })
+        .collect();
+    let json_keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| serde_json::json!({"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.r#use}))
+        .collect();
+    pb::GetJwksResponse {
+        jwks_json: serde_json::json!({ "keys": json_keys }).to_string(),
+        keys,
+        issuer: jwks.issuer,
+        audience: jwks.audience,
+        max_token_lifetime: prost_types::Duration::try_from(jwks.max_token_lifetime).ok(),
+    }
+}

@@ -1,0 +1,509 @@
+//! Signing keys and access tokens: Ed25519-signed JWTs (RFC 9068 profile), issued on login and checked by
+//! Validate, and the key use cases (rotation, revocation, the JWKS).
+//!
+//! auth-svc keeps a key *set*: the newest key signs; keys it replaced keep verifying until every token they
+//! signed has expired; a revoked key verifies nothing from the moment it is revoked. Verification itself is
+//! [`watchword::token::Verifier`], the same code the guard's local mode runs.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::der::pem::LineEnding};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use watchword::token::{ACCESS_TOKEN_TYP, CLOCK_LEEWAY, JwtClaims, Verifier, jwk_thumbprint, unix_seconds};
+pub use watchword::token::{Claims, TokenError};
+
+use crate::{admin::AdminCaller, domain::User, error::AuthError, revocations::RevocationHub, store::Store};
+/// An Ed25519 key pair with its key id.
+pub struct SigningKey {
+    kid: String,
+    pem: String,
+    public: [u8; 32],
+    encoding: EncodingKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an Ed25519 PKCS#8 private key in PEM form: {0}")]
+    Parse(String),
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+impl SigningKey {
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        Self::from_dalek(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// A key from a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`), as written by
+    /// `openssl genpkey -algorithm ed25519`.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let key =
+            ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Parse(e.to_string()))?;
+        Self::from_dalek(key)
+    }
+
+    fn from_dalek(key: ed25519_dalek::SigningKey) -> Result<Self, KeyError> {
+        let der = key.to_pkcs8_der().map_err(|e| KeyError::Parse(e.to_string()))?;
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Parse(e.to_string()))?
+            .to_string();
+        let public = key.verifying_key().to_bytes();
+        Ok(Self {
+            kid: jwk_thumbprint(&public),
+            pem,
+            public,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+        })
+    }
+
+    /// RFC 7638 thumbprint of the public key: stable, and derived rather than assigned.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The private key as PKCS#8 PEM, for persisting.
+    pub fn to_pkcs8_pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The raw Ed25519 public key (the JWK `x`).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+}
+
+/// A freshly signed token and what it says.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub token: String,
+    pub claims: Claims,
+}
+
+/// A public key as published in the JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: [u8; 32],
+}
+
+/// What a verifier needs: the keys, and the claims to check besides the signature.
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    /// The signing key first.
+    pub keys: Vec<PublicKey>,
+    pub issuer: String,
+    pub audience: String,
+    pub max_token_lifetime: Duration,
+}
+
+/// What tokens say and how long they live.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    /// The signing key comes from this file and is never rotated or revoked over gRPC.
+    pub signing_key_file: Option<PathBuf>,
+}
+
+/// How often the key set is reloaded from storage regardless (a rotation through another replica).
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// Least time between reloads prompted by a token naming a key we do not hold.
+const RELOAD_ON_UNKNOWN_KID_EVERY: Duration = Duration::from_secs(1);
+
+struct KeySet {
+    signing: Arc<SigningKey>,
+    verifier: Verifier,
+    public: Vec<PublicKey>,
+    /// Keys revoked within the last token lifetime: their tokens are refused as revoked, not as unknown.
+    revoked: HashSet<String>,
+}
+
+impl KeySet {
+    fn new(
+        config: &KeyConfig,
+        signing: SigningKey,
+        verifying: Vec<[u8; 32]>,
+        revoked: HashSet<String>,
+    ) -> Self {
+        let mut verifier = Verifier::new(&config.issuer, &config.audience, config.access_token_ttl);
+        let mut public = vec![PublicKey {
+            kid: signing.kid.clone(),
+            x: signing.public,
+        }];
+        verifier.insert_key(&signing.public);
+        for x in verifying {
+            let kid = jwk_thumbprint(&x);
+            if !verifier.has_key(&kid) {
+                verifier.insert_key(&x);
+                public.push(PublicKey { kid, x });
+            }
+        }
+        Self {
+            signing: Arc::new(signing),
+            verifier,
+            public,
+            revoked,
+        }
+    }
+}
+
+/// The key set in use, kept in step with storage.
+pub struct KeyRing {
+    set: RwLock<KeySet>,
+    config: KeyConfig,
+    store: Store,
+    last_unknown_kid_reload: Mutex<Option<Instant>>,
+}
+
+impl KeyRing {
+    /// The key set as stored, with the signing key from `--signing-key-file` or, without one, the stored
+    /// signing key (generated and stored on first start).
+    pub async fn open(store: Store, config: KeyConfig) -> Result<Self, AuthError> {
+        let signing = match &config.signing_key_file {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    AuthError::Internal(format!("reading signing key file {}: {e}", path.display()))
+                })?;
+                SigningKey::from_pkcs8_pem(&pem)?
+            }
+            None => {
+                let candidate = SigningKey::generate()?;
+                let pem = store
+                    .signing_key_or_insert(candidate.kid(), candidate.to_pkcs8_pem(), SystemTime::now())
+                    .await?;
+                SigningKey::from_pkcs8_pem(&pem)?
+            }
+        };
+        let set = KeySet::new(&config, signing, vec![], HashSet::new());
+        let ring = Self {
+            set: RwLock::new(set),
+            config,
+            store,
+            last_unknown_kid_reload: Mutex::new(None),
+        };
+        // Older keys that still verify live tokens join the set (a no-op with --signing-key-file).
+        ring.reload().await?;
+        Ok(ring)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.set.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.config.access_token_ttl
+    }
+
+    /// How long a revocation matters: after this, every token it covers has expired.
+    pub fn revocation_window(&self) -> Duration {
+        self.config.access_token_ttl + CLOCK_LEEWAY
+    }
+
+    pub fn signing_kid(&self) -> String {
+        self.read().signing.kid.clone()
+    }
+
+    /// The keys a verifier should trust now, and what else it must check.
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self.read().public.clone(),
+            issuer: self.config.issuer.clone(),
+            audience: self.config.audience.clone(),
+            max_token_lifetime: self.config.access_token_ttl,
+        }
+    }
+
+    /// Signs an access token for `user` in `session_id`, valid from now for the configured lifetime.
+    pub fn issue(&self, user: &User, session_id: &str, now: SystemTime) -> Result<IssuedToken, AuthError> {
+        let iat = unix_seconds(now);
+        let claims = JwtClaims {
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            sub: user.id.clone(),
+            exp: iat + self.config.access_token_ttl.as_secs(),
+            nbf: iat,
+            iat,
+            jti: uuid::Uuid::new_v4().to_string(),
+            sid: session_id.to_owned(),
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+        };
+        let signing = Arc::clone(&self.read().signing);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(signing.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &signing.encoding)
+            .map_err(|e| AuthError::Internal(format!("signing: {e}")))?;
+        Ok(IssuedToken {
+            token,
+            claims: Claims::new(claims, signing.kid.clone()),
+        })
+    }
+
+    /// Verifies signature, header and claims of `token` as of `now`. A token naming a key we do not hold
+    /// prompts a reload (at most once a second: another replica may have rotated); one naming a revoked key
+    /// is refused as revoked.
+    pub async fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, AuthError> {
+        match self.verify_with_current_keys(token, now) {
+            Err(AuthError::Token(TokenError::UnknownKey)) if self.may_reload_for_unknown_kid() => {
+                self.reload().await?;
+                self.verify_with_current_keys(token, now)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with_current_keys(&self, token: &str, now: SystemTime) -> Result<Claims, AuthError> {
+        let set = self.read();
+        match set.verifier.verify(token, now) {
+            Err(TokenError::UnknownKey)
+                if Verifier::kid_of(token).is_some_and(|kid| set.revoked.contains(&kid)) =>
+            {
+                Err(AuthError::Revoked)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn may_reload_for_unknown_kid(&self) -> bool {
+        let mut last = self
+            .last_unknown_kid_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|at| at.elapsed() >= RELOAD_ON_UNKNOWN_KID_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Reloads the key set from storage: picks up a rotation or revocation made here or by another
+    /// replica, and drops keys whose tokens have all expired. A key from --signing-key-file is never
+    /// replaced.
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        if self.config.signing_key_file.is_some() {
+            return Ok(());
+        }
+        let (stored, revoked) = self
+            .store
+            .load_keys(self.revocation_window(), SystemTime::now())
+            .await?;
+        let mut signing = None;
+        let mut verifying = Vec::new();
+        for key in stored {
+            let key_pem = SigningKey::from_pkcs8_pem(&key.pem)?;
+            if !key.retired && signing.is_none() {
+                signing = Some(key_pem);
+            } else {
+                verifying.push(key_pem.public_key());
+            }
+        }
+        let signing = signing.ok_or_else(|| AuthError::Internal("no active signing key stored".into()))?;
+        let mut set = KeySet::new(&self.config, signing, verifying, revoked.into_iter().collect());
+        // Holding the write lock while swapping: a verdict recorded under the old set's read lock is either
+        // carried over (every key it trusted is still trusted) or dropped with it.
+        let mut current = self.set.write().unwrap_or_else(PoisonError::into_inner);
+        set.verifier.keep_verified_from(&current.verifier);
+        *current = set;
+        Ok(())
+    }
+
+    /// Reloads the key set every few seconds, for as long as the task runs.
+    pub async fn keep_reloading(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(RELOAD_EVERY);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if let Err(error) = self.reload().await {
+                tracing::warn!(%error, "reloading signing keys failed");
+            }
+        }
+    }
+
+    /// Makes a new key sign from now on; older keys keep verifying until their tokens have expired.
+    pub async fn rotate(&self, admin: &AdminCaller) -> Result<String, AuthError> {
+        if self.config.signing_key_file.is_some() {
+            return Err(AuthError::KeyManagedByFile);
+        }
+        let key = SigningKey::generate()?;
+        self.store
+            .rotate_key(key.kid(), key.to_pkcs8_pem(), SystemTime::now())
+            .await?;
+        self.reload().await?;
+        tracing::info!(admin = %admin.user_id(), kid = key.kid(), "rotated signing key");
+        Ok(key.kid().to_owned())
+    }
+
+    /// Revokes key `kid`: every token it signed is refused from now on, here, and (through the revocation
+    /// stream) by every guard. When it was signing, a new key signs from now on; its kid is returned.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        admin: &AdminCaller,
+        hub: &Arc<RevocationHub>,
+        kid: &str,
+    ) -> Result<String, AuthError> {
+        if self.config.signing_key_file.is_some() {
+            return Err(if kid == self.signing_kid() {
+                AuthError::KeyManagedByFile
+            } else {
+                AuthError::KeyNotFound
+            });
+        }
+        let replacement = SigningKey::generate()?;
+        let replacement = (
+            replacement.kid().to_owned(),
+            replacement.to_pkcs8_pem().to_owned(),
+        );
+        let (ring, kid_owned) = (Arc::clone(self), kid.to_owned());
+        let revoked = hub
+            .record(async move {
+                let revocation = ring
+                    .store
+                    .revoke_key(&kid_owned, replacement, SystemTime::now())
+                    .await?
+                    .ok_or(AuthError::KeyNotFound)?;
+                // Validate here refuses the key's tokens before the call returns; other replicas reload
+                // when their relay sees the revocation.
+                ring.reload().await?;
+                Ok::<_, AuthError>(((), vec![revocation]))
+            })
+            .await;
+        revoked?;
+        tracing::info!(admin = %admin.user_id(), kid, "revoked signing key");
+        Ok(self.signing_kid())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocations::HubConfig;
+
+    fn user() -> User {
+        User {
+            id: "0195f3a4-0000-7000-8000-000000000001".into(),
+            username: "alice".into(),
+            roles: vec!["user".into()],
+            create_time: SystemTime::now(),
+            disabled: false,
+        }
+    }
+
+    async fn ring(dir: &tempfile::TempDir) -> Arc<KeyRing> {
+        let url = watchword_db::DatabaseUrl::Sqlite(dir.path().join("auth.db"));
+        let store = Store::open(&url, &Default::default()).await.unwrap();
+        let config = KeyConfig {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            access_token_ttl: Duration::from_secs(900),
+            signing_key_file: None,
+        };
+        Arc::new(KeyRing::open(store, config).await.unwrap())
+    }
+
+    fn remembered(ring: &KeyRing) -> usize {
+        ring.read().verifier.remembered()
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_verify_exactly_until_exp_and_only_with_our_keys() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ring, other) = (ring(&a).await, ring(&b).await);
+        let now = SystemTime::now();
+        let issued = ring.issue(&user(), "s1", now).unwrap();
+        let claims = ring.verify(&issued.token, now).await.unwrap();
+        assert_eq!(claims, issued.claims);
+        assert_eq!(
+            (claims.subject.as_str(), claims.audience.as_str()),
+            (user().id.as_str(), "aud")
+        );
+        assert_eq!(claims.key_id, ring.signing_kid());
+        let exp = issued.claims.expire_time;
+        assert!(
+            ring.verify(&issued.token, exp - Duration::from_secs(1))
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            ring.verify(&issued.token, exp).await,
+            Err(AuthError::Token(TokenError::Expired))
+        ));
+        assert!(matches!(
+            other.verify(&issued.token, now).await,
+            Err(AuthError::Token(TokenError::UnknownKey))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_tokens_and_what_was_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ring(&dir).await;
+        let admin = AdminCaller::for_tests();
+        let now = SystemTime::now();
+        let old = ring.issue(&user(), "s1", now).unwrap().token;
+        ring.verify(&old, now).await.unwrap();
+        ring.reload().await.unwrap();
+        assert_eq!(remembered(&ring), 1, "a reload with the same keys keeps verdicts");
+        let old_kid = ring.signing_kid();
+        let new_kid = ring.rotate(&admin).await.unwrap();
+        assert_ne!(new_kid, old_kid);
+        assert_eq!(remembered(&ring), 1, "a rotation adds a key and keeps verdicts");
+        let new = ring.issue(&user(), "s1", now).unwrap();
+        assert_eq!(new.claims.key_id, new_kid);
+        ring.verify(&old, now).await.unwrap();
+        ring.verify(&new.token, now).await.unwrap();
+        assert_eq!(
+            ring.jwks().keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            [&new_kid, &old_kid]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_verifies_nothing_and_a_revoked_signing_key_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ring(&dir).await;
+        let (admin, hub) = (
+            AdminCaller::for_tests(),
+            Arc::new(RevocationHub::new(HubConfig::default())),
+        );
+        let now = SystemTime::now();
+        let token = ring.issue(&user(), "s1", now).unwrap().token;
+        ring.verify(&token, now).await.unwrap();
+        let old_kid = ring.signing_kid();
+        let signing = ring.revoke(&admin, &hub, &old_kid).await.unwrap();
+        assert_ne!(signing, old_kid);
+        assert_eq!(remembered(&ring), 0, "a removed key takes its verdicts with it");
+        assert!(matches!(ring.verify(&token, now).await, Err(AuthError::Revoked)));
+        assert!(ring.jwks().keys.iter().all(|k| k.kid != old_kid));
+        ring.verify(&ring.issue(&user(), "s1", now).unwrap().token, now)
+            .await
+            .unwrap();
+        assert!(matches!(
+            ring.revoke(&admin, &hub, "no-such-kid").await,
+            Err(AuthError::KeyNotFound)
+        ));
+        // Idempotent.
+        assert_eq!(ring.revoke(&admin, &hub, &old_kid).await.unwrap(), signing);
+    }
+
+    #[test]
+    fn pem_round_trip_keeps_the_key_id() {
+        let key = SigningKey::generate().unwrap();
+        let again = SigningKey::from_pkcs8_pem(key.to_pkcs8_pem()).unwrap();
+        assert_eq!(key.kid(), again.kid());
+        assert!(
+            SigningKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
+    }
+}
