@@ -117,21 +117,6 @@ async fn a_successful_login_resets_the_failure_count() {
 }
 
 #[tokio::test]
-async fn refresh_waits_while_the_account_is_locked() {
-    let app = spawn_app_with(no_peer_limit()).await;
-    app.register("alice").await.unwrap();
-    let login = app.login("alice", PASSWORD).await.unwrap();
-    for _ in 0..5 {
-        let _ = app.login("alice", "not the password").await;
-    }
-    assert_reason(
-        app.refresh(&login.refresh_token).await,
-        Code::ResourceExhausted,
-        Reason::AccountLocked,
-    );
-}
-
-#[tokio::test]
 async fn one_address_cannot_flood_login_and_register() {
     let app = spawn_app_with(Options {
         auth: Box::new(|settings, _| {

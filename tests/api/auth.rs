@@ -166,7 +166,7 @@ async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
     })
     .await;
     let pem = std::fs::read_to_string(app.dir.path().join("signing-key.pem")).unwrap();
-    let kid = auth_svc::tokens::SigningKey::from_pkcs8_pem(&pem)
+    let kid = auth_svc::keys::SigningKey::from_pkcs8_pem(&pem)
         .unwrap()
         .kid()
         .to_owned();

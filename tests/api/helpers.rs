@@ -156,7 +156,7 @@ pub async fn database(dir: &TempDir, name: &str) -> DatabaseUrl {
 
 /// Writes a fresh Ed25519 PKCS#8 PEM key into `dir` and returns its path and PEM.
 pub fn write_signing_key(dir: &TempDir) -> (PathBuf, String) {
-    let key = auth_svc::tokens::SigningKey::generate().unwrap();
+    let key = auth_svc::keys::SigningKey::generate().unwrap();
     let path = dir.path().join("signing-key.pem");
     std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
     (path, key.to_pkcs8_pem().to_owned())

@@ -36,7 +36,7 @@ async fn forge() -> Forge {
     let verifying = signing.verifying_key();
     let token = app.login_as("alice").await;
     Forge {
-        kid: auth_svc::tokens::SigningKey::from_pkcs8_pem(&pem)
+        kid: auth_svc::keys::SigningKey::from_pkcs8_pem(&pem)
             .unwrap()
             .kid()
             .to_owned(),

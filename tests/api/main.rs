@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod cache;
 mod guard;
+mod hardening;
 mod helpers;
 mod hostile;
 mod lifecycle;
