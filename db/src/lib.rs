@@ -28,6 +28,7 @@ pub mod postgres;
 pub use batch::GroupCommit;
 
 pub use rusqlite;
+pub use tokio_postgres;
 
 /// How long a statement waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,9 +166,8 @@ impl std::fmt::Display for DatabaseUrl {
 
 /// A service's database, whichever backend `--database-url` chose.
 ///
-/// A service writes each of its storage rules once, as an async function over its own transaction trait,
-/// and implements that trait for [`SqliteTx`] and [`PgTx`] with SQL and row mapping only. [`transaction!`] and
-/// [`read!`] run a rule on whichever backend is in use.
+/// A service writes each storage rule once, as an async function over a [`Conn`], and each statement once,
+/// in the SQL both dialects speak; [`transaction!`] and [`read!`] run a rule on whichever backend is in use.
 #[derive(Clone)]
 pub enum Database {
     Sqlite(Sqlite),
@@ -209,17 +209,17 @@ impl Database {
     }
 }
 
-/// Runs `$rule` (an expression that may use `$tx`: a `&mut` [`SqliteTx`] or [`PgTx`]) in one write
-/// transaction of `$db` (a [`Database`]): committed when it returns `Ok`, rolled back otherwise. On SQLite
-/// the rule runs on the blocking thread holding the writer ([`run_ready`]); on PostgreSQL it awaits each
-/// statement on a pooled connection. Evaluates to `Result<T, DbError>`.
+/// Runs `$rule` (an expression that may use `$tx: &impl `[`Conn`]) in one write transaction of `$db` (a
+/// [`Database`]): committed when it returns `Ok`, rolled back otherwise. On SQLite the rule runs on the
+/// blocking thread holding the writer ([`run_ready`]); on PostgreSQL it awaits each statement on a pooled
+/// connection. Evaluates to `Result<T, DbError>`.
 #[macro_export]
 macro_rules! transaction {
     ($db:expr, |$tx:ident| $rule:expr) => {
         match $db {
             $crate::Database::Sqlite(db) => {
                 db.write(move |t| {
-                    let $tx = &mut $crate::SqliteTx(t);
+                    let $tx = &$crate::SqliteConn(t);
                     $crate::run_ready($crate::rule($rule))
                 })
                 .await
@@ -229,7 +229,7 @@ macro_rules! transaction {
                     let mut client = pg.client().await?;
                     let t = client.transaction().await?;
                     let value = {
-                        let $tx = &mut $crate::postgres::PgTx::Transaction(&t);
+                        let $tx = &$crate::postgres::PgConn::Transaction(&t);
                         $crate::rule($rule).await?
                     };
                     t.commit().await?;
@@ -241,15 +241,15 @@ macro_rules! transaction {
     };
 }
 
-/// Like [`transaction!`], for a rule that only reads: on a read-only SQLite connection, or a pooled PostgreSQL
-/// connection without a transaction.
+/// Like [`transaction!`], for a rule that only reads: on a read-only SQLite connection, or a pooled
+/// PostgreSQL connection without a transaction.
 #[macro_export]
 macro_rules! read {
     ($db:expr, |$tx:ident| $rule:expr) => {
         match $db {
             $crate::Database::Sqlite(db) => {
                 db.read(move |c| {
-                    let $tx = &mut $crate::SqliteTx(c);
+                    let $tx = &$crate::SqliteConn(c);
                     $crate::run_ready($crate::rule($rule))
                 })
                 .await
@@ -257,7 +257,7 @@ macro_rules! read {
             $crate::Database::Postgres(pg) => {
                 async {
                     let client = pg.client().await?;
-                    let $tx = &mut $crate::postgres::PgTx::Client(&client);
+                    let $tx = &$crate::postgres::PgConn::Client(&client);
                     $crate::rule($rule).await
                 }
                 .await
@@ -272,40 +272,134 @@ pub fn rule<T, F: Future<Output = Result<T, DbError>>>(rule: F) -> F {
     rule
 }
 
-/// An SQLite connection inside a rule: a write transaction, or a read-only connection. Services implement
-/// their transaction trait for it with SQL and row mapping, using these helpers.
-pub struct SqliteTx<'c>(pub &'c Connection);
+/// A statement parameter: a value both drivers can bind (`i64`, `bool`, `&str`, `String`, `&[u8]`,
+/// `Vec<u8>`, and `Option`s of them).
+pub trait Param: rusqlite::ToSql + tokio_postgres::types::ToSql + Sync {}
+impl<T: rusqlite::ToSql + tokio_postgres::types::ToSql + Sync> Param for T {}
 
-impl SqliteTx<'_> {
-    /// Runs a statement; the number of rows changed.
-    pub fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, DbError> {
-        Ok(self.0.prepare_cached(sql)?.execute(params)?)
-    }
+/// A column value both drivers can read (the same types as [`Param`]).
+pub trait Value: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a> {}
+impl<T: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a>> Value for T {}
 
-    /// The first row, mapped.
-    pub fn one<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Option<T>, DbError> {
-        use rusqlite::OptionalExtension as _;
-        Ok(self.0.prepare_cached(sql)?.query_row(params, map).optional()?)
+/// A result row of either driver.
+pub enum Row<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r tokio_postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `i` (from 0).
+    pub fn get<T: Value>(&self, i: usize) -> Result<T, DbError> {
+        Ok(match self {
+            Self::Sqlite(row) => row.get(i)?,
+            Self::Postgres(row) => row.try_get(i)?,
+        })
     }
+}
+
+/// A connection inside a storage rule. Statements are written once, in SQL both dialects speak, with
+/// parameters `$1`, `$2`, ... numbered in the order they first appear (SQLite numbers `$n` parameters by
+/// first appearance, PostgreSQL by n: in that order the two agree). What differs is said where it differs:
+/// [`Conn::locking`] and [`Conn::lock`] for PostgreSQL's locks, [`Conn::is_postgres`] for the rare statement
+/// that has to be written twice.
+///
+/// A trait rather than an enum so that a rule is compiled once per backend: an SQLite connection cannot
+/// leave its thread, and a PostgreSQL rule must be free to.
+#[allow(async_fn_in_trait)] // Implemented here, for the two backends only.
+pub trait Conn {
+    fn is_postgres(&self) -> bool;
+
+    /// Runs a statement; the number of rows it changed.
+    async fn exec(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError>;
 
     /// Every row, mapped.
-    pub fn all<T>(
+    async fn all<T>(
         &self,
         sql: &str,
-        params: impl rusqlite::Params,
-        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, DbError> {
-        Ok(self
-            .0
-            .prepare_cached(sql)?
-            .query_map(params, map)?
-            .collect::<rusqlite::Result<_>>()?)
+        params: &[&dyn Param],
+        map: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError>;
+
+    /// The first row, mapped.
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        map: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError>;
+
+    /// `clause` (`"FOR UPDATE"`, ...) on PostgreSQL, where a rule that reads in order to write must lock
+    /// the rows it read; nothing on SQLite, whose write transaction holds the whole database.
+    fn locking(&self, clause: &'static str) -> &'static str {
+        if self.is_postgres() { clause } else { "" }
     }
+
+    /// Serialises the transactions that take the lock named `name`, until they end (a PostgreSQL advisory
+    /// lock; SQLite's writer is alone anyway).
+    async fn lock(&self, name: &str) -> Result<(), DbError> {
+        if self.is_postgres() {
+            self.exec("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// An SQLite connection inside a rule: a write transaction, or a read-only connection.
+pub struct SqliteConn<'c>(pub &'c Connection);
+
+impl Conn for SqliteConn<'_> {
+    fn is_postgres(&self) -> bool {
+        false
+    }
+
+    async fn exec(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        Ok(self.0.prepare_cached(sql)?.execute(sqlite_params(params))? as u64)
+    }
+
+    async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut map: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        let mut statement = self.0.prepare_cached(sql)?;
+        let mut rows = statement.query(sqlite_params(params))?;
+        let mut mapped = Vec::new();
+        while let Some(row) = rows.next()? {
+            mapped.push(map(&Row::Sqlite(row))?);
+        }
+        Ok(mapped)
+    }
+
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        map: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        let mut statement = self.0.prepare_cached(sql)?;
+        let mut rows = statement.query(sqlite_params(params))?;
+        rows.next()?.map(|row| map(&Row::Sqlite(row))).transpose()
+    }
+}
+
+fn sqlite_params<'a>(params: &'a [&'a dyn Param]) -> rusqlite::ParamsFromIter<Vec<&'a dyn rusqlite::ToSql>> {
+    rusqlite::params_from_iter(
+        params
+            .iter()
+            .map(|p| *p as &dyn rusqlite::ToSql)
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub(crate) fn pg_params<'a>(
+    params: &'a [&'a dyn Param],
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| *p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
 }
 
 /// A handle to one SQLite database. Cheap to clone.

@@ -9,9 +9,9 @@ use std::time::Duration;
 pub use deadpool_postgres::{Client, Transaction};
 use deadpool_postgres::{Manager, Pool, Runtime};
 pub use tokio_postgres;
-use tokio_postgres::{NoTls, Row, types::ToSql};
+use tokio_postgres::{NoTls, Row};
 
-use crate::DbError;
+use crate::{Conn, DbError, Param, pg_params};
 
 /// Pool limits, from the services' `--db-*` flags.
 #[derive(Debug, Clone)]
@@ -95,36 +95,55 @@ impl Postgres {
     }
 }
 
-/// A PostgreSQL connection inside a rule (see [`crate::transaction!`]): a transaction, or a pooled client for
-/// single reads. Services implement their transaction trait for it with SQL and row mapping, using these
-/// helpers; statements are prepared once per connection and cached.
-pub enum PgTx<'c> {
+/// A PostgreSQL connection inside a storage rule (see [`crate::Conn`]): a transaction, or a pooled client
+/// for single reads. Statements are prepared once per connection and cached.
+pub enum PgConn<'c> {
     Transaction(&'c Transaction<'c>),
     Client(&'c Client),
 }
 
-/// Statement parameters.
-pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-impl PgTx<'_> {
-    /// Every row.
-    pub async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
+impl PgConn<'_> {
+    async fn rows(&self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>, DbError> {
+        let params = pg_params(params);
         Ok(match self {
-            Self::Transaction(t) => t.query(&t.prepare_cached(sql).await?, params).await?,
-            Self::Client(c) => c.query(&c.prepare_cached(sql).await?, params).await?,
+            Self::Transaction(t) => t.query(&t.prepare_cached(sql).await?, &params).await?,
+            Self::Client(c) => c.query(&c.prepare_cached(sql).await?, &params).await?,
+        })
+    }
+}
+
+impl Conn for PgConn<'_> {
+    fn is_postgres(&self) -> bool {
+        true
+    }
+
+    async fn exec(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, DbError> {
+        let params = pg_params(params);
+        Ok(match self {
+            Self::Transaction(t) => t.execute(&t.prepare_cached(sql).await?, &params).await?,
+            Self::Client(c) => c.execute(&c.prepare_cached(sql).await?, &params).await?,
         })
     }
 
-    /// The first row.
-    pub async fn one(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, DbError> {
-        Ok(self.rows(sql, params).await?.into_iter().next())
+    async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut map: impl FnMut(&crate::Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        let rows = self.rows(sql, params).await?;
+        rows.iter().map(|row| map(&crate::Row::Postgres(row))).collect()
     }
 
-    /// Runs a statement; the number of rows changed.
-    pub async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, DbError> {
-        Ok(match self {
-            Self::Transaction(t) => t.execute(&t.prepare_cached(sql).await?, params).await?,
-            Self::Client(c) => c.execute(&c.prepare_cached(sql).await?, params).await?,
-        })
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        map: impl FnOnce(&crate::Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        let rows = self.rows(sql, params).await?;
+        rows.first()
+            .map(|row| map(&crate::Row::Postgres(row)))
+            .transpose()
     }
 }

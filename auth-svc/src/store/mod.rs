@@ -1,21 +1,24 @@
 //! auth-svc's storage: users, sessions, refresh and device tokens, failed-login records, signing keys,
 //! secrets and the revocation log.
 //!
-//! Every read-decide-write rule is written once, in this file, as an async function over [`Tx`] (what a
-//! transaction can do): it loads what it needs, decides (the decisions are plain functions, unit-tested
-//! without a database) and applies the decision. The dialects only speak: `sqlite.rs` and `postgres.rs`
-//! implement [`Tx`] for `watchword_db`'s connection types with SQL and row mapping. A rule runs in one
-//! transaction either way ([`watchword_db::transaction!`]): on SQLite on the blocking thread that holds the
-//! writer, where each statement's future is ready at once; on PostgreSQL on a pooled connection, awaiting
-//! each statement.
+//! Every read-decide-write rule is written once, in this file, as an async function over a
+//! [`watchword_db::Conn`]: it loads what it needs, decides (the decisions are plain functions, unit-tested
+//! without a database) and applies the decision. Every statement is written once too, in `sql.rs`, in the
+//! SQL both dialects speak (row locks are added where PostgreSQL needs them); `sqlite.rs` and `postgres.rs`
+//! hold what differs: the migrations, and one statement. A rule runs in one transaction either way
+//! ([`watchword_db::transaction!`]): on SQLite on the blocking thread that holds the writer, where each
+//! statement's future is ready at once; on PostgreSQL on a pooled connection, awaiting each statement.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::{Duration, SystemTime};
 
 use watchword::reason::Reason;
-use watchword_db::{Database, DatabaseUrl, DbError, Migrations, postgres::PoolOptions, read, transaction};
+use watchword_db::{
+    Conn, Database, DatabaseUrl, DbError, Migrations, postgres::PoolOptions, read, transaction,
+};
 
 use crate::domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username};
 
@@ -25,113 +28,6 @@ const LOCK_CAP: Duration = Duration::from_secs(15 * 60);
 /// Revocation log rows are kept this long after they stop mattering, so a replica whose relay was briefly
 /// cut off still reads every row it missed when it catches up.
 const LOG_MARGIN: Duration = Duration::from_secs(3600);
-
-/// What a transaction can do. Each method is one statement (or a few) of SQL in each dialect.
-///
-/// Locking (`FOR UPDATE` and advisory locks on PostgreSQL) is the dialect's business: SQLite write
-/// transactions hold the database's one write lock from their first statement (`BEGIN IMMEDIATE`).
-#[allow(async_fn_in_trait)] // Only this crate implements it; each dialect's futures are as Send as it is.
-pub(crate) trait Tx {
-    async fn insert_user(
-        &mut self,
-        user: &User,
-        username: &Username,
-        password_hash: &str,
-    ) -> Result<(), DbError>;
-    async fn credentials(&mut self, username_key: &str) -> Result<Option<Credentials>, DbError>;
-    /// With `lock`, the row stays locked until the transaction ends.
-    async fn user(&mut self, id: &str, lock: bool) -> Result<Option<User>, DbError>;
-    async fn users_after(&mut self, after: &str, limit: usize) -> Result<Vec<User>, DbError>;
-    /// Ids of the enabled admins, locked, so two demotions cannot each leave the other the last admin.
-    async fn enabled_admins(&mut self) -> Result<Vec<String>, DbError>;
-    async fn set_roles(&mut self, id: &str, roles: &[String]) -> Result<(), DbError>;
-    /// Disables the user and returns when it was disabled (the first time, when it already was).
-    async fn disable_user(&mut self, id: &str, now: SystemTime) -> Result<SystemTime, DbError>;
-
-    async fn insert_session(&mut self, id: &str, user_id: &str, now: SystemTime) -> Result<(), DbError>;
-    /// The session `id` of `user_id` and its user.
-    async fn session_state(&mut self, id: &str, user_id: &str) -> Result<Option<SessionState>, DbError>;
-    /// Ends the session if it is live; `false` if there was nothing to end.
-    async fn revoke_session(&mut self, id: &str, now: SystemTime) -> Result<bool, DbError>;
-    /// Ends every live session of `user_id`, returning their ids.
-    async fn revoke_user_sessions(&mut self, user_id: &str, now: SystemTime) -> Result<Vec<String>, DbError>;
-
-    async fn insert_refresh(
-        &mut self,
-        hash: &[u8],
-        session_id: &str,
-        expire: SystemTime,
-    ) -> Result<(), DbError>;
-    /// The refresh token `hash` with its session and user, locked until the transaction ends.
-    async fn presented_refresh(&mut self, hash: &[u8]) -> Result<Option<Presented>, DbError>;
-    async fn mark_rotated(&mut self, hash: &[u8], now: SystemTime) -> Result<(), DbError>;
-    /// When the refresh token `hash` was rotated (if it was) and when it expires.
-    async fn refresh_times(
-        &mut self,
-        hash: &[u8],
-    ) -> Result<Option<(Option<SystemTime>, SystemTime)>, DbError>;
-    async fn refresh_session(&mut self, hash: &[u8]) -> Result<Option<String>, DbError>;
-
-    /// The failed logins of `username_key`, locked until the transaction ends.
-    async fn account_failures(&mut self, username_key: &str, now: SystemTime) -> Result<Failures, DbError>;
-    async fn set_account_failures(
-        &mut self,
-        username_key: &str,
-        failures: Failures,
-        now: SystemTime,
-    ) -> Result<(), DbError>;
-    async fn clear_account_failures(&mut self, username_key: &str) -> Result<(), DbError>;
-    /// The failed logins of device token `hash`, if it belongs to the account `username_key` and has not
-    /// expired, locked until the transaction ends.
-    async fn device_failures(
-        &mut self,
-        hash: &[u8],
-        username_key: &str,
-        now: SystemTime,
-    ) -> Result<Option<Failures>, DbError>;
-    async fn set_device_failures(&mut self, hash: &[u8], failures: Failures) -> Result<(), DbError>;
-    async fn insert_device(
-        &mut self,
-        hash: &[u8],
-        user_id: &str,
-        now: SystemTime,
-        expire: SystemTime,
-    ) -> Result<(), DbError>;
-    /// Forgets the failed logins of `user_id`'s account and of its devices.
-    async fn clear_user_failures(&mut self, user_id: &str) -> Result<(), DbError>;
-
-    /// Keys not revoked, and not retired before `retired_since`, newest first.
-    async fn keys(&mut self, retired_since: SystemTime) -> Result<Vec<StoredKey>, DbError>;
-    async fn revoked_keys(&mut self, since: SystemTime) -> Result<Vec<String>, DbError>;
-    /// Serialises changes to the key set across replicas (a no-op on SQLite, whose writer is alone).
-    async fn lock_keys(&mut self) -> Result<(), DbError>;
-    async fn insert_key(&mut self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError>;
-    /// Retires the signing key (the one not retired); it keeps verifying for a while.
-    async fn retire_signing_key(&mut self, now: SystemTime) -> Result<(), DbError>;
-    /// Marks `kid` revoked (and retired); `false` if there is no such key.
-    async fn revoke_key(&mut self, kid: &str, now: SystemTime) -> Result<bool, DbError>;
-    async fn delete_keys_retired_before(&mut self, cutoff: SystemTime) -> Result<usize, DbError>;
-
-    async fn secret(&mut self, name: &str) -> Result<Option<Vec<u8>>, DbError>;
-    /// Stores the secret unless one of that name exists.
-    async fn insert_secret(&mut self, name: &str, value: &[u8]) -> Result<(), DbError>;
-
-    /// Appends to the revocation log. Ids are handed out in commit order (PostgreSQL takes a lock held
-    /// until commit first), so a reader that has seen id `n` has seen every id below it.
-    async fn log_revocation(&mut self, revocation: &Revocation) -> Result<(), DbError>;
-    async fn revocations_since(&mut self, since: SystemTime) -> Result<Vec<Revocation>, DbError>;
-    async fn revocations_after(&mut self, id: i64) -> Result<Vec<(i64, Revocation)>, DbError>;
-    async fn last_revocation_id(&mut self) -> Result<i64, DbError>;
-
-    /// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`, and
-    /// revocation log rows from before `log_cutoff`.
-    async fn purge(
-        &mut self,
-        now: SystemTime,
-        idle: SystemTime,
-        log_cutoff: SystemTime,
-    ) -> Result<usize, DbError>;
-}
 
 /// What Validate needs to know beyond the signature: is the session live, and the user enabled?
 #[derive(Debug, Clone)]
@@ -248,7 +144,7 @@ impl Store {
     /// Inserts a new user; `Conflict` if the username key is taken.
     pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), StoreError> {
         let inserted: Result<(), DbError> = transaction!(&self.db, |tx| async move {
-            tx.insert_user(&user, &username, &hash).await
+            sql::insert_user(tx, &user, &username, &hash).await
         });
         inserted.map_err(|e| {
             if e.is_unique_violation() {
@@ -262,18 +158,24 @@ impl Store {
     /// The account with this username, with its password hash.
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<Credentials>, DbError> {
         let key = username.key().to_owned();
-        read!(&self.db, |tx| async move { tx.credentials(&key).await })
+        read!(&self.db, |tx| async move { sql::credentials(tx, &key).await })
     }
 
     pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
         let id = user_id.to_owned();
-        read!(&self.db, |tx| async move { tx.user(&id, false).await })
+        read!(
+            &self.db,
+            |tx| async move { sql::user_by_id(tx, &id, false).await }
+        )
     }
 
     /// Users in creation order (ids are UUIDv7, so id order), after `after`.
     pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<User>, DbError> {
         let after = after.unwrap_or_default();
-        read!(&self.db, |tx| async move { tx.users_after(&after, limit).await })
+        read!(
+            &self.db,
+            |tx| async move { sql::users_after(tx, &after, limit).await }
+        )
     }
 
     /// Replaces a user's roles. Taking any role away ends the user's sessions, so no live token still
@@ -287,17 +189,17 @@ impl Store {
         let id = user_id.to_owned();
         transaction!(&self.db, |tx| async move {
             // The admins first, then the user: one lock order for every admin change, so two cannot deadlock.
-            let admins = tx.enabled_admins().await?;
-            let Some(mut user) = tx.user(&id, true).await? else {
+            let admins = sql::enabled_admins(tx).await?;
+            let Some(mut user) = sql::user_by_id(tx, &id, true).await? else {
                 return Ok(Err(AdminRefusal::NotFound));
             };
             if !roles.iter().any(|r| r == ROLE_ADMIN) && is_last_admin(&admins, &id) {
                 return Ok(Err(AdminRefusal::LastAdmin));
             }
-            tx.set_roles(&id, &roles).await?;
+            sql::set_roles(tx, &id, &roles).await?;
             let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
             let ended = match removes_a_role {
-                true => tx.revoke_user_sessions(&id, now).await?,
+                true => sql::revoke_user_sessions(tx, &id, now).await?,
                 false => Vec::new(),
             };
             let revocations: Vec<Revocation> = ended
@@ -318,18 +220,18 @@ impl Store {
     ) -> Result<Result<(User, Revocation), AdminRefusal>, DbError> {
         let id = user_id.to_owned();
         transaction!(&self.db, |tx| async move {
-            let admins = tx.enabled_admins().await?;
-            let Some(mut user) = tx.user(&id, true).await? else {
+            let admins = sql::enabled_admins(tx).await?;
+            let Some(mut user) = sql::user_by_id(tx, &id, true).await? else {
                 return Ok(Err(AdminRefusal::NotFound));
             };
             if is_last_admin(&admins, &id) {
                 return Ok(Err(AdminRefusal::LastAdmin));
             }
-            let disabled_at = tx.disable_user(&id, now).await?;
-            tx.revoke_user_sessions(&id, now).await?;
+            let disabled_at = sql::disable_user(tx, &id, now).await?;
+            sql::revoke_user_sessions(tx, &id, now).await?;
             let revocation = Revocation::new(Target::User(id), disabled_at, Reason::UserDisabled);
             if !user.disabled {
-                tx.log_revocation(&revocation).await?;
+                sql::log_revocation(tx, &revocation).await?;
             }
             user.disabled = true;
             Ok(Ok((user, revocation)))
@@ -340,9 +242,9 @@ impl Store {
     pub async fn unlock_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
         let id = user_id.to_owned();
         transaction!(&self.db, |tx| async move {
-            let user = tx.user(&id, true).await?;
+            let user = sql::user_by_id(tx, &id, true).await?;
             if user.is_some() {
-                tx.clear_user_failures(&id).await?;
+                sql::clear_user_failures(tx, &id).await?;
             }
             Ok(user)
         })
@@ -361,20 +263,20 @@ impl Store {
         let key = username_key.to_owned();
         transaction!(&self.db, |tx| async move {
             if let Some(hash) = device_hash
-                && let Some(failures) = tx.device_failures(&hash, &key, now).await?
+                && let Some(failures) = sql::device_failures(tx, &hash, &key, now).await?
             {
                 return Ok(match reserve(failures, threshold, now) {
                     Ok(counted) => {
-                        tx.set_device_failures(&hash, counted).await?;
+                        sql::set_device_failures(tx, &hash, counted).await?;
                         Ok(Attempt::Device(hash))
                     }
                     Err(wait) => Err(wait),
                 });
             }
-            let failures = tx.account_failures(&key, now).await?;
+            let failures = sql::account_failures(tx, &key, now).await?;
             Ok(match reserve(failures, threshold, now) {
                 Ok(counted) => {
-                    tx.set_account_failures(&key, counted, now).await?;
+                    sql::set_account_failures(tx, &key, counted, now).await?;
                     Ok(Attempt::Account)
                 }
                 Err(wait) => Err(wait),
@@ -395,19 +297,18 @@ impl Store {
         let new_device = new.new_device.map(|(hash, expire)| (hash.to_vec(), expire));
         let refresh_expire_time = new.refresh_expire_time;
         transaction!(&self.db, |tx| async move {
-            let user = match tx.user(&user_id, true).await? {
+            let user = match sql::user_by_id(tx, &user_id, true).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Ok(None),
             };
             match &attempt {
-                Attempt::Account => tx.clear_account_failures(&key).await?,
-                Attempt::Device(hash) => tx.set_device_failures(hash, Failures::default()).await?,
+                Attempt::Account => sql::clear_account_failures(tx, &key).await?,
+                Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
             }
-            tx.insert_session(&session_id, &user_id, now).await?;
-            tx.insert_refresh(&refresh_hash, &session_id, refresh_expire_time)
-                .await?;
+            sql::insert_session(tx, &session_id, &user_id, now).await?;
+            sql::insert_refresh(tx, &refresh_hash, &session_id, refresh_expire_time).await?;
             if let Some((hash, expire)) = new_device {
-                tx.insert_device(&hash, &user_id, now, expire).await?;
+                sql::insert_device(tx, &hash, &user_id, now, expire).await?;
             }
             Ok(Some(user))
         })
@@ -421,7 +322,7 @@ impl Store {
     ) -> Result<Option<SessionState>, DbError> {
         let (session_id, user_id) = (session_id.to_owned(), user_id.to_owned());
         read!(&self.db, |tx| async move {
-            tx.session_state(&session_id, &user_id).await
+            sql::session_state(tx, &session_id, &user_id).await
         })
     }
 
@@ -438,24 +339,23 @@ impl Store {
         ttl: Duration,
     ) -> Result<Rotation, DbError> {
         transaction!(&self.db, |tx| async move {
-            let Some(presented) = tx.presented_refresh(&hash).await? else {
+            let Some(presented) = sql::presented_refresh(tx, &hash).await? else {
                 return Ok(Rotation::Unknown);
             };
             let successor = match presented.rotate_time {
-                Some(_) => tx.refresh_times(&successor_hash).await?,
+                Some(_) => sql::refresh_times(tx, &successor_hash).await?,
                 None => None,
             };
             let outcome = rotation(&presented, successor, now, grace, ttl);
             match &outcome {
                 Rotation::Rotated { expire_time, .. } if presented.rotate_time.is_none() => {
-                    tx.mark_rotated(&hash, now).await?;
-                    tx.insert_refresh(&successor_hash, &presented.session_id, *expire_time)
-                        .await?;
+                    sql::mark_rotated(tx, &hash, now).await?;
+                    sql::insert_refresh(tx, &successor_hash, &presented.session_id, *expire_time).await?;
                 }
                 // `rotation` answers Revoked for an ended session, so this one is live until now.
                 Rotation::Reused(revocation) => {
-                    tx.revoke_session(&presented.session_id, now).await?;
-                    tx.log_revocation(revocation).await?;
+                    sql::revoke_session(tx, &presented.session_id, now).await?;
+                    sql::log_revocation(tx, revocation).await?;
                 }
                 _ => {}
             }
@@ -465,7 +365,10 @@ impl Store {
 
     /// The session a refresh token belongs to, if it is one of ours.
     pub async fn session_of_refresh(&self, hash: Vec<u8>) -> Result<Option<String>, DbError> {
-        read!(&self.db, |tx| async move { tx.refresh_session(&hash).await })
+        read!(
+            &self.db,
+            |tx| async move { sql::refresh_session(tx, &hash).await }
+        )
     }
 
     /// Ends a session (idempotent: an ended session keeps its first revocation, and is not logged again).
@@ -474,8 +377,8 @@ impl Store {
         let logged = revocation.clone();
         let id = session_id.to_owned();
         transaction!(&self.db, |tx| async move {
-            if tx.revoke_session(&id, now).await? {
-                tx.log_revocation(&logged).await?;
+            if sql::revoke_session(tx, &id, now).await? {
+                sql::log_revocation(tx, &logged).await?;
             }
             Ok::<_, DbError>(())
         })?;
@@ -486,17 +389,16 @@ impl Store {
     /// longer than the longest lock, and revocation log rows older than `window` (plus a margin).
     pub async fn purge_expired(&self, now: SystemTime, window: Duration) -> Result<usize, DbError> {
         let (idle, log_cutoff) = (now - LOCK_CAP, now - window - LOG_MARGIN);
-        transaction!(
-            &self.db,
-            |tx| async move { tx.purge(now, idle, log_cutoff).await }
-        )
+        transaction!(&self.db, |tx| async move {
+            sql::purge(tx, now, idle, log_cutoff).await
+        })
     }
 
     /// A named secret, created from `candidate` the first time it is asked for.
     pub async fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> Result<Vec<u8>, DbError> {
         transaction!(&self.db, |tx| async move {
-            tx.insert_secret(name, &candidate).await?;
-            Ok(tx.secret(name).await?.unwrap_or(candidate))
+            sql::insert_secret(tx, name, &candidate).await?;
+            Ok(sql::secret(tx, name).await?.unwrap_or(candidate))
         })
     }
 
@@ -508,7 +410,10 @@ impl Store {
         now: SystemTime,
     ) -> Result<(Vec<StoredKey>, Vec<String>), DbError> {
         read!(&self.db, |tx| async move {
-            Ok((tx.keys(now - window).await?, tx.revoked_keys(now - window).await?))
+            Ok((
+                sql::keys(tx, now - window).await?,
+                sql::revoked_keys(tx, now - window).await?,
+            ))
         })
     }
 
@@ -522,11 +427,11 @@ impl Store {
     ) -> Result<String, DbError> {
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
         transaction!(&self.db, |tx| async move {
-            tx.lock_keys().await?;
-            match tx.keys(now).await?.into_iter().find(|k| !k.retired) {
+            sql::lock_keys(tx).await?;
+            match sql::keys(tx, now).await?.into_iter().find(|k| !k.retired) {
                 Some(key) => Ok(key.pem),
                 None => {
-                    tx.insert_key(&kid, &pem, now).await?;
+                    sql::insert_key(tx, &kid, &pem, now).await?;
                     Ok(pem)
                 }
             }
@@ -537,9 +442,9 @@ impl Store {
     pub async fn rotate_key(&self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
         let (kid, pem) = (kid.to_owned(), pem.to_owned());
         transaction!(&self.db, |tx| async move {
-            tx.lock_keys().await?;
-            tx.retire_signing_key(now).await?;
-            tx.insert_key(&kid, &pem, now).await
+            sql::lock_keys(tx).await?;
+            sql::retire_signing_key(tx, now).await?;
+            sql::insert_key(tx, &kid, &pem, now).await
         })
     }
 
@@ -553,17 +458,17 @@ impl Store {
     ) -> Result<Option<Revocation>, DbError> {
         let kid = kid.to_owned();
         transaction!(&self.db, |tx| async move {
-            tx.lock_keys().await?;
-            let keys = tx.keys(SystemTime::UNIX_EPOCH).await?;
+            sql::lock_keys(tx).await?;
+            let keys = sql::keys(tx, SystemTime::UNIX_EPOCH).await?;
             let was_signing = keys.iter().any(|k| k.kid == kid && !k.retired);
-            if !tx.revoke_key(&kid, now).await? {
+            if !sql::revoke_key(tx, &kid, now).await? {
                 return Ok(None);
             }
             if was_signing {
-                tx.insert_key(&replacement.0, &replacement.1, now).await?;
+                sql::insert_key(tx, &replacement.0, &replacement.1, now).await?;
             }
             let revocation = Revocation::new(Target::Key(kid), now, Reason::TokenRevoked);
-            tx.log_revocation(&revocation).await?;
+            sql::log_revocation(tx, &revocation).await?;
             Ok(Some(revocation))
         })
     }
@@ -571,29 +476,32 @@ impl Store {
     /// Deletes keys retired before `cutoff`: no live token can name them.
     pub async fn drop_retired_keys(&self, cutoff: SystemTime) -> Result<usize, DbError> {
         transaction!(&self.db, |tx| async move {
-            tx.delete_keys_retired_before(cutoff).await
+            sql::delete_keys_retired_before(tx, cutoff).await
         })
     }
 
     /// Revocations that may still matter: those made since `since`.
     pub async fn recent_revocations(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
-        read!(&self.db, |tx| async move { tx.revocations_since(since).await })
+        read!(
+            &self.db,
+            |tx| async move { sql::revocations_since(tx, since).await }
+        )
     }
 
     /// Revocation log rows after `id`, in commit order, with their ids.
     pub async fn revocations_after(&self, id: i64) -> Result<Vec<(i64, Revocation)>, DbError> {
-        read!(&self.db, |tx| async move { tx.revocations_after(id).await })
+        read!(&self.db, |tx| async move { sql::revocations_after(tx, id).await })
     }
 
     /// The id of the newest revocation log row (0 when there is none).
     pub async fn last_revocation_id(&self) -> Result<i64, DbError> {
-        read!(&self.db, |tx| async move { tx.last_revocation_id().await })
+        read!(&self.db, |tx| async move { sql::last_revocation_id(tx).await })
     }
 }
 
-async fn log_all(tx: &mut impl Tx, revocations: &[Revocation]) -> Result<(), DbError> {
+async fn log_all(tx: &impl Conn, revocations: &[Revocation]) -> Result<(), DbError> {
     for revocation in revocations {
-        tx.log_revocation(revocation).await?;
+        sql::log_revocation(tx, revocation).await?;
     }
     Ok(())
 }

@@ -1,39 +1,16 @@
-//! posts-svc's storage. Each rule is written once, here, over [`Tx`]; `sqlite.rs` and `postgres.rs`
-//! implement [`Tx`] with SQL and row mapping only (see `auth-svc`'s store for the pattern).
+//! posts-svc's storage. Each rule is written once, here, over a [`watchword_db::Conn`]; each statement once,
+//! in `sql.rs`; `sqlite.rs` and `postgres.rs` hold the two schemas (see auth-svc's store for the pattern).
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use watchword_db::{
-    Database, DatabaseUrl, DbError, GroupCommit, Migrations, SqliteTx, postgres::PoolOptions, read,
+    Conn, Database, DatabaseUrl, DbError, GroupCommit, Migrations, SqliteConn, postgres::PoolOptions, read,
     run_ready, transaction,
 };
 
 use crate::domain::{PageRequest, PageToken, Post};
-
-/// What a transaction can do.
-#[allow(async_fn_in_trait)] // Only this crate implements it; each dialect's futures are as Send as it is.
-pub(crate) trait Tx {
-    /// Inserts `post` unless its author already used `request_id`; whether it was inserted.
-    async fn insert_post(&mut self, post: &Post, request_id: Option<&str>) -> Result<bool, DbError>;
-    async fn post_by_request_id(
-        &mut self,
-        author_id: &str,
-        request_id: &str,
-    ) -> Result<Option<Post>, DbError>;
-    async fn post(&mut self, id: &str) -> Result<Option<Post>, DbError>;
-    /// Up to `limit` posts (by `author` if given) older than position `before`, newest first, with their
-    /// positions.
-    async fn posts_before(
-        &mut self,
-        author: Option<&str>,
-        before: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, Post)>, DbError>;
-    /// The author of post `id`, locked until the transaction ends.
-    async fn author_of(&mut self, id: &str) -> Result<Option<String>, DbError>;
-    async fn delete_post(&mut self, id: &str) -> Result<(), DbError>;
-}
 
 /// Outcome of a delete that is not "deleted".
 #[derive(Debug)]
@@ -77,7 +54,7 @@ impl Store {
             Database::Sqlite(sqlite) => Some(GroupCommit::spawn(
                 sqlite.clone(),
                 MAX_INSERT_BATCH,
-                |tx, item| run_ready(insert(&mut SqliteTx(tx), item)),
+                |tx, item| run_ready(insert(&SqliteConn(tx), item)),
             )),
             Database::Postgres(_) => None,
         };
@@ -96,7 +73,7 @@ impl Store {
 
     pub async fn get(&self, id: &str) -> Result<Option<Post>, DbError> {
         let id = id.to_owned();
-        read!(&self.db, |tx| async move { tx.post(&id).await })
+        read!(&self.db, |tx| async move { sql::post_by_id(tx, &id).await })
     }
 
     /// Newest first, starting after `page.before`.
@@ -104,9 +81,7 @@ impl Store {
         read!(&self.db, |tx| async move {
             // One more row than asked tells whether another page exists.
             let before = page.before.unwrap_or(i64::MAX);
-            let mut rows = tx
-                .posts_before(page.author_id.as_deref(), before, page.size + 1)
-                .await?;
+            let mut rows = sql::posts_before(tx, page.author_id.as_deref(), before, page.size + 1).await?;
             Ok(page_of(&mut rows, &page))
         })
     }
@@ -115,11 +90,11 @@ impl Store {
     pub async fn delete(&self, id: &str, caller: &str, as_admin: bool) -> Result<(), DeleteError> {
         let (id, caller) = (id.to_owned(), caller.to_owned());
         let outcome = transaction!(&self.db, |tx| async move {
-            let author = tx.author_of(&id).await?;
+            let author = sql::author_of(tx, &id).await?;
             if let Err(refused) = may_delete(author.as_deref(), &caller, as_admin) {
                 return Ok(Err(refused));
             }
-            tx.delete_post(&id).await?;
+            sql::delete_post(tx, &id).await?;
             Ok(Ok(()))
         });
         outcome?
@@ -132,12 +107,12 @@ impl Store {
 
 /// One CreatePost: the post, or the author's earlier post with the same `request_id` (maybe earlier in the
 /// very same group commit).
-async fn insert(tx: &mut impl Tx, (post, request_id): (Post, Option<String>)) -> Result<Post, DbError> {
-    if tx.insert_post(&post, request_id.as_deref()).await? {
+async fn insert(tx: &impl Conn, (post, request_id): (Post, Option<String>)) -> Result<Post, DbError> {
+    if sql::insert_post(tx, &post, request_id.as_deref()).await? {
         return Ok(post);
     }
     let request_id = request_id.unwrap_or_default();
-    tx.post_by_request_id(&post.author_id, &request_id)
+    sql::post_by_request_id(tx, &post.author_id, &request_id)
         .await?
         .ok_or_else(|| DbError::Config("a conflicting insert left no post behind".into()))
 }

@@ -1,0 +1,413 @@
+//! Every statement of auth-svc's store, written once in the SQL both dialects speak, with its row mapping.
+//! Rows a rule reads in order to write are locked on PostgreSQL ([`Conn::locking`]), which is what makes
+//! the rules atomic across replicas; SQLite's write transaction holds the whole database.
+
+use std::time::SystemTime;
+
+use watchword::reason::Reason;
+use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
+
+use super::{Failures, Presented, SessionState, StoredKey, postgres, sqlite};
+use crate::domain::{Credentials, Revocation, User, Username, split_roles};
+
+const USER: &str = "u.id, u.username, u.roles, u.create_time_us, u.disabled";
+
+fn user(row: &Row<'_>) -> Result<User, DbError> {
+    Ok(User {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        roles: split_roles(&row.get::<String>(2)?),
+        create_time: from_micros(row.get(3)?),
+        disabled: row.get(4)?,
+    })
+}
+
+fn time(row: &Row<'_>, i: usize) -> Result<Option<SystemTime>, DbError> {
+    Ok(row.get::<Option<i64>>(i)?.map(from_micros))
+}
+
+fn failures(row: &Row<'_>) -> Result<Failures, DbError> {
+    Ok(Failures {
+        count: row.get(0)?,
+        locked_until: time(row, 1)?,
+    })
+}
+
+fn revocation(row: &Row<'_>, first: usize) -> Result<Revocation, DbError> {
+    let kind: String = row.get(first)?;
+    let reason = Reason::parse(&row.get::<String>(first + 2)?);
+    let time = from_micros(row.get(first + 3)?);
+    Revocation::from_columns(&kind, row.get(first + 1)?, reason, time)
+        .ok_or_else(|| DbError::Config(format!("unknown revocation target kind {kind:?}")))
+}
+
+pub async fn insert_user(tx: &impl Conn, u: &User, name: &Username, hash: &str) -> Result<(), DbError> {
+    let sql = "INSERT INTO users (id, username, username_key, password_hash, roles, create_time_us)
+               VALUES ($1, $2, $3, $4, $5, $6)";
+    let roles = u.roles.join(" ");
+    let params: [&dyn watchword_db::Param; 6] = [
+        &u.id,
+        &name.as_str(),
+        &name.key(),
+        &hash,
+        &roles,
+        &to_micros(u.create_time),
+    ];
+    tx.exec(sql, &params).await?;
+    Ok(())
+}
+
+pub async fn credentials(tx: &impl Conn, username_key: &str) -> Result<Option<Credentials>, DbError> {
+    let sql = format!("SELECT {USER}, u.password_hash FROM users u WHERE u.username_key = $1");
+    tx.one(&sql, &[&username_key], |row| {
+        Ok(Credentials {
+            user: user(row)?,
+            password_hash: row.get(5)?,
+        })
+    })
+    .await
+}
+
+/// With `lock`, the row stays locked until the transaction ends.
+pub async fn user_by_id(tx: &impl Conn, id: &str, lock: bool) -> Result<Option<User>, DbError> {
+    let lock = if lock { tx.locking("FOR UPDATE") } else { "" };
+    let sql = format!("SELECT {USER} FROM users u WHERE u.id = $1 {lock}");
+    tx.one(&sql, &[&id], user).await
+}
+
+pub async fn users_after(tx: &impl Conn, after: &str, limit: usize) -> Result<Vec<User>, DbError> {
+    // The cast keeps the bound LIMIT out of SQLite's plan: a bare `LIMIT $2` re-prepares on every call.
+    let sql = format!("SELECT {USER} FROM users u WHERE u.id > $1 ORDER BY u.id LIMIT CAST($2 AS BIGINT)");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.all(&sql, &[&after, &limit], user).await
+}
+
+/// Ids of the enabled admins, locked, so two demotions cannot each leave the other the last admin.
+pub async fn enabled_admins(tx: &impl Conn) -> Result<Vec<String>, DbError> {
+    let sql = format!(
+        "SELECT id FROM users WHERE NOT disabled AND ' ' || roles || ' ' LIKE '% admin %' {}",
+        tx.locking("FOR UPDATE")
+    );
+    tx.all(&sql, &[], |row| row.get(0)).await
+}
+
+pub async fn set_roles(tx: &impl Conn, id: &str, roles: &[String]) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE users SET roles = $1 WHERE id = $2",
+        &[&roles.join(" "), &id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Disables the user and returns when it was disabled (the first time, when it already was).
+pub async fn disable_user(tx: &impl Conn, id: &str, now: SystemTime) -> Result<SystemTime, DbError> {
+    let sql =
+        "UPDATE users SET disabled = TRUE, disable_time_us = COALESCE(disable_time_us, $1) WHERE id = $2
+               RETURNING disable_time_us";
+    let at = tx.one(sql, &[&to_micros(now), &id], |row| time(row, 0)).await?;
+    Ok(at.flatten().unwrap_or(now))
+}
+
+pub async fn insert_session(tx: &impl Conn, id: &str, user_id: &str, now: SystemTime) -> Result<(), DbError> {
+    let sql = "INSERT INTO sessions (id, user_id, create_time_us) VALUES ($1, $2, $3)";
+    tx.exec(sql, &[&id, &user_id, &to_micros(now)]).await?;
+    Ok(())
+}
+
+/// The session `id` of `user_id` and its user.
+pub async fn session_state(tx: &impl Conn, id: &str, user_id: &str) -> Result<Option<SessionState>, DbError> {
+    let sql = format!(
+        "SELECT {USER}, s.revoke_time_us FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = $1 AND s.user_id = $2"
+    );
+    tx.one(&sql, &[&id, &user_id], |row| {
+        Ok(SessionState {
+            user: user(row)?,
+            revoked: time(row, 5)?.is_some(),
+        })
+    })
+    .await
+}
+
+/// Ends the session if it is live; `false` if there was nothing to end.
+pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result<bool, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL";
+    Ok(tx.exec(sql, &[&to_micros(now), &id]).await? == 1)
+}
+
+/// Ends every live session of `user_id`, returning their ids.
+pub async fn revoke_user_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE user_id = $2 AND revoke_time_us IS NULL
+               RETURNING id";
+    tx.all(sql, &[&to_micros(now), &user_id], |row| row.get(0)).await
+}
+
+pub async fn insert_refresh(
+    tx: &impl Conn,
+    hash: &[u8],
+    session_id: &str,
+    expire: SystemTime,
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES ($1, $2, $3)";
+    tx.exec(sql, &[&hash, &session_id, &to_micros(expire)]).await?;
+    Ok(())
+}
+
+/// The refresh token `hash` with its session and user; locking its row serialises concurrent rotations of
+/// it, on any replica.
+pub async fn presented_refresh(tx: &impl Conn, hash: &[u8]) -> Result<Option<Presented>, DbError> {
+    let sql = format!(
+        "SELECT {USER}, r.session_id, r.expire_time_us, r.rotate_time_us, s.revoke_time_us
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
+         WHERE r.hash = $1 {}",
+        tx.locking("FOR UPDATE OF r")
+    );
+    tx.one(&sql, &[&hash], |row| {
+        Ok(Presented {
+            user: user(row)?,
+            session_id: row.get(5)?,
+            expire_time: from_micros(row.get(6)?),
+            rotate_time: time(row, 7)?,
+            session_revoked: time(row, 8)?.is_some(),
+        })
+    })
+    .await
+}
+
+pub async fn mark_rotated(tx: &impl Conn, hash: &[u8], now: SystemTime) -> Result<(), DbError> {
+    let sql = "UPDATE refresh_tokens SET rotate_time_us = $1 WHERE hash = $2";
+    tx.exec(sql, &[&to_micros(now), &hash]).await?;
+    Ok(())
+}
+
+/// When the refresh token `hash` was rotated (if it was) and when it expires.
+pub async fn refresh_times(
+    tx: &impl Conn,
+    hash: &[u8],
+) -> Result<Option<(Option<SystemTime>, SystemTime)>, DbError> {
+    let sql = "SELECT rotate_time_us, expire_time_us FROM refresh_tokens WHERE hash = $1";
+    tx.one(sql, &[&hash], |row| Ok((time(row, 0)?, from_micros(row.get(1)?))))
+        .await
+}
+
+pub async fn refresh_session(tx: &impl Conn, hash: &[u8]) -> Result<Option<String>, DbError> {
+    let sql = "SELECT session_id FROM refresh_tokens WHERE hash = $1";
+    tx.one(sql, &[&hash], |row| row.get(0)).await
+}
+
+/// The failed logins of `username_key`, locked until the transaction ends.
+pub async fn account_failures(tx: &impl Conn, key: &str, now: SystemTime) -> Result<Failures, DbError> {
+    let (sql, params): (_, &[&dyn watchword_db::Param]) = if tx.is_postgres() {
+        (postgres::LOCK_ACCOUNT_FAILURES, &[&key, &to_micros(now)])
+    } else {
+        (sqlite::ACCOUNT_FAILURES, &[&key])
+    };
+    Ok(tx.one(sql, params, failures).await?.unwrap_or_default())
+}
+
+pub async fn set_account_failures(
+    tx: &impl Conn,
+    key: &str,
+    f: Failures,
+    now: SystemTime,
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO login_failures (username_key, failures, locked_until_us, last_attempt_us)
+               VALUES ($1, $2, $3, $4) ON CONFLICT (username_key) DO UPDATE
+               SET failures = excluded.failures, locked_until_us = excluded.locked_until_us,
+                   last_attempt_us = excluded.last_attempt_us";
+    let until = f.locked_until.map(to_micros);
+    tx.exec(sql, &[&key, &f.count, &until, &to_micros(now)]).await?;
+    Ok(())
+}
+
+pub async fn clear_account_failures(tx: &impl Conn, key: &str) -> Result<(), DbError> {
+    tx.exec("DELETE FROM login_failures WHERE username_key = $1", &[&key])
+        .await?;
+    Ok(())
+}
+
+/// The failed logins of device token `hash`, if it belongs to the account `username_key` and has not
+/// expired, locked until the transaction ends.
+pub async fn device_failures(
+    tx: &impl Conn,
+    hash: &[u8],
+    key: &str,
+    now: SystemTime,
+) -> Result<Option<Failures>, DbError> {
+    let sql = format!(
+        "SELECT d.failures, d.locked_until_us FROM device_tokens d JOIN users u ON u.id = d.user_id
+         WHERE d.hash = $1 AND u.username_key = $2 AND d.expire_time_us > $3 {}",
+        tx.locking("FOR UPDATE OF d")
+    );
+    tx.one(&sql, &[&hash, &key, &to_micros(now)], failures).await
+}
+
+pub async fn set_device_failures(tx: &impl Conn, hash: &[u8], f: Failures) -> Result<(), DbError> {
+    let sql = "UPDATE device_tokens SET failures = $1, locked_until_us = $2 WHERE hash = $3";
+    tx.exec(sql, &[&f.count, &f.locked_until.map(to_micros), &hash])
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_device(
+    tx: &impl Conn,
+    hash: &[u8],
+    user_id: &str,
+    now: SystemTime,
+    expire: SystemTime,
+) -> Result<(), DbError> {
+    let sql =
+        "INSERT INTO device_tokens (hash, user_id, create_time_us, expire_time_us) VALUES ($1, $2, $3, $4)";
+    tx.exec(sql, &[&hash, &user_id, &to_micros(now), &to_micros(expire)])
+        .await?;
+    Ok(())
+}
+
+/// Forgets the failed logins of `user_id`'s account and of its devices.
+pub async fn clear_user_failures(tx: &impl Conn, user_id: &str) -> Result<(), DbError> {
+    let sql =
+        "DELETE FROM login_failures WHERE username_key = (SELECT username_key FROM users WHERE id = $1)";
+    tx.exec(sql, &[&user_id]).await?;
+    let sql = "UPDATE device_tokens SET failures = 0, locked_until_us = NULL WHERE user_id = $1";
+    tx.exec(sql, &[&user_id]).await?;
+    Ok(())
+}
+
+/// Keys not revoked, and not retired before `retired_since`: the signing key first, then newest first.
+pub async fn keys(tx: &impl Conn, retired_since: SystemTime) -> Result<Vec<StoredKey>, DbError> {
+    let sql = "SELECT kid, private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
+               WHERE revoke_time_us IS NULL AND (retire_time_us IS NULL OR retire_time_us >= $1)
+               ORDER BY retire_time_us IS NOT NULL, create_time_us DESC, kid";
+    tx.all(sql, &[&to_micros(retired_since)], |row| {
+        Ok(StoredKey {
+            kid: row.get(0)?,
+            pem: row.get(1)?,
+            retired: row.get(2)?,
+        })
+    })
+    .await
+}
+
+pub async fn revoked_keys(tx: &impl Conn, since: SystemTime) -> Result<Vec<String>, DbError> {
+    let sql = "SELECT kid FROM signing_keys WHERE revoke_time_us >= $1";
+    tx.all(sql, &[&to_micros(since)], |row| row.get(0)).await
+}
+
+/// Serialises changes to the key set across replicas.
+pub async fn lock_keys(tx: &impl Conn) -> Result<(), DbError> {
+    tx.lock("signing_keys").await
+}
+
+pub async fn insert_key(tx: &impl Conn, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
+    let sql = "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES ($1, $2, $3)";
+    tx.exec(sql, &[&kid, &pem, &to_micros(now)]).await?;
+    Ok(())
+}
+
+/// Retires the signing key (the one not retired); it keeps verifying for a while.
+pub async fn retire_signing_key(tx: &impl Conn, now: SystemTime) -> Result<(), DbError> {
+    let sql = "UPDATE signing_keys SET retire_time_us = $1 WHERE retire_time_us IS NULL";
+    tx.exec(sql, &[&to_micros(now)]).await?;
+    Ok(())
+}
+
+/// Marks `kid` revoked (and retired); `false` if there is no such key.
+pub async fn revoke_key(tx: &impl Conn, kid: &str, now: SystemTime) -> Result<bool, DbError> {
+    let sql = "UPDATE signing_keys SET revoke_time_us = COALESCE(revoke_time_us, $1),
+               retire_time_us = COALESCE(retire_time_us, $1) WHERE kid = $2";
+    Ok(tx.exec(sql, &[&to_micros(now), &kid]).await? == 1)
+}
+
+pub async fn delete_keys_retired_before(tx: &impl Conn, cutoff: SystemTime) -> Result<usize, DbError> {
+    let deleted = tx
+        .exec(
+            "DELETE FROM signing_keys WHERE retire_time_us < $1",
+            &[&to_micros(cutoff)],
+        )
+        .await?;
+    Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+}
+
+pub async fn secret(tx: &impl Conn, name: &str) -> Result<Option<Vec<u8>>, DbError> {
+    tx.one("SELECT value FROM secrets WHERE name = $1", &[&name], |row| {
+        row.get(0)
+    })
+    .await
+}
+
+/// Stores the secret unless one of that name exists.
+pub async fn insert_secret(tx: &impl Conn, name: &str, value: &[u8]) -> Result<(), DbError> {
+    let sql = "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+    tx.exec(sql, &[&name, &value]).await?;
+    Ok(())
+}
+
+/// Appends to the revocation log.
+///
+/// Ids are handed out in commit order, so a reader that has seen id `n` has seen every id below it. On
+/// PostgreSQL ids come from a sequence when the row is inserted, not when it commits: without the lock
+/// (held until commit) a transaction could take id 10, commit after id 11 was read, and be skipped by every
+/// relay. Revocations are rare; serialising them is cheap. SQLite has one writer, so one order anyway.
+pub async fn log_revocation(tx: &impl Conn, r: &Revocation) -> Result<(), DbError> {
+    tx.lock("revocation").await?;
+    let (kind, id) = r.target.columns();
+    let sql =
+        "INSERT INTO revocation (target_kind, target_id, reason, revoke_time_us) VALUES ($1, $2, $3, $4)";
+    tx.exec(sql, &[&kind, &id, &r.reason.as_str(), &to_micros(r.revoke_time)])
+        .await?;
+    Ok(())
+}
+
+pub async fn revocations_since(tx: &impl Conn, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
+    let sql = "SELECT target_kind, target_id, reason, revoke_time_us FROM revocation
+               WHERE revoke_time_us >= $1 ORDER BY id";
+    tx.all(sql, &[&to_micros(since)], |row| revocation(row, 0)).await
+}
+
+pub async fn revocations_after(tx: &impl Conn, id: i64) -> Result<Vec<(i64, Revocation)>, DbError> {
+    let sql =
+        "SELECT id, target_kind, target_id, reason, revoke_time_us FROM revocation WHERE id > $1 ORDER BY id";
+    tx.all(sql, &[&id], |row| Ok((row.get(0)?, revocation(row, 1)?)))
+        .await
+}
+
+pub async fn last_revocation_id(tx: &impl Conn) -> Result<i64, DbError> {
+    let id = tx
+        .one("SELECT COALESCE(MAX(id), 0) FROM revocation", &[], |row| {
+            row.get(0)
+        })
+        .await?;
+    Ok(id.unwrap_or(0))
+}
+
+/// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`, and
+/// revocation log rows from before `log_cutoff`.
+pub async fn purge(
+    tx: &impl Conn,
+    now: SystemTime,
+    idle: SystemTime,
+    log_cutoff: SystemTime,
+) -> Result<usize, DbError> {
+    let now = to_micros(now);
+    let deleted = tx
+        .exec("DELETE FROM refresh_tokens WHERE expire_time_us < $1", &[&now])
+        .await?
+        + tx.exec("DELETE FROM device_tokens WHERE expire_time_us < $1", &[&now])
+            .await?
+        + tx.exec(
+            "DELETE FROM login_failures WHERE last_attempt_us < $1",
+            &[&to_micros(idle)],
+        )
+        .await?
+        + tx.exec(
+            "DELETE FROM revocation WHERE revoke_time_us < $1",
+            &[&to_micros(log_cutoff)],
+        )
+        .await?;
+    Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+}
