@@ -12,7 +12,8 @@ use crate::{
     keys::{IssuedToken, KeyRing},
     opaque::{Kind, OpaqueTokens},
     password::PasswordHasher,
-    store::{Attempt, NewSession, Store, StoreError},
+    policy::Attempt,
+    store::{NewSession, Store},
     throttle::{PeerLimiter, TrustedProxies},
 };
 
@@ -124,9 +125,9 @@ impl Accounts {
         self.store
             .insert_user(user.clone(), username, hash)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict => AuthError::UsernameTaken,
-                StoreError::Db(e) => AuthError::Storage(e),
+            .map_err(|e| match e.is_unique_violation() {
+                true => AuthError::UsernameTaken,
+                false => AuthError::Storage(e),
             })?;
         Ok(user)
     }
@@ -189,13 +190,13 @@ impl Accounts {
             }
         };
         let new = NewSession {
-            attempt: &attempt,
-            username_key: &key,
-            user_id: &user_id,
-            session_id: &session_id,
-            refresh_hash: &refresh_hash,
+            attempt,
+            username_key: key,
+            user_id,
+            session_id: session_id.clone(),
+            refresh_hash,
             refresh_expire_time,
-            new_device: new_device.as_deref().map(|hash| (hash, now + DEVICE_TOKEN_TTL)),
+            new_device: new_device.map(|hash| (hash, now + DEVICE_TOKEN_TTL)),
         };
         // Disabled since the password check: fails like a wrong password.
         let user = self

@@ -4,11 +4,8 @@
 use std::sync::Arc;
 
 use crate::{
-    domain::User,
-    error::AuthError,
-    keys::Claims,
-    revocations::RevocationHub,
-    store::{AdminRefusal, Store},
+    domain::User, error::AuthError, keys::Claims, policy::AdminRefusal, revocations::RevocationHub,
+    store::Store,
 };
 
 /// A caller whose account is, as stored *now*, an enabled admin.

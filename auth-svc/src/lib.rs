@@ -16,6 +16,7 @@ mod grpc;
 pub mod keys;
 mod opaque;
 mod password;
+mod policy;
 mod revocations;
 mod sessions;
 pub mod settings;

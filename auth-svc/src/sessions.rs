@@ -9,8 +9,9 @@ use crate::{
     error::AuthError,
     keys::{Claims, IssuedToken, KeyRing, TokenError},
     opaque::{Kind, OpaqueTokens},
+    policy::Rotation,
     revocations::{Liveness, RevocationHub},
-    store::{Rotation, Store},
+    store::Store,
 };
 
 /// How sessions live.

@@ -20,11 +20,11 @@ use watchword_db::{
     Conn, Database, DatabaseUrl, DbError, Migrations, postgres::PoolOptions, read, transaction,
 };
 
-use crate::domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username};
+use crate::{
+    domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username},
+    policy::{AdminRefusal, Attempt, Failures, LOCK_CAP, Rotation, is_last_admin, reserve, rotation},
+};
 
-/// The first lock lasts this long; each further failure doubles it, up to [`LOCK_CAP`].
-const LOCK_BASE: Duration = Duration::from_secs(30);
-const LOCK_CAP: Duration = Duration::from_secs(15 * 60);
 /// Revocation log rows are kept this long after they stop mattering, so a replica whose relay was briefly
 /// cut off still reads every row it missed when it catches up.
 const LOG_MARGIN: Duration = Duration::from_secs(3600);
@@ -36,23 +36,6 @@ pub struct SessionState {
     pub user: User,
 }
 
-/// A presented refresh token with what rotation decides on.
-#[derive(Debug)]
-pub struct Presented {
-    pub session_id: String,
-    pub expire_time: SystemTime,
-    pub rotate_time: Option<SystemTime>,
-    pub session_revoked: bool,
-    pub user: User,
-}
-
-/// Failed logins in a row, and the lock they led to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Failures {
-    pub count: i64,
-    pub locked_until: Option<SystemTime>,
-}
-
 /// A stored signing key.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
@@ -61,58 +44,16 @@ pub struct StoredKey {
     pub retired: bool,
 }
 
-/// The outcome of presenting a refresh token.
-#[derive(Debug)]
-pub enum Rotation {
-    /// Rotated now, or repeated within the grace window: issue tokens for `user` in `session_id`.
-    Rotated {
-        user: User,
-        session_id: String,
-        expire_time: SystemTime,
-    },
-    Unknown,
-    Expired,
-    Revoked,
-    UserDisabled,
-    /// An already-rotated token came back after the grace window: the session has just been revoked.
-    Reused(Revocation),
-}
-
-/// Whose failure budget a login attempt draws on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
-    /// The account's: strangers' failures count here, and lock every login without a device token.
-    Account,
-    /// A device token's own (the hash), presented by a device the account holder logged in from before.
-    Device(Vec<u8>),
-}
-
 /// What a successful password check turns into, in one transaction.
-pub struct NewSession<'a> {
-    pub attempt: &'a Attempt,
-    pub username_key: &'a str,
-    pub user_id: &'a str,
-    pub session_id: &'a str,
-    pub refresh_hash: &'a [u8],
+pub struct NewSession {
+    pub attempt: Attempt,
+    pub username_key: String,
+    pub user_id: String,
+    pub session_id: String,
+    pub refresh_hash: Vec<u8>,
     pub refresh_expire_time: SystemTime,
     /// A device token to remember (its hash and expiry), when the login did not present one.
-    pub new_device: Option<(&'a [u8], SystemTime)>,
-}
-
-/// Why an admin change to a user was not made.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AdminRefusal {
-    NotFound,
-    /// It would leave no enabled admin.
-    LastAdmin,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("unique constraint violated")]
-    Conflict,
-    #[error(transparent)]
-    Db(#[from] DbError),
+    pub new_device: Option<(Vec<u8>, SystemTime)>,
 }
 
 #[derive(Clone)]
@@ -141,17 +82,10 @@ impl Store {
         self.db.ping().await
     }
 
-    /// Inserts a new user; `Conflict` if the username key is taken.
-    pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), StoreError> {
-        let inserted: Result<(), DbError> = transaction!(&self.db, |tx| async move {
+    /// Inserts a new user; a unique violation if the username key is taken.
+    pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), DbError> {
+        transaction!(&self.db, |tx| async move {
             sql::insert_user(tx, &user, &username, &hash).await
-        });
-        inserted.map_err(|e| {
-            if e.is_unique_violation() {
-                StoreError::Conflict
-            } else {
-                e.into()
-            }
         })
     }
 
@@ -286,29 +220,20 @@ impl Store {
 
     /// After a password matched: forgives the attempt and starts a session, for the user as stored *now*
     /// (its roles, and `None` if it has been disabled meanwhile), so the token is issued from this read.
-    pub async fn start_session(&self, new: NewSession<'_>, now: SystemTime) -> Result<Option<User>, DbError> {
-        let (attempt, key, user_id, session_id) = (
-            new.attempt.clone(),
-            new.username_key.to_owned(),
-            new.user_id.to_owned(),
-            new.session_id.to_owned(),
-        );
-        let refresh_hash = new.refresh_hash.to_vec();
-        let new_device = new.new_device.map(|(hash, expire)| (hash.to_vec(), expire));
-        let refresh_expire_time = new.refresh_expire_time;
+    pub async fn start_session(&self, new: NewSession, now: SystemTime) -> Result<Option<User>, DbError> {
         transaction!(&self.db, |tx| async move {
-            let user = match sql::user_by_id(tx, &user_id, true).await? {
+            let user = match sql::user_by_id(tx, &new.user_id, true).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Ok(None),
             };
-            match &attempt {
-                Attempt::Account => sql::clear_account_failures(tx, &key).await?,
+            match &new.attempt {
+                Attempt::Account => sql::clear_account_failures(tx, &new.username_key).await?,
                 Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
             }
-            sql::insert_session(tx, &session_id, &user_id, now).await?;
-            sql::insert_refresh(tx, &refresh_hash, &session_id, refresh_expire_time).await?;
-            if let Some((hash, expire)) = new_device {
-                sql::insert_device(tx, &hash, &user_id, now, expire).await?;
+            sql::insert_session(tx, &new.session_id, &new.user_id, now).await?;
+            sql::insert_refresh(tx, &new.refresh_hash, &new.session_id, new.refresh_expire_time).await?;
+            if let Some((hash, expire)) = &new.new_device {
+                sql::insert_device(tx, hash, &new.user_id, now, *expire).await?;
             }
             Ok(Some(user))
         })
@@ -504,157 +429,4 @@ async fn log_all(tx: &impl Conn, revocations: &[Revocation]) -> Result<(), DbErr
         sql::log_revocation(tx, revocation).await?;
     }
     Ok(())
-}
-
-/// Whether `user_id` is the only enabled admin, so taking admin away from it would leave none.
-fn is_last_admin(enabled_admins: &[String], user_id: &str) -> bool {
-    enabled_admins.iter().all(|admin| admin == user_id) && enabled_admins.iter().any(|a| a == user_id)
-}
-
-/// Counts one more attempt against `failures`, or says how long they are locked. Reaching `threshold`
-/// failures locks for 30 s, doubling with each further failure, up to 15 min.
-fn reserve(failures: Failures, threshold: u32, now: SystemTime) -> Result<Failures, Duration> {
-    let wait = failures
-        .locked_until
-        .and_then(|until| until.duration_since(now).ok());
-    if let Some(wait) = wait.filter(|wait| !wait.is_zero()) {
-        return Err(wait);
-    }
-    let count = failures.count.saturating_add(1);
-    let locked_until = u32::try_from(count)
-        .ok()
-        .and_then(|count| count.checked_sub(threshold))
-        .map(|over| {
-            now + LOCK_BASE
-                .saturating_mul(2u32.saturating_pow(over.min(20)))
-                .min(LOCK_CAP)
-        });
-    Ok(Failures { count, locked_until })
-}
-
-/// What presenting a refresh token leads to. `successor`: the rotate and expire times of the token this
-/// one was rotated to, when it was. Disabled first: disabling also revokes sessions, and "disabled" is the
-/// more useful answer. A failed login never matters here: whoever holds a live session keeps it.
-fn rotation(
-    presented: &Presented,
-    successor: Option<(Option<SystemTime>, SystemTime)>,
-    now: SystemTime,
-    grace: Duration,
-    ttl: Duration,
-) -> Rotation {
-    if presented.user.disabled {
-        return Rotation::UserDisabled;
-    }
-    if presented.session_revoked {
-        return Rotation::Revoked;
-    }
-    if presented.expire_time <= now {
-        return Rotation::Expired;
-    }
-    let rotated = |expire_time| Rotation::Rotated {
-        user: presented.user.clone(),
-        session_id: presented.session_id.clone(),
-        expire_time,
-    };
-    let Some(rotated_at) = presented.rotate_time else {
-        return rotated(now + ttl);
-    };
-    let repeat = now.duration_since(rotated_at).unwrap_or_default() <= grace;
-    match successor {
-        // A repeat within the grace window, and the successor has not itself been used yet.
-        Some((None, successor_expires)) if repeat => rotated(successor_expires),
-        _ => Rotation::Reused(Revocation::new(
-            Target::Session(presented.session_id.clone()),
-            now,
-            Reason::TokenRevoked,
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: Duration = Duration::from_secs(1_000_000);
-
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + T0 + Duration::from_secs(secs)
-    }
-
-    #[test]
-    fn attempts_lock_at_the_threshold_and_double_up_to_the_cap() {
-        let mut failures = Failures::default();
-        for _ in 0..4 {
-            failures = reserve(failures, 5, at(0)).unwrap();
-            assert_eq!(failures.locked_until, None);
-        }
-        failures = reserve(failures, 5, at(0)).unwrap();
-        assert_eq!(failures.locked_until, Some(at(30)));
-        assert_eq!(reserve(failures, 5, at(10)), Err(Duration::from_secs(20)));
-        failures = reserve(failures, 5, at(30)).unwrap();
-        assert_eq!(failures.locked_until, Some(at(90)));
-        let capped = reserve(
-            Failures {
-                count: 40,
-                locked_until: None,
-            },
-            5,
-            at(0),
-        )
-        .unwrap();
-        assert_eq!(capped.locked_until, Some(at(0) + LOCK_CAP));
-    }
-
-    #[test]
-    fn the_last_enabled_admin_is_recognised() {
-        let admins = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(is_last_admin(&admins(&["a"]), "a"));
-        assert!(!is_last_admin(&admins(&["a", "b"]), "a"));
-        assert!(
-            !is_last_admin(&admins(&["a"]), "b"),
-            "not an admin: nothing to lose"
-        );
-        assert!(!is_last_admin(&admins(&[]), "a"));
-    }
-
-    fn presented(rotate_time: Option<SystemTime>) -> Presented {
-        Presented {
-            session_id: "s".into(),
-            expire_time: at(1000),
-            rotate_time,
-            session_revoked: false,
-            user: User {
-                id: "u".into(),
-                username: "alice".into(),
-                roles: vec![],
-                create_time: at(0),
-                disabled: false,
-            },
-        }
-    }
-
-    #[test]
-    fn rotation_repeats_within_grace_and_treats_later_reuse_as_theft() {
-        let (grace, ttl) = (Duration::from_secs(5), Duration::from_secs(100));
-        let fresh = rotation(&presented(None), None, at(10), grace, ttl);
-        assert!(matches!(fresh, Rotation::Rotated { expire_time, .. } if expire_time == at(110)));
-        let rotated = presented(Some(at(10)));
-        let repeat = rotation(&rotated, Some((None, at(110))), at(12), grace, ttl);
-        assert!(matches!(repeat, Rotation::Rotated { expire_time, .. } if expire_time == at(110)));
-        let late = rotation(&rotated, Some((None, at(110))), at(20), grace, ttl);
-        assert!(matches!(late, Rotation::Reused(_)));
-        let successor_used = rotation(&rotated, Some((Some(at(11)), at(110))), at(12), grace, ttl);
-        assert!(matches!(successor_used, Rotation::Reused(_)));
-        let mut disabled = presented(None);
-        disabled.user.disabled = true;
-        disabled.session_revoked = true;
-        assert!(matches!(
-            rotation(&disabled, None, at(10), grace, ttl),
-            Rotation::UserDisabled
-        ));
-        assert!(matches!(
-            rotation(&presented(None), None, at(1000), grace, ttl),
-            Rotation::Expired
-        ));
-    }
 }

@@ -7,8 +7,11 @@ use std::time::SystemTime;
 use watchword::reason::Reason;
 use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
 
-use super::{Failures, Presented, SessionState, StoredKey, postgres, sqlite};
-use crate::domain::{Credentials, Revocation, User, Username, split_roles};
+use super::{SessionState, StoredKey, postgres, sqlite};
+use crate::{
+    domain::{Credentials, Revocation, User, Username, split_roles},
+    policy::{Failures, Presented},
+};
 
 const USER: &str = "u.id, u.username, u.roles, u.create_time_us, u.disabled";
 
@@ -53,8 +56,7 @@ pub async fn insert_user(tx: &impl Conn, u: &User, name: &Username, hash: &str) 
         &roles,
         &to_micros(u.create_time),
     ];
-    tx.exec(sql, &params).await?;
-    Ok(())
+    tx.exec(sql, &params).await.map(drop)
 }
 
 pub async fn credentials(tx: &impl Conn, username_key: &str) -> Result<Option<Credentials>, DbError> {
@@ -96,8 +98,8 @@ pub async fn set_roles(tx: &impl Conn, id: &str, roles: &[String]) -> Result<(),
         "UPDATE users SET roles = $1 WHERE id = $2",
         &[&roles.join(" "), &id],
     )
-    .await?;
-    Ok(())
+    .await
+    .map(drop)
 }
 
 /// Disables the user and returns when it was disabled (the first time, when it already was).
@@ -111,8 +113,7 @@ pub async fn disable_user(tx: &impl Conn, id: &str, now: SystemTime) -> Result<S
 
 pub async fn insert_session(tx: &impl Conn, id: &str, user_id: &str, now: SystemTime) -> Result<(), DbError> {
     let sql = "INSERT INTO sessions (id, user_id, create_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&id, &user_id, &to_micros(now)]).await?;
-    Ok(())
+    tx.exec(sql, &[&id, &user_id, &to_micros(now)]).await.map(drop)
 }
 
 /// The session `id` of `user_id` and its user.
@@ -154,8 +155,9 @@ pub async fn insert_refresh(
     expire: SystemTime,
 ) -> Result<(), DbError> {
     let sql = "INSERT INTO refresh_tokens (hash, session_id, expire_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&hash, &session_id, &to_micros(expire)]).await?;
-    Ok(())
+    tx.exec(sql, &[&hash, &session_id, &to_micros(expire)])
+        .await
+        .map(drop)
 }
 
 /// The refresh token `hash` with its session and user; locking its row serialises concurrent rotations of
@@ -181,8 +183,7 @@ pub async fn presented_refresh(tx: &impl Conn, hash: &[u8]) -> Result<Option<Pre
 
 pub async fn mark_rotated(tx: &impl Conn, hash: &[u8], now: SystemTime) -> Result<(), DbError> {
     let sql = "UPDATE refresh_tokens SET rotate_time_us = $1 WHERE hash = $2";
-    tx.exec(sql, &[&to_micros(now), &hash]).await?;
-    Ok(())
+    tx.exec(sql, &[&to_micros(now), &hash]).await.map(drop)
 }
 
 /// When the refresh token `hash` was rotated (if it was) and when it expires.
@@ -221,14 +222,15 @@ pub async fn set_account_failures(
                SET failures = excluded.failures, locked_until_us = excluded.locked_until_us,
                    last_attempt_us = excluded.last_attempt_us";
     let until = f.locked_until.map(to_micros);
-    tx.exec(sql, &[&key, &f.count, &until, &to_micros(now)]).await?;
-    Ok(())
+    tx.exec(sql, &[&key, &f.count, &until, &to_micros(now)])
+        .await
+        .map(drop)
 }
 
 pub async fn clear_account_failures(tx: &impl Conn, key: &str) -> Result<(), DbError> {
     tx.exec("DELETE FROM login_failures WHERE username_key = $1", &[&key])
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 /// The failed logins of device token `hash`, if it belongs to the account `username_key` and has not
@@ -250,8 +252,8 @@ pub async fn device_failures(
 pub async fn set_device_failures(tx: &impl Conn, hash: &[u8], f: Failures) -> Result<(), DbError> {
     let sql = "UPDATE device_tokens SET failures = $1, locked_until_us = $2 WHERE hash = $3";
     tx.exec(sql, &[&f.count, &f.locked_until.map(to_micros), &hash])
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 pub async fn insert_device(
@@ -264,8 +266,8 @@ pub async fn insert_device(
     let sql =
         "INSERT INTO device_tokens (hash, user_id, create_time_us, expire_time_us) VALUES ($1, $2, $3, $4)";
     tx.exec(sql, &[&hash, &user_id, &to_micros(now), &to_micros(expire)])
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 /// Forgets the failed logins of `user_id`'s account and of its devices.
@@ -274,8 +276,7 @@ pub async fn clear_user_failures(tx: &impl Conn, user_id: &str) -> Result<(), Db
         "DELETE FROM login_failures WHERE username_key = (SELECT username_key FROM users WHERE id = $1)";
     tx.exec(sql, &[&user_id]).await?;
     let sql = "UPDATE device_tokens SET failures = 0, locked_until_us = NULL WHERE user_id = $1";
-    tx.exec(sql, &[&user_id]).await?;
-    Ok(())
+    tx.exec(sql, &[&user_id]).await.map(drop)
 }
 
 /// Keys not revoked, and not retired before `retired_since`: the signing key first, then newest first.
@@ -305,15 +306,13 @@ pub async fn lock_keys(tx: &impl Conn) -> Result<(), DbError> {
 
 pub async fn insert_key(tx: &impl Conn, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
     let sql = "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&kid, &pem, &to_micros(now)]).await?;
-    Ok(())
+    tx.exec(sql, &[&kid, &pem, &to_micros(now)]).await.map(drop)
 }
 
 /// Retires the signing key (the one not retired); it keeps verifying for a while.
 pub async fn retire_signing_key(tx: &impl Conn, now: SystemTime) -> Result<(), DbError> {
     let sql = "UPDATE signing_keys SET retire_time_us = $1 WHERE retire_time_us IS NULL";
-    tx.exec(sql, &[&to_micros(now)]).await?;
-    Ok(())
+    tx.exec(sql, &[&to_micros(now)]).await.map(drop)
 }
 
 /// Marks `kid` revoked (and retired); `false` if there is no such key.
@@ -343,8 +342,7 @@ pub async fn secret(tx: &impl Conn, name: &str) -> Result<Option<Vec<u8>>, DbErr
 /// Stores the secret unless one of that name exists.
 pub async fn insert_secret(tx: &impl Conn, name: &str, value: &[u8]) -> Result<(), DbError> {
     let sql = "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-    tx.exec(sql, &[&name, &value]).await?;
-    Ok(())
+    tx.exec(sql, &[&name, &value]).await.map(drop)
 }
 
 /// Appends to the revocation log.
@@ -359,8 +357,8 @@ pub async fn log_revocation(tx: &impl Conn, r: &Revocation) -> Result<(), DbErro
     let sql =
         "INSERT INTO revocation (target_kind, target_id, reason, revoke_time_us) VALUES ($1, $2, $3, $4)";
     tx.exec(sql, &[&kind, &id, &r.reason.as_str(), &to_micros(r.revoke_time)])
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 pub async fn revocations_since(tx: &impl Conn, since: SystemTime) -> Result<Vec<Revocation>, DbError> {

@@ -93,6 +93,5 @@ pub async fn author_of(tx: &impl Conn, id: &str) -> Result<Option<String>, DbErr
 }
 
 pub async fn delete_post(tx: &impl Conn, id: &str) -> Result<(), DbError> {
-    tx.exec("DELETE FROM posts WHERE id = $1", &[&id]).await?;
-    Ok(())
+    tx.exec("DELETE FROM posts WHERE id = $1", &[&id]).await.map(drop)
 }
