@@ -168,3 +168,48 @@ fn a_second_auth_svc_on_the_same_sqlite_file_refuses_to_start() {
     drop(first);
     let (_again, _addr, _log) = start(dir.path(), "5s");
 }
+
+#[test]
+fn a_second_auth_svc_through_a_symlink_to_the_same_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, _addr, _log) = start(dir.path(), "5s");
+    let alias = dir.path().join("alias.db");
+    std::os::unix::fs::symlink(dir.path().join("auth.db"), &alias).unwrap();
+    let second = output_within(
+        Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", alias.display())),
+        Duration::from_secs(10),
+    );
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already served by another process"), "{stderr}");
+}
+
+/// Runs `command` to its end, for at most `limit`: one that should have refused to start but serves
+/// instead is killed, and the test fails with what it printed.
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn auth-svc");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let output = rx.recv().unwrap().unwrap();
+            panic!(
+                "still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }
+    }
+}
