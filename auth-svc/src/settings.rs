@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use watchword_db::DatabaseUrl;
 
 /// Registers users, logs them in and issues EdDSA-signed access tokens (JWTs); validates them for
@@ -94,6 +94,19 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// Every flag's default, exactly as the binary would have them without arguments, but never taken
+    /// from the environment: a developer's exported `AUTH_SVC_*` variables must not leak into tests or
+    /// embedders. Each default is written once, in its `#[arg]` attribute.
+    fn defaults() -> Self {
+        // Building the command reads each `env` variable; dropping every `env` before matching means none
+        // of what was read is used.
+        let matches = Self::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(["auth-svc"])
+            .expect("the defaults parse: no argument is required");
+        Self::from_arg_matches(&matches).expect("the defaults are valid values")
+    }
+
     /// The PostgreSQL pool limits from the flags.
     pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
         watchword_db::postgres::PoolOptions {
@@ -105,9 +118,59 @@ impl Settings {
     /// Defaults for everything, storing data in `database_url` and listening on an ephemeral port:
     /// a starting point for tests and embedding.
     pub fn for_database(database_url: DatabaseUrl) -> Self {
-        let mut settings = Self::parse_from(["auth-svc"]);
+        let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
         settings.database_url = database_url;
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// Set in the child process that [`for_database_never_reads_the_environment`] starts.
+    const CHILD: &str = "WATCHWORD_SETTINGS_TEST_CHILD";
+
+    /// Runs this very test again in a child process (the test process's own environment is never
+    /// touched), once with every `AUTH_SVC_*` variable of the flags removed and once with each set to
+    /// `bogus`: the settings must come out the same.
+    #[test]
+    fn for_database_never_reads_the_environment() {
+        let settings = Settings::for_database(DatabaseUrl::Sqlite("t.db".into()));
+        if std::env::var_os(CHILD).is_some() {
+            println!("settings={settings:?}");
+            return;
+        }
+        let test = concat!(module_path!(), "::for_database_never_reads_the_environment");
+        let test = test.split_once("::").map_or(test, |(_crate, path)| path);
+        let run = |value: Option<&str>| {
+            let mut child = Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", test, "--nocapture"]).env(CHILD, "1");
+            for var in Settings::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+            {
+                match value {
+                    Some(value) => child.env(var, value),
+                    None => child.env_remove(var),
+                };
+            }
+            let output = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{:?}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("settings=").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no settings in {stdout}"))
+        };
+        assert_eq!(run(Some("bogus")), run(None));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use watchword_db::DatabaseUrl;
 
 /// Stores posts. Every call must carry `authorization: Bearer <token>`, validated by auth-svc before any
@@ -72,6 +72,19 @@ pub enum VerifyMode {
 }
 
 impl Settings {
+    /// Every flag's default, exactly as the binary would have them without arguments, but never taken
+    /// from the environment: a developer's exported `POSTS_SVC_*` variables must not leak into tests or
+    /// embedders. Each default is written once, in its `#[arg]` attribute.
+    fn defaults() -> Self {
+        // Building the command reads each `env` variable; dropping every `env` before matching means none
+        // of what was read is used.
+        let matches = Self::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(["posts-svc"])
+            .expect("the defaults parse: no argument is required");
+        Self::from_arg_matches(&matches).expect("the defaults are valid values")
+    }
+
     /// The PostgreSQL pool limits from the flags.
     pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
         watchword_db::postgres::PoolOptions {
@@ -82,10 +95,60 @@ impl Settings {
 
     /// Defaults for everything, with the given storage and auth-svc, listening on an ephemeral port.
     pub fn new(database_url: DatabaseUrl, auth_url: impl Into<String>) -> Self {
-        let mut settings = Self::parse_from(["posts-svc"]);
+        let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
         settings.database_url = database_url;
         settings.auth_url = auth_url.into();
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// Set in the child process that [`new_never_reads_the_environment`] starts.
+    const CHILD: &str = "WATCHWORD_SETTINGS_TEST_CHILD";
+
+    /// Runs this very test again in a child process (the test process's own environment is never
+    /// touched), once with every `POSTS_SVC_*` variable of the flags removed and once with each set to
+    /// `bogus`: the settings must come out the same.
+    #[test]
+    fn new_never_reads_the_environment() {
+        let settings = Settings::new(DatabaseUrl::Sqlite("t.db".into()), "http://127.0.0.1:1");
+        if std::env::var_os(CHILD).is_some() {
+            println!("settings={settings:?}");
+            return;
+        }
+        let test = concat!(module_path!(), "::new_never_reads_the_environment");
+        let test = test.split_once("::").map_or(test, |(_crate, path)| path);
+        let run = |value: Option<&str>| {
+            let mut child = Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", test, "--nocapture"]).env(CHILD, "1");
+            for var in Settings::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+            {
+                match value {
+                    Some(value) => child.env(var, value),
+                    None => child.env_remove(var),
+                };
+            }
+            let output = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{:?}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("settings=").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no settings in {stdout}"))
+        };
+        assert_eq!(run(Some("bogus")), run(None));
     }
 }
