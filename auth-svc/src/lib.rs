@@ -252,7 +252,7 @@ async fn maintain(api: Arc<AuthApi>) {
 
 async fn load_signing_key(settings: &Settings, store: &Store) -> Result<SigningKey, ServeError> {
     if let Some(path) = &settings.signing_key_file {
-        let pem = std::fs::read_to_string(path).map_err(|source| ServeError::KeyFile {
+        let pem = crate::settings::read_signing_key_file(path).map_err(|source| ServeError::KeyFile {
             path: path.clone(),
             source,
         })?;
