@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod flags;
 pub mod guard;
 pub mod local;
 pub mod pagination;

@@ -171,7 +171,7 @@ impl KeyRing {
     pub async fn open(store: Store, config: KeyConfig) -> Result<Self, AuthError> {
         let signing = match &config.signing_key_file {
             Some(path) => {
-                let pem = std::fs::read_to_string(path).map_err(|e| {
+                let pem = crate::settings::read_signing_key_file(path).map_err(|e| {
                     AuthError::Internal(format!("reading signing key file {}: {e}", path.display()))
                 })?;
                 SigningKey::from_pkcs8_pem(&pem)?

@@ -1,68 +1,93 @@
 //! Everything auth-svc can be told at start-up. Flags and env vars fold into one [`Settings`] value that is
 //! passed in; nothing reads the environment later. Tests build `Settings` directly.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::Read as _,
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
+use watchword::flags::{self, duration_within};
 use watchword_db::DatabaseUrl;
 
 /// Registers users, logs them in and issues EdDSA-signed access tokens (JWTs); validates them for
 /// other services.
+///
+/// Every value is checked at start: one out of range is a usage error (exit status 2) naming its flag.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "auth-svc", version)]
 pub struct Settings {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on (port 0: any free port, logged at start).
     #[arg(long, env = "AUTH_SVC_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Where users and signing keys are stored: `sqlite://PATH` (created on first start).
+    /// Where users and signing keys are stored: `sqlite://PATH` (created on first start, private to this
+    /// user) or `postgres://...`.
     #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db")]
     pub database_url: DatabaseUrl,
 
-    /// Lifetime of access tokens, e.g. `15m`, `90s`. At most 24h: access tokens are meant to be short-lived.
-    #[arg(long, env = "AUTH_SVC_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_ttl)]
+    /// Lifetime of access tokens, e.g. `15m`, `90s`. Between 1s and 24h: access tokens are meant to be
+    /// short-lived.
+    #[arg(long, env = "AUTH_SVC_ACCESS_TOKEN_TTL", default_value = "15m",
+          value_parser = |v: &str| duration_within(v, ACCESS_TOKEN_TTL))]
     pub access_token_ttl: Duration,
 
     /// Lifetime of a refresh token: a session ends if it goes unused this long, e.g. `30days`, `12h`.
-    #[arg(long, env = "AUTH_SVC_REFRESH_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    /// Between 1m and 365days.
+    #[arg(long, env = "AUTH_SVC_REFRESH_TOKEN_TTL", default_value = "30days",
+          value_parser = |v: &str| duration_within(v, REFRESH_TOKEN_TTL))]
     pub refresh_token_ttl: Duration,
 
     /// How long after a refresh token is rotated a repeat of the same Refresh still gets the same new
-    /// token instead of being treated as theft (which ends the session).
-    #[arg(long, env = "AUTH_SVC_REFRESH_REUSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// token instead of being treated as theft (which ends the session). Between 0s (every repeat is
+    /// theft) and 1m.
+    #[arg(long, env = "AUTH_SVC_REFRESH_REUSE_GRACE", default_value = "5s",
+          value_parser = |v: &str| duration_within(v, REFRESH_REUSE_GRACE))]
     pub refresh_reuse_grace: Duration,
 
-    /// Value of the `iss` claim in issued tokens; Validate accepts only this issuer.
-    #[arg(long, env = "AUTH_SVC_ISSUER", default_value = "watchword-auth")]
+    /// Value of the `iss` claim in issued tokens; Validate accepts only this issuer. 1 to 256 bytes, no
+    /// control characters.
+    #[arg(long, env = "AUTH_SVC_ISSUER", default_value = "watchword-auth", value_parser = claim_value)]
     pub issuer: String,
 
-    /// Value of the `aud` claim in issued tokens; Validate accepts only this audience.
-    #[arg(long, env = "AUTH_SVC_AUDIENCE", default_value = "watchword")]
+    /// Value of the `aud` claim in issued tokens; Validate accepts only this audience. 1 to 256 bytes,
+    /// no control characters.
+    #[arg(long, env = "AUTH_SVC_AUDIENCE", default_value = "watchword", value_parser = claim_value)]
     pub audience: String,
 
     /// PEM file (PKCS#8) with the Ed25519 signing key. Without it a key is generated on first start and
-    /// kept in the database, so tokens stay valid across restarts.
-    #[arg(long, env = "AUTH_SVC_SIGNING_KEY_FILE")]
+    /// kept in the database, so tokens stay valid across restarts. Must be a file that neither group nor
+    /// others may access (`chmod 600`).
+    #[arg(long, env = "AUTH_SVC_SIGNING_KEY_FILE", value_parser = private_key_file)]
     pub signing_key_file: Option<PathBuf>,
 
     /// Shortest password accepted at registration, in bytes (NIST 800-63B suggests at least 8; we default to 12).
+    /// Between 8 and 128.
     #[arg(long, env = "AUTH_SVC_MIN_PASSWORD_LENGTH", default_value_t = 12,
           value_parser = clap::value_parser!(u16).range(8..=128))]
     pub min_password_length: u16,
 
     /// Failed logins in a row after which an account is locked, with a lock that doubles from 30 s (up to
-    /// 15 min) on each further failure. Unknown usernames are counted exactly like real ones.
+    /// 15 min) on each further failure. Unknown usernames are counted exactly like real ones. Between 1
+    /// and 1000000.
     #[arg(long, env = "AUTH_SVC_LOCKOUT_THRESHOLD", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(LOCKOUT_THRESHOLD))]
     pub lockout_threshold: u32,
 
     /// Login and Register calls per second allowed from one peer address (token bucket); 0 turns the
-    /// per-address limit off (e.g. behind a load balancer, where every peer is the balancer).
-    #[arg(long, env = "AUTH_SVC_PEER_RATE", default_value_t = 5.0)]
+    /// per-address limit off (e.g. behind a load balancer, where every peer is the balancer). 0, or
+    /// between 0.01 and 10000.
+    #[arg(long, env = "AUTH_SVC_PEER_RATE", default_value_t = 5.0, value_parser = peer_rate,
+          allow_negative_numbers = true)]
     pub peer_rate: f64,
 
-    /// Burst of Login and Register calls allowed from one peer address before the rate applies.
-    #[arg(long, env = "AUTH_SVC_PEER_BURST", default_value_t = 30)]
+    /// Burst of Login and Register calls allowed from one peer address before the rate applies. Between
+    /// 1 and 10000.
+    #[arg(long, env = "AUTH_SVC_PEER_BURST", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(PEER_BURST))]
     pub peer_burst: u32,
 
     /// Load balancers or proxies (CIDR ranges, comma-separated) whose `x-forwarded-for` names the client
@@ -86,29 +111,124 @@ pub struct Settings {
     #[arg(long, value_name = "USERNAME")]
     pub bootstrap_admin: Option<String>,
 
-    /// PostgreSQL only: connections kept per process.
-    #[arg(long, env = "AUTH_SVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    /// PostgreSQL only: connections kept per process. Between 1 and 1000.
+    #[arg(long, env = "AUTH_SVC_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(flags::DB_MAX_CONNECTIONS))]
     pub db_max_connections: usize,
 
     /// PostgreSQL only: how long a query may wait for a connection (or to open one) before the call fails
-    /// with UNAVAILABLE.
-    #[arg(long, env = "AUTH_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// with UNAVAILABLE. Between 100ms and 30s.
+    #[arg(long, env = "AUTH_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s",
+          value_parser = |v: &str| duration_within(v, flags::DB_ACQUIRE_TIMEOUT))]
     pub db_acquire_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
-    #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Between 100ms and 10m.
+    #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s",
+          value_parser = |v: &str| duration_within(v, flags::SHUTDOWN_GRACE))]
     pub shutdown_grace: Duration,
 }
 
-fn parse_ttl(value: &str) -> Result<Duration, String> {
-    let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
-    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {
-        return Err("must be between 1s and 24h".into());
+const ACCESS_TOKEN_TTL: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+const REFRESH_TOKEN_TTL: RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600);
+/// Long enough for a client's retry after a lost answer; any longer only widens the window in which a
+/// stolen refresh token gets the same successor as its owner.
+const REFRESH_REUSE_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
+const LOCKOUT_THRESHOLD: RangeInclusive<i64> = 1..=1_000_000;
+const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
+/// The slowest rate still tells a throttled caller to come back within 100 s (the retry delay is
+/// `1 / rate`); NaN, infinities and tiny rates would make that delay meaningless or overflow it.
+const PEER_RATE: RangeInclusive<f64> = 0.01..=10_000.0;
+const CLAIM_VALUE_MAX_BYTES: usize = 256;
+
+fn peer_rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if rate == 0.0 || PEER_RATE.contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "must be 0 (off) or between {} and {} calls per second",
+            PEER_RATE.start(),
+            PEER_RATE.end()
+        ))
     }
-    Ok(ttl)
+}
+
+/// `iss` and `aud` are compared byte for byte: an empty one, or one with invisible characters, would make
+/// tokens nobody can tell apart from misconfiguration.
+fn claim_value(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > CLAIM_VALUE_MAX_BYTES || value.chars().any(char::is_control) {
+        return Err(format!(
+            "must be 1 to {CLAIM_VALUE_MAX_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `--signing-key-file`: refused at start unless it is a file only its owner may access.
+fn private_key_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    open_private(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Reads the signing key file, refusing one that group or others may access: anyone who can read the key
+/// can mint tokens for any user, and anyone who can write it can swap in their own.
+pub fn read_signing_key_file(path: &Path) -> std::io::Result<String> {
+    let mut pem = String::new();
+    open_private(path)?.read_to_string(&mut pem)?;
+    Ok(pem)
+}
+
+/// Opens `path` for reading if it is a regular file private to its owner. The mode is checked on the
+/// opened file, so what is read is what was checked.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    // Before opening: opening a FIFO would block start-up.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let file = std::fs::File::open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file.metadata()?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{path} is accessible to group or others (mode {mode:04o}); a signing key must be \
+                     private to its owner: run `chmod 600 {path}`",
+                    path = path.display()
+                ),
+            ));
+        }
+    }
+    Ok(file)
 }
 
 impl Settings {
+    /// Every flag's default, exactly as the binary would have them without arguments, but never taken
+    /// from the environment: a developer's exported `AUTH_SVC_*` variables must not leak into tests or
+    /// embedders. Each default is written once, in its `#[arg]` attribute.
+    fn defaults() -> Self {
+        Self::parse_without_env(["auth-svc"]).expect("the defaults are valid values")
+    }
+
+    /// Parses `args` (the first is the program name) as the binary would, with the same checks, but
+    /// ignoring the environment.
+    fn parse_without_env<const N: usize>(args: [&str; N]) -> Result<Self, clap::Error> {
+        // Building the command reads each `env` variable; dropping every `env` before matching means none
+        // of what was read is used.
+        let matches = Self::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
     /// The PostgreSQL pool limits from the flags.
     pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
         watchword_db::postgres::PoolOptions {
@@ -120,9 +240,144 @@ impl Settings {
     /// Defaults for everything, storing data in `database_url` and listening on an ephemeral port:
     /// a starting point for tests and embedding.
     pub fn for_database(database_url: DatabaseUrl) -> Self {
-        let mut settings = Self::parse_from(["auth-svc"]);
+        let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
         settings.database_url = database_url;
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn each_flag_accepts_the_ends_of_its_range_and_nothing_past_them() {
+        let long_claim = "x".repeat(256);
+        let inside = [
+            ["--access-token-ttl", "1s"],
+            ["--access-token-ttl", "24h"],
+            ["--refresh-token-ttl", "1m"],
+            ["--refresh-token-ttl", "365days"],
+            ["--refresh-reuse-grace", "0s"],
+            ["--refresh-reuse-grace", "1m"],
+            ["--issuer", &long_claim],
+            ["--audience", "a"],
+            ["--min-password-length", "8"],
+            ["--min-password-length", "128"],
+            ["--lockout-threshold", "1"],
+            ["--lockout-threshold", "1000000"],
+            ["--peer-rate", "0"],
+            ["--peer-rate", "0.01"],
+            ["--peer-rate", "10000"],
+            ["--peer-burst", "1"],
+            ["--peer-burst", "10000"],
+            ["--db-max-connections", "1"],
+            ["--db-max-connections", "1000"],
+            ["--db-acquire-timeout", "100ms"],
+            ["--db-acquire-timeout", "30s"],
+            ["--shutdown-grace", "100ms"],
+            ["--shutdown-grace", "10m"],
+        ];
+        let longer_claim = "x".repeat(257);
+        let outside = [
+            ["--access-token-ttl", "999ms"],
+            ["--access-token-ttl", "24h 1s"],
+            ["--refresh-token-ttl", "59s"],
+            ["--refresh-token-ttl", "366days"],
+            ["--refresh-reuse-grace", "61s"],
+            ["--issuer", &longer_claim],
+            ["--audience", "new\nline"],
+            ["--min-password-length", "129"],
+            ["--lockout-threshold", "1000001"],
+            ["--peer-rate", "0.009"],
+            ["--peer-rate", "10000.5"],
+            ["--peer-burst", "10001"],
+            ["--db-max-connections", "1001"],
+            ["--db-acquire-timeout", "99ms"],
+            ["--db-acquire-timeout", "31s"],
+            ["--shutdown-grace", "99ms"],
+            ["--shutdown-grace", "11m"],
+        ];
+        for [flag, value] in inside {
+            let parsed = Settings::parse_without_env(["auth-svc", flag, value]);
+            assert!(parsed.is_ok(), "{flag} {value}: {parsed:?}");
+        }
+        for [flag, value] in outside {
+            let error = Settings::parse_without_env(["auth-svc", flag, value]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value}"
+            );
+            assert!(error.to_string().contains(flag), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_signing_key_file_is_read_only_while_it_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, "pem").unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o602, 0o610] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = read_signing_key_file(&path).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(error.to_string().contains("chmod 600"), "{error}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_signing_key_file(&path).unwrap(), "pem");
+        }
+        assert!(
+            read_signing_key_file(dir.path()).is_err(),
+            "a directory is no key file"
+        );
+    }
+
+    /// Set in the child process that [`for_database_never_reads_the_environment`] starts.
+    const CHILD: &str = "WATCHWORD_SETTINGS_TEST_CHILD";
+
+    /// Runs this very test again in a child process (the test process's own environment is never
+    /// touched), once with every `AUTH_SVC_*` variable of the flags removed and once with each set to
+    /// `bogus`: the settings must come out the same.
+    #[test]
+    fn for_database_never_reads_the_environment() {
+        let settings = Settings::for_database(DatabaseUrl::Sqlite("t.db".into()));
+        if std::env::var_os(CHILD).is_some() {
+            println!("settings={settings:?}");
+            return;
+        }
+        let test = concat!(module_path!(), "::for_database_never_reads_the_environment");
+        let test = test.split_once("::").map_or(test, |(_crate, path)| path);
+        let run = |value: Option<&str>| {
+            let mut child = Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", test, "--nocapture"]).env(CHILD, "1");
+            for var in Settings::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+            {
+                match value {
+                    Some(value) => child.env(var, value),
+                    None => child.env_remove(var),
+                };
+            }
+            let output = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{:?}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("settings=").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no settings in {stdout}"))
+        };
+        assert_eq!(run(Some("bogus")), run(None));
     }
 }

@@ -22,10 +22,20 @@ impl Drop for Process {
 
 /// Starts the binary and returns it with the address it reports in its "serving" log line.
 fn start(data_dir: &std::path::Path, grace: &str) -> (Process, SocketAddr, mpsc::Receiver<String>) {
+    start_with(data_dir, grace, &[])
+}
+
+/// [`start`], with more arguments.
+fn start_with(
+    data_dir: &std::path::Path,
+    grace: &str,
+    args: &[&std::ffi::OsStr],
+) -> (Process, SocketAddr, mpsc::Receiver<String>) {
     let child = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
         .args(["--listen", "127.0.0.1:0", "--shutdown-grace", grace])
         .arg("--database-url")
         .arg(format!("sqlite://{}", data_dir.join("auth.db").display()))
+        .args(args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -175,4 +185,190 @@ fn a_second_auth_svc_on_the_same_sqlite_file_refuses_to_start() {
     // Once the first has gone, the file is free again.
     drop(first);
     let (_again, _addr, _log) = start(dir.path(), "5s");
+}
+
+#[test]
+fn a_second_auth_svc_through_a_symlink_to_the_same_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, _addr, _log) = start(dir.path(), "5s");
+    let alias = dir.path().join("alias.db");
+    std::os::unix::fs::symlink(dir.path().join("auth.db"), &alias).unwrap();
+    let second = output_within(
+        Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", alias.display())),
+        Duration::from_secs(10),
+    );
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already served by another process"), "{stderr}");
+}
+
+/// Runs `command` to its end, for at most `limit`: one that should have refused to start but serves
+/// instead is killed, and the test fails with what it printed.
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    run_within(command, limit).unwrap_or_else(|output| {
+        panic!(
+            "still running after {limit:?}; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Runs `command` to its end, or kills it after `limit` (then `Err` with what it printed).
+fn run_within(command: &mut Command, limit: Duration) -> Result<std::process::Output, std::process::Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn auth-svc");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => Ok(output.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            Err(rx.recv().unwrap().unwrap())
+        }
+    }
+}
+
+/// An Ed25519 key for tests only (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes it).
+const TEST_SIGNING_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIA/CPRjAus/xe8GSxG0pQSOF1XnzLNUNUSC51ZOXH/MF
+-----END PRIVATE KEY-----
+";
+
+/// One bad start-up configuration: arguments, environment, and the flag the refusal must name.
+struct BadStart {
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    flag: &'static str,
+}
+
+const fn bad(args: &'static [&'static str], flag: &'static str) -> BadStart {
+    BadStart { args, env: &[], flag }
+}
+
+#[test]
+fn every_flag_out_of_range_is_a_usage_error_naming_it() {
+    let cases = [
+        bad(&["--listen", "nope"], "--listen"),
+        bad(&["--database-url", "mysql://x"], "--database-url"),
+        bad(&["--access-token-ttl", "0s"], "--access-token-ttl"),
+        bad(&["--access-token-ttl", "25h"], "--access-token-ttl"),
+        bad(&["--refresh-token-ttl", "100years"], "--refresh-token-ttl"),
+        bad(&["--refresh-token-ttl", "0s"], "--refresh-token-ttl"),
+        bad(&["--refresh-reuse-grace", "1h"], "--refresh-reuse-grace"),
+        bad(&["--refresh-reuse-grace", "100years"], "--refresh-reuse-grace"),
+        bad(&["--issuer", ""], "--issuer"),
+        bad(&["--issuer", "tab\there"], "--issuer"),
+        bad(&["--audience", ""], "--audience"),
+        bad(
+            &["--signing-key-file", "/nonexistent/key.pem"],
+            "--signing-key-file",
+        ),
+        bad(&["--min-password-length", "7"], "--min-password-length"),
+        bad(&["--lockout-threshold", "0"], "--lockout-threshold"),
+        bad(&["--lockout-threshold", "4294967295"], "--lockout-threshold"),
+        bad(&["--peer-rate", "NaN"], "--peer-rate"),
+        bad(&["--peer-rate", "inf"], "--peer-rate"),
+        bad(&["--peer-rate=-1"], "--peer-rate"),
+        bad(&["--peer-rate", "1e-300"], "--peer-rate"),
+        bad(&["--peer-burst", "0"], "--peer-burst"),
+        bad(&["--peer-burst", "4000000000"], "--peer-burst"),
+        bad(&["--db-max-connections", "0"], "--db-max-connections"),
+        bad(&["--db-max-connections", "100000"], "--db-max-connections"),
+        bad(&["--db-acquire-timeout", "0s"], "--db-acquire-timeout"),
+        bad(&["--db-acquire-timeout", "100years"], "--db-acquire-timeout"),
+        bad(&["--shutdown-grace", "0s"], "--shutdown-grace"),
+        bad(&["--shutdown-grace", "100years"], "--shutdown-grace"),
+        bad(&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
+        bad(&["--trusted-proxies", "a-proxy"], "--trusted-proxies"),
+        bad(&["--max-revocation-subscribers", "0"], "--max-revocation-subscribers"),
+        // The environment goes through the same checks, and the refusal still names the flag.
+        BadStart {
+            args: &[],
+            env: &[("AUTH_SVC_PEER_RATE", "NaN")],
+            flag: "--peer-rate",
+        },
+        BadStart {
+            args: &[],
+            env: &[("AUTH_SVC_REFRESH_TOKEN_TTL", "100years")],
+            flag: "--refresh-token-ttl",
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // All at once, so the whole table takes one deadline; each has its own database so that, unfixed,
+    // they would all start.
+    let runs: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_auth-svc"));
+            if !case.args.contains(&"--listen") {
+                command.args(["--listen", "127.0.0.1:0"]);
+            }
+            if !case.args.contains(&"--database-url") {
+                command.arg("--database-url").arg(format!(
+                    "sqlite://{}",
+                    dir.path().join(format!("{i}.db")).display()
+                ));
+            }
+            command.args(case.args).envs(case.env.iter().copied());
+            std::thread::spawn(move || run_within(&mut command, Duration::from_secs(10)))
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for (case, run) in cases.iter().zip(runs) {
+        let what = format!("{:?} {:?}", case.env, case.args);
+        match run.join().unwrap() {
+            Ok(output) => {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                if output.status.code() != Some(2)
+                    || !stderr.contains(case.flag)
+                    || stderr.contains("panicked")
+                {
+                    wrong.push(format!("{what}: {:?}\n{stderr}", output.status));
+                }
+            }
+            Err(_) => wrong.push(format!("{what}: still serving after 10s")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_signing_key_file_others_can_read_is_refused_until_it_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing-key.pem");
+    std::fs::write(&key, TEST_SIGNING_KEY).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = output_within(
+            Command::new(env!("CARGO_BIN_EXE_auth-svc"))
+                .args(["--listen", "127.0.0.1:0"])
+                .arg("--database-url")
+                .arg(format!("sqlite://{}", dir.path().join("auth.db").display()))
+                .arg("--signing-key-file")
+                .arg(&key),
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "mode {mode:o}: {stderr}");
+        assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+        assert!(stderr.contains("chmod 600"), "{stderr}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_serving, _addr, _log) = start_with(
+        dir.path(),
+        "5s",
+        &["--signing-key-file".as_ref(), key.as_os_str()],
+    );
 }

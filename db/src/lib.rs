@@ -42,6 +42,8 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
+    #[error("database file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
     #[error("database lock file {path}: {source}")]
     LockFile { path: PathBuf, source: std::io::Error },
     #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
@@ -101,15 +103,24 @@ impl DatabaseUrl {
     /// lock is an advisory `flock` on a `<database>.lock` file beside it, not on the database itself:
     /// closing any descriptor of the database file would drop SQLite's own POSIX locks. The kernel releases
     /// it when the process dies, however it dies.
+    ///
+    /// The lock file is named after the database's canonical path (the file is created first, so it has
+    /// one): a symlink to the file, or to a directory on the way, is one database and so one claim.
+    /// (Hard links are not recognised: they have no canonical name.)
     pub fn claim_exclusive(&self) -> Result<Option<std::fs::File>, DbError> {
         let Self::Sqlite(path) = self else {
             return Ok(None);
         };
         create_parent_dir(path)?;
-        let mut lock = path.clone().into_os_string();
+        create_database_file(path)?;
+        let canonical = std::fs::canonicalize(path).map_err(|source| DbError::File {
+            path: path.clone(),
+            source,
+        })?;
+        let mut lock = canonical.into_os_string();
         lock.push(".lock");
         let lock = PathBuf::from(lock);
-        let file = std::fs::OpenOptions::new()
+        let file = private_file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -419,7 +430,8 @@ struct Inner {
 }
 
 impl Sqlite {
-    /// Opens (creating if needed) the database at `path` and applies any `migrations` not yet applied.
+    /// Opens (creating if needed, private to this user) the database at `path` and applies any
+    /// `migrations` not yet applied.
     ///
     /// `migrations[i]` is schema version `i + 1`; the version lives in `PRAGMA user_version`, so the list
     /// is append-only: never edit a migration that has shipped.
@@ -427,6 +439,7 @@ impl Sqlite {
         let path = path.to_path_buf();
         blocking(move || {
             create_parent_dir(&path)?;
+            create_database_file(&path)?;
             let mut writer = connect(&path, false)?;
             migrate(&mut writer, migrations)?;
             Ok(Self {
@@ -531,14 +544,44 @@ pub fn now() -> SystemTime {
     from_micros(to_micros(SystemTime::now()))
 }
 
+/// Creates the database's directory and any missing parents, accessible to this user only: the database
+/// holds password hashes and signing keys. A directory that already exists keeps its mode; it is the
+/// operator's.
 fn create_parent_dir(path: &Path) -> Result<(), DbError> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| DbError::Directory {
-            path: dir.to_path_buf(),
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| DbError::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates the database file, if it does not exist yet, readable and writable by this user only. SQLite
+/// would create it 0644, and it creates the `-wal` and `-shm` files with the database file's mode, so
+/// those follow. An existing file is never opened here: closing a descriptor of a database this process
+/// has open would drop SQLite's POSIX locks on it.
+fn create_database_file(path: &Path) -> Result<(), DbError> {
+    match private_file_options().write(true).create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(DbError::File {
+            path: path.to_path_buf(),
             source,
         }),
-        None => Ok(()),
     }
+}
+
+/// Options that create a file with mode 0600 (before the umask, which can only narrow it).
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
 }
 
 fn connect(path: &Path, read_only: bool) -> Result<Connection, DbError> {
@@ -604,6 +647,59 @@ mod tests {
         assert!(url.claim_exclusive().expect("free again once dropped").is_some());
         let shared = DatabaseUrl::Postgres("postgres://localhost/db".into());
         assert!(shared.claim_exclusive().unwrap().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_claim_keys_on_the_file_not_on_how_its_path_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = DatabaseUrl::Sqlite(dir.path().join("data/a.db"));
+        let _claim = plain.claim_exclusive().unwrap();
+        // `<path>.lock` already coincided for spellings that differ only in the directory part; a link to
+        // the file itself (or to a directory on the way, then named differently) did not.
+        std::os::unix::fs::symlink(dir.path().join("data"), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data/a.db"), dir.path().join("alias.db")).unwrap();
+        std::os::unix::fs::symlink("a.db", dir.path().join("data/sub-alias.db")).unwrap();
+        for other in ["data/../data/a.db", "link/a.db", "alias.db", "link/sub-alias.db"] {
+            let url = DatabaseUrl::Sqlite(dir.path().join(other));
+            assert!(
+                matches!(url.claim_exclusive(), Err(DbError::InUse { .. })),
+                "{other} is the same file and must be refused"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private_to_their_owner_in_directories_created_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| format!("{:o}", std::fs::metadata(p).unwrap().permissions().mode() & 0o777);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("new/nested/db.sqlite");
+        let url = DatabaseUrl::Sqlite(path.clone());
+        let _claim = url.claim_exclusive().unwrap();
+        let db = Sqlite::open(&path, MIGRATIONS).await.unwrap();
+        db.write(|tx| tx.execute("INSERT INTO t (v) VALUES ('a')", []))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            mode(dir.path()),
+            "755",
+            "a directory we did not create keeps its mode"
+        );
+        for created in ["new", "new/nested"] {
+            assert_eq!(mode(&dir.path().join(created)), "700", "{created}");
+        }
+        for file in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "db.sqlite.lock"] {
+            assert_eq!(mode(&dir.path().join("new/nested").join(file)), "600", "{file}");
+        }
+
+        // Opening without a claim (posts-svc) creates the file private too.
+        let other = dir.path().join("other.db");
+        drop(Sqlite::open(&other, MIGRATIONS).await.unwrap());
+        assert_eq!(mode(&other), "600");
     }
 
     #[test]

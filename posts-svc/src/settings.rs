@@ -1,20 +1,24 @@
 //! Everything posts-svc can be told at start-up, folded from flags and env vars into one value.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
+use watchword::flags::{self, duration_within};
 use watchword_db::DatabaseUrl;
 
 /// Stores posts. Every call must carry `authorization: Bearer <token>`, validated by auth-svc before any
 /// handler runs.
+///
+/// Every value is checked at start: one out of range is a usage error (exit status 2) naming its flag.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "posts-svc", version)]
 pub struct Settings {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on (port 0: any free port, logged at start).
     #[arg(long, env = "POSTS_SVC_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
 
-    /// Where posts are stored: `sqlite://PATH` (created on first start).
+    /// Where posts are stored: `sqlite://PATH` (created on first start, private to this user) or
+    /// `postgres://...`.
     #[arg(
         long,
         env = "POSTS_SVC_DATABASE_URL",
@@ -22,12 +26,14 @@ pub struct Settings {
     )]
     pub database_url: DatabaseUrl,
 
-    /// auth-svc's address; every call's token is validated there.
-    #[arg(long, env = "POSTS_SVC_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    /// auth-svc's address, an `http://` URL with a host; every call's token is validated there.
+    #[arg(long, env = "POSTS_SVC_AUTH_URL", default_value = "http://127.0.0.1:50051", value_parser = auth_url)]
     pub auth_url: String,
 
     /// How long to wait for auth-svc's verdict (connect included) before failing a call with UNAVAILABLE.
-    #[arg(long, env = "POSTS_SVC_AUTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Between 50ms and 30s.
+    #[arg(long, env = "POSTS_SVC_AUTH_TIMEOUT", default_value = "2s",
+          value_parser = |v: &str| duration_within(v, AUTH_TIMEOUT))]
     pub auth_timeout: Duration,
 
     /// How the guard checks tokens: `remote` asks auth-svc's Validate (cached for --validate-cache-ttl);
@@ -36,30 +42,63 @@ pub struct Settings {
     pub verify: VerifyMode,
 
     /// In remote mode, how long a successful validation is reused (never past the token's expiry);
-    /// `0` validates every call remotely.
-    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// `0` validates every call remotely. Between 0s and 1h.
+    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_TTL", default_value = "5s",
+          value_parser = |v: &str| duration_within(v, VALIDATE_CACHE_TTL))]
     pub validate_cache_ttl: Duration,
 
-    /// Most validations kept in the cache.
-    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_SIZE", default_value_t = 100_000)]
+    /// Most validations kept in the cache. Between 1 and 10000000.
+    #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_SIZE", default_value_t = 100_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(VALIDATE_CACHE_SIZE))]
     pub validate_cache_size: usize,
 
     /// In local mode, the shortest time between two JWKS fetches prompted by a token with an unknown key.
-    #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Between 1s and 1h.
+    #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s",
+          value_parser = |v: &str| duration_within(v, JWKS_REFETCH_INTERVAL))]
     pub jwks_refetch_interval: Duration,
 
-    /// PostgreSQL only: connections kept per process.
-    #[arg(long, env = "POSTS_SVC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    /// PostgreSQL only: connections kept per process. Between 1 and 1000.
+    #[arg(long, env = "POSTS_SVC_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(flags::DB_MAX_CONNECTIONS))]
     pub db_max_connections: usize,
 
     /// PostgreSQL only: how long a query may wait for a connection (or to open one) before the call fails
-    /// with UNAVAILABLE.
-    #[arg(long, env = "POSTS_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// with UNAVAILABLE. Between 100ms and 30s.
+    #[arg(long, env = "POSTS_SVC_DB_ACQUIRE_TIMEOUT", default_value = "5s",
+          value_parser = |v: &str| duration_within(v, flags::DB_ACQUIRE_TIMEOUT))]
     pub db_acquire_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits anyway.
-    #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Between 100ms and 10m.
+    #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s",
+          value_parser = |v: &str| duration_within(v, flags::SHUTDOWN_GRACE))]
     pub shutdown_grace: Duration,
+}
+
+/// A verdict slower than a call may live (30 s) is no verdict; below 50 ms even a healthy auth-svc on
+/// another machine would be refused.
+const AUTH_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(50)..=Duration::from_secs(30);
+/// `0` turns the cache off. Cached verdicts are trusted only while the revocation stream is live, but an
+/// hour is already longer than any access token should live.
+const VALIDATE_CACHE_TTL: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+/// At least one entry; ten million is gigabytes of memory already.
+const VALIDATE_CACHE_SIZE: RangeInclusive<u64> = 1..=10_000_000;
+/// Each unknown `kid` may prompt a fetch from auth-svc this often: below a second, forged tokens would
+/// drive a fetch flood; above an hour, a key rotation stays unknown too long.
+const JWKS_REFETCH_INTERVAL: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// The guard connects to auth-svc lazily, so a URL it cannot use would otherwise show only as every call
+/// failing: check here what it will parse, and that it names a host. Plain `http://` only: this build has
+/// no TLS client, so an `https://` URL could never connect.
+fn auth_url(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "must be an http:// URL with a host, e.g. http://127.0.0.1:50051";
+    let endpoint = tonic::transport::Endpoint::from_shared(value.to_owned()).map_err(|_| EXPECTED)?;
+    let uri = endpoint.uri();
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(EXPECTED.to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 /// How the guard checks tokens.
@@ -72,6 +111,24 @@ pub enum VerifyMode {
 }
 
 impl Settings {
+    /// Every flag's default, exactly as the binary would have them without arguments, but never taken
+    /// from the environment: a developer's exported `POSTS_SVC_*` variables must not leak into tests or
+    /// embedders. Each default is written once, in its `#[arg]` attribute.
+    fn defaults() -> Self {
+        Self::parse_without_env(["posts-svc"]).expect("the defaults are valid values")
+    }
+
+    /// Parses `args` (the first is the program name) as the binary would, with the same checks, but
+    /// ignoring the environment.
+    fn parse_without_env<const N: usize>(args: [&str; N]) -> Result<Self, clap::Error> {
+        // Building the command reads each `env` variable; dropping every `env` before matching means none
+        // of what was read is used.
+        let matches = Self::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
     /// The PostgreSQL pool limits from the flags.
     pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
         watchword_db::postgres::PoolOptions {
@@ -82,10 +139,111 @@ impl Settings {
 
     /// Defaults for everything, with the given storage and auth-svc, listening on an ephemeral port.
     pub fn new(database_url: DatabaseUrl, auth_url: impl Into<String>) -> Self {
-        let mut settings = Self::parse_from(["posts-svc"]);
+        let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
         settings.database_url = database_url;
         settings.auth_url = auth_url.into();
         settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn each_flag_accepts_the_ends_of_its_range_and_nothing_past_them() {
+        let inside = [
+            ["--auth-url", "http://auth.internal:50051"],
+            ["--auth-url", "http://[::1]:50051"],
+            ["--auth-timeout", "50ms"],
+            ["--auth-timeout", "30s"],
+            ["--verify", "local"],
+            ["--validate-cache-ttl", "0"],
+            ["--validate-cache-ttl", "1h"],
+            ["--validate-cache-size", "1"],
+            ["--validate-cache-size", "10000000"],
+            ["--jwks-refetch-interval", "1s"],
+            ["--jwks-refetch-interval", "1h"],
+            ["--db-max-connections", "1"],
+            ["--db-max-connections", "1000"],
+            ["--db-acquire-timeout", "100ms"],
+            ["--db-acquire-timeout", "30s"],
+            ["--shutdown-grace", "100ms"],
+            ["--shutdown-grace", "10m"],
+        ];
+        let outside = [
+            ["--auth-url", "http://"],
+            ["--auth-url", "https://auth.internal:50051"],
+            ["--auth-timeout", "49ms"],
+            ["--auth-timeout", "31s"],
+            ["--validate-cache-ttl", "1h 1s"],
+            ["--validate-cache-size", "10000001"],
+            ["--jwks-refetch-interval", "999ms"],
+            ["--jwks-refetch-interval", "61m"],
+            ["--db-max-connections", "1001"],
+            ["--db-acquire-timeout", "99ms"],
+            ["--db-acquire-timeout", "31s"],
+            ["--shutdown-grace", "99ms"],
+            ["--shutdown-grace", "11m"],
+        ];
+        for [flag, value] in inside {
+            let parsed = Settings::parse_without_env(["posts-svc", flag, value]);
+            assert!(parsed.is_ok(), "{flag} {value}: {parsed:?}");
+        }
+        for [flag, value] in outside {
+            let error = Settings::parse_without_env(["posts-svc", flag, value]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value}"
+            );
+            assert!(error.to_string().contains(flag), "{error}");
+        }
+    }
+
+    /// Set in the child process that [`new_never_reads_the_environment`] starts.
+    const CHILD: &str = "WATCHWORD_SETTINGS_TEST_CHILD";
+
+    /// Runs this very test again in a child process (the test process's own environment is never
+    /// touched), once with every `POSTS_SVC_*` variable of the flags removed and once with each set to
+    /// `bogus`: the settings must come out the same.
+    #[test]
+    fn new_never_reads_the_environment() {
+        let settings = Settings::new(DatabaseUrl::Sqlite("t.db".into()), "http://127.0.0.1:1");
+        if std::env::var_os(CHILD).is_some() {
+            println!("settings={settings:?}");
+            return;
+        }
+        let test = concat!(module_path!(), "::new_never_reads_the_environment");
+        let test = test.split_once("::").map_or(test, |(_crate, path)| path);
+        let run = |value: Option<&str>| {
+            let mut child = Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", test, "--nocapture"]).env(CHILD, "1");
+            for var in Settings::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+            {
+                match value {
+                    Some(value) => child.env(var, value),
+                    None => child.env_remove(var),
+                };
+            }
+            let output = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{:?}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("settings=").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no settings in {stdout}"))
+        };
+        assert_eq!(run(Some("bogus")), run(None));
     }
 }

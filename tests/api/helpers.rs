@@ -159,6 +159,7 @@ pub fn write_signing_key(dir: &TempDir) -> (PathBuf, String) {
     let key = auth_svc::keys::SigningKey::generate().unwrap();
     let path = dir.path().join("signing-key.pem");
     std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     (path, key.to_pkcs8_pem().to_owned())
 }
 

@@ -1,0 +1,74 @@
+//! Range checks for the services' command-line flags, written as clap value parsers: a value out of range
+//! is a usage error (exit status 2, the flag named, before anything starts) rather than a panic or a
+//! service quietly running with a value it cannot honour. The flags both services have share their ranges
+//! here, so the two cannot drift.
+
+use std::{ops::RangeInclusive, time::Duration};
+
+/// `--shutdown-grace`: some drain, and no stalled client holding the process for long.
+pub const SHUTDOWN_GRACE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// `--db-max-connections`: at least one connection, and no more than a PostgreSQL server would accept.
+pub const DB_MAX_CONNECTIONS: RangeInclusive<u64> = 1..=1000;
+
+/// `--db-acquire-timeout`: a wait a query can survive; never longer than a call may live (30 s).
+pub const DB_ACQUIRE_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(30);
+
+/// A duration as humantime reads it (`500ms`, `10s`, `30days`), within `range`.
+pub fn duration_within(value: &str, range: RangeInclusive<Duration>) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value)
+        .map_err(|e| format!("not a duration such as 500ms, 10s, 15m or 30days ({e})"))?;
+    if range.contains(&duration) {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            show(*range.start()),
+            show(*range.end())
+        ))
+    }
+}
+
+/// Writes a range bound the way a user would (`100ms`, `1m`, `365days`); humantime's own formatting
+/// writes 365 days as months, days and hours.
+fn show(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() != 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    match secs {
+        0 => "0s".to_owned(),
+        _ if secs > 86_400 && secs.is_multiple_of(86_400) => format!("{}days", secs / 86_400),
+        _ if secs.is_multiple_of(3_600) => format!("{}h", secs / 3_600),
+        _ if secs.is_multiple_of(60) => format!("{}m", secs / 60),
+        _ => format!("{secs}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_checked_against_their_range_and_the_refusal_says_it() {
+        let range = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+        assert_eq!(duration_within("1s", range.clone()), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            duration_within("24h", range.clone()),
+            Ok(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            duration_within("999ms", range.clone()),
+            Err("must be between 1s and 24h".to_owned())
+        );
+        assert!(duration_within("100years", range.clone()).is_err());
+        assert!(duration_within("soon", range).is_err());
+        assert_eq!(
+            duration_within("0s", SHUTDOWN_GRACE),
+            Err("must be between 100ms and 10m".to_owned())
+        );
+        assert_eq!(show(Duration::ZERO), "0s");
+        assert_eq!(show(Duration::from_secs(365 * 86_400)), "365days");
+        assert_eq!(show(Duration::from_secs(90)), "90s");
+    }
+}
