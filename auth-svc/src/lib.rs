@@ -32,6 +32,7 @@ use watchword::{
 };
 
 pub use settings::Settings;
+pub use store::MIGRATIONS;
 
 use crate::{app::App, error::AuthError, grpc::AuthApi};
 

@@ -511,4 +511,38 @@ mod tests {
         snapshot.sort_by_key(|t| format!("{t:?}"));
         assert_eq!(snapshot, [Target::Key("k1".into()), Target::Session("s1".into())]);
     }
+
+    /// Storing and publishing are one unit: a caller that goes away after the store has begun (a cancelled
+    /// call) cannot leave a stored revocation unpublished.
+    #[tokio::test]
+    async fn a_revocation_is_published_even_when_its_caller_has_gone() {
+        let hub = hub(true);
+        let live = hub.live_sessions();
+        live.remember("s1", "u1", epoch(live));
+        let (commit, committed) = tokio::sync::oneshot::channel::<()>();
+        let caller = tokio::spawn({
+            let hub = Arc::clone(&hub);
+            async move {
+                hub.record(async move {
+                    // The store's commit, still under way when the caller is cancelled.
+                    let _ = committed.await;
+                    Ok::<_, AuthError>(((), vec![revoked(Target::Session("s1".into()))]))
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await;
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        assert!(contains(live, "s1", "u1"), "not yet committed");
+        commit.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while contains(live, "s1", "u1") {
+            assert!(
+                Instant::now() < deadline,
+                "the stored revocation was never published"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
 }

@@ -290,7 +290,10 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         bad(&["--shutdown-grace", "100years"], "--shutdown-grace"),
         bad(&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
         bad(&["--trusted-proxies", "a-proxy"], "--trusted-proxies"),
-        bad(&["--max-revocation-subscribers", "0"], "--max-revocation-subscribers"),
+        bad(
+            &["--max-revocation-subscribers", "0"],
+            "--max-revocation-subscribers",
+        ),
         // The environment goes through the same checks, and the refusal still names the flag.
         BadStart {
             args: &[],

@@ -48,7 +48,7 @@ pub enum DbError {
     LockFile { path: PathBuf, source: std::io::Error },
     #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database connection pool: {0}")]
     Pool(String),
@@ -62,6 +62,14 @@ pub enum DbError {
     /// The transaction of a [`GroupCommit`] batch failed, so every write in it shares this error.
     #[error("{0}")]
     Batch(Arc<DbError>),
+}
+
+/// The server's own words when there are some: tokio-postgres alone says only "db error".
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl DbError {
@@ -747,5 +755,50 @@ mod tests {
             .unwrap();
         assert_eq!(rows, ["a"]);
         db.ping().await.unwrap();
+    }
+
+    /// Work whose caller has gone (a cancelled call) keeps its permit until it has finished: the writer
+    /// permit bounds the work actually running, not the callers still waiting.
+    #[tokio::test]
+    async fn a_write_whose_caller_left_holds_the_writer_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("db.sqlite"), MIGRATIONS)
+            .await
+            .unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let write = tokio::spawn({
+            let (db, started) = (db.clone(), Arc::clone(&started));
+            async move {
+                db.write(move |tx| {
+                    started.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = gate.recv();
+                    tx.execute("INSERT INTO t (v) VALUES ('late')", [])
+                })
+                .await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        write.abort();
+        assert!(write.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            db.inner.write_permit.available_permits(),
+            0,
+            "the write still runs"
+        );
+        release.send(()).unwrap();
+        while db.inner.write_permit.available_permits() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the permit never came back");
+            tokio::task::yield_now().await;
+        }
+        let rows: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the abandoned write still committed");
     }
 }

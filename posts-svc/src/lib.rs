@@ -23,6 +23,7 @@ use watchword::{
 };
 
 pub use settings::{Settings, VerifyMode};
+pub use store::MIGRATIONS;
 
 use crate::{service::PostsApi, store::Store};
 

@@ -11,3 +11,4 @@ mod hostile;
 mod lifecycle;
 mod posts;
 mod replicas;
+mod schema;

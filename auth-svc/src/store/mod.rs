@@ -56,6 +56,13 @@ pub struct NewSession {
     pub new_device: Option<(Vec<u8>, SystemTime)>,
 }
 
+/// The schema, in each dialect, with the same version numbers (`tests/api/schema.rs` checks that the two
+/// arrive at the same tables and columns).
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlite::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
+
 #[derive(Clone)]
 pub struct Store {
     db: Database,
@@ -63,12 +70,8 @@ pub struct Store {
 
 impl Store {
     pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
-        let migrations = Migrations {
-            sqlite: sqlite::MIGRATIONS,
-            postgres: postgres::MIGRATIONS,
-        };
         Ok(Self {
-            db: Database::open(url, pool, &migrations).await?,
+            db: Database::open(url, pool, &MIGRATIONS).await?,
         })
     }
 

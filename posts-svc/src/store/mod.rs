@@ -33,6 +33,13 @@ pub struct Page {
     pub next: Option<PageToken>,
 }
 
+/// The schema, in each dialect, with the same version numbers (`tests/api/schema.rs` checks that the two
+/// arrive at the same tables and columns).
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlite::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
+
 #[derive(Clone)]
 pub struct Store {
     db: Database,
@@ -45,11 +52,7 @@ const MAX_INSERT_BATCH: usize = 128;
 
 impl Store {
     pub async fn open(url: &DatabaseUrl, pool: &PoolOptions) -> Result<Self, DbError> {
-        let migrations = Migrations {
-            sqlite: sqlite::MIGRATIONS,
-            postgres: postgres::MIGRATIONS,
-        };
-        let db = Database::open(url, pool, &migrations).await?;
+        let db = Database::open(url, pool, &MIGRATIONS).await?;
         let inserts = match &db {
             Database::Sqlite(sqlite) => Some(GroupCommit::spawn(
                 sqlite.clone(),
