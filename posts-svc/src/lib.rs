@@ -15,11 +15,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::Layer as _;
 use watchword::{
-    cache::CachingValidator,
-    guard::{AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator},
-    local::LocalValidator,
+    guard::{
+        AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator, cache::CachingValidator, feed,
+        local::LocalValidator,
+    },
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
-    revocation, server,
+    server,
 };
 
 pub use settings::{Settings, VerifyMode};
@@ -136,7 +137,7 @@ async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHand
     if settings.verify == VerifyMode::Remote && settings.validate_cache_ttl.is_zero() {
         return Ok((AnyValidator::Remote(remote), None));
     }
-    let (revocations, feed) = revocation::spawn_feed(remote.channel());
+    let (revocations, feed) = feed::spawn(remote.channel());
     let validator = match settings.verify {
         VerifyMode::Remote => AnyValidator::Cached(CachingValidator::new(
             remote,

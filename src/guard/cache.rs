@@ -6,7 +6,7 @@
 //! - Concurrent misses for one token share a single Validate call (single flight).
 //! - Only successes are cached; `UNAVAILABLE` and friends never are.
 //! - Used only while the revocation feed is live; every hit is checked against the denylist, and losing
-//!   the feed voids every entry (see [`crate::revocation`]).
+//!   the feed voids every entry (see [`super::feed`]).
 
 use std::{
     collections::HashMap,
@@ -17,10 +17,7 @@ use std::{
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::{
-    guard::{GuardError, Identity, Validator},
-    revocation::Revocations,
-};
+use super::{GuardError, Identity, Validator, feed::RevocationFeed};
 
 type Key = [u8; 32];
 type Flight = Arc<OnceCell<Result<Identity, GuardError>>>;
@@ -34,17 +31,17 @@ enum Slot {
     Pending(Flight),
 }
 
-/// Wraps a validator (normally [`crate::guard::RemoteValidator`]) with the cache described above.
+/// Wraps a validator (normally [`super::RemoteValidator`]) with the cache described above.
 pub struct CachingValidator<V> {
     inner: V,
-    revocations: Arc<Revocations>,
+    revocations: Arc<RevocationFeed>,
     ttl: Duration,
     max_entries: usize,
     slots: Mutex<HashMap<Key, Slot>>,
 }
 
 impl<V> CachingValidator<V> {
-    pub fn new(inner: V, revocations: Arc<Revocations>, ttl: Duration, max_entries: usize) -> Self {
+    pub fn new(inner: V, revocations: Arc<RevocationFeed>, ttl: Duration, max_entries: usize) -> Self {
         Self {
             inner,
             revocations,

@@ -17,8 +17,8 @@ use std::{
 
 use tonic::transport::Channel;
 
+use super::{GuardError, Identity};
 use crate::{
-    guard::{GuardError, Identity},
     pb::auth::v1::{
         WatchRevocationsRequest, WatchRevocationsResponse, auth_service_client::AuthServiceClient,
         watch_revocations_response::Target,
@@ -35,7 +35,7 @@ const SWEEP_ABOVE: usize = 10_000;
 
 /// Shared revocation state: liveness, epoch and the denylist.
 #[derive(Debug, Default)]
-pub struct Revocations {
+pub struct RevocationFeed {
     live: AtomicBool,
     epoch: AtomicU64,
     denied: Mutex<Denylist>,
@@ -51,7 +51,7 @@ struct Denylist {
     keys: HashMap<String, (Reason, SystemTime)>,
 }
 
-impl Revocations {
+impl RevocationFeed {
     /// Whether the stream is connected and caught up, so cached verdicts may be trusted.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
@@ -136,13 +136,13 @@ impl Revocations {
 
 /// Starts following auth-svc's revocation stream, reconnecting with backoff for as long as the task runs.
 /// Abort the returned task when the service stops.
-pub fn spawn_feed(channel: Channel) -> (Arc<Revocations>, tokio::task::JoinHandle<()>) {
-    let revocations = Arc::new(Revocations::default());
+pub fn spawn(channel: Channel) -> (Arc<RevocationFeed>, tokio::task::JoinHandle<()>) {
+    let revocations = Arc::new(RevocationFeed::default());
     let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&revocations)));
     (revocations, task)
 }
 
-async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<Revocations>) {
+async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<RevocationFeed>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         if let Ok(response) = client.watch_revocations(WatchRevocationsRequest {}).await {
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn sessions_and_users_are_denied_with_the_reason_auth_svc_gives() {
         let now = SystemTime::now();
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         revocations.check(&identity(now)).unwrap();
 
         revocations.apply(event(Target::SessionId("s1".into()), Reason::TokenRevoked, now));
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn a_user_revocation_spares_tokens_issued_after_it() {
         let now = SystemTime::now();
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         revocations.apply(event(Target::UserId("u1".into()), Reason::TokenRevoked, now));
         let mut later = identity(now + Duration::from_secs(5));
         later.session_id = "s2".into();
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn losing_the_stream_stops_trust_and_changes_the_epoch() {
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         assert!(!revocations.is_live());
         revocations.went_live();
         let epoch = revocations.epoch();

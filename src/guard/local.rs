@@ -13,16 +13,15 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
+use super::{GuardError, Identity, RemoteValidator, Validator, feed::RevocationFeed};
 use crate::{
-    guard::{GuardError, Identity, RemoteValidator, Validator},
     pb::auth::v1::{GetJwksRequest, GetJwksResponse, auth_service_client::AuthServiceClient},
-    revocation::Revocations,
     token::{TokenError, Verifier},
 };
 
 pub struct LocalValidator {
     remote: RemoteValidator,
-    revocations: Arc<Revocations>,
+    revocations: Arc<RevocationFeed>,
     verifier: RwLock<Option<Verifier>>,
     refetch_interval: Duration,
     last_fetch: Mutex<Option<Instant>>,
@@ -32,7 +31,7 @@ impl LocalValidator {
     /// Fetches the key set once now (failure is fine: it falls back to `remote` until a fetch succeeds).
     pub async fn new(
         remote: RemoteValidator,
-        revocations: Arc<Revocations>,
+        revocations: Arc<RevocationFeed>,
         refetch_interval: Duration,
     ) -> Self {
         let validator = Self {
