@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tower::Layer as _;
 use watchword::{
     guard::{
-        AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator, cache::CachingValidator, feed,
+        AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator,
+        cache::{CacheLimits, CachingValidator, MAX_FLIGHTS},
+        feed,
         local::LocalValidator,
     },
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
@@ -142,8 +144,12 @@ async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHand
         VerifyMode::Remote => AnyValidator::Cached(CachingValidator::new(
             remote,
             revocations,
-            settings.validate_cache_ttl,
-            settings.validate_cache_size,
+            CacheLimits {
+                ttl: settings.validate_cache_ttl,
+                max_entries: settings.validate_cache_size,
+                max_flights: MAX_FLIGHTS,
+                timeout: settings.auth_timeout,
+            },
         )),
         VerifyMode::Local => AnyValidator::Local(
             LocalValidator::new(remote, revocations, settings.jwks_refetch_interval).await,

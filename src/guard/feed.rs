@@ -92,7 +92,7 @@ impl RevocationFeed {
         }
     }
 
-    fn apply(&self, event: WatchRevocationsResponse) {
+    pub(crate) fn apply(&self, event: WatchRevocationsResponse) {
         let Some(target) = event.target else { return };
         let reason = Reason::parse(&event.reason).unwrap_or(Reason::TokenRevoked);
         let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
@@ -123,11 +123,11 @@ impl RevocationFeed {
         }
     }
 
-    fn went_live(&self) {
+    pub(crate) fn went_live(&self) {
         self.live.store(true, Ordering::Release);
     }
 
-    fn lost(&self) {
+    pub(crate) fn lost(&self) {
         // Order matters: stop trusting caches first, then void what they hold.
         self.live.store(false, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
