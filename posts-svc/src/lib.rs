@@ -19,7 +19,7 @@ use watchword::{
         AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator,
         cache::{CacheLimits, CachingValidator, MAX_FLIGHTS},
         feed,
-        local::LocalValidator,
+        local::{Jwks, LocalValidator},
     },
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
     server,
@@ -151,9 +151,15 @@ async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHand
                 timeout: settings.auth_timeout,
             },
         )),
-        VerifyMode::Local => AnyValidator::Local(
-            LocalValidator::new(remote, revocations, settings.jwks_refetch_interval).await,
-        ),
+        VerifyMode::Local => {
+            let jwks = Jwks::new(remote.channel(), settings.auth_timeout);
+            AnyValidator::Local(LocalValidator::new(
+                remote,
+                revocations,
+                jwks,
+                settings.jwks_refetch_interval,
+            ))
+        }
     };
     Ok((validator, Some(feed)))
 }

@@ -240,6 +240,52 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_key_denies_every_token_it_signed_and_no_other() {
+        let now = SystemTime::now();
+        let revocations = RevocationFeed::default();
+        revocations.apply(event(Target::KeyId("k1".into()), Reason::TokenRevoked, now));
+        // Issued before and after the revocation, in any session: signed by k1, so refused.
+        for issued in [now - Duration::from_secs(60), now + Duration::from_secs(60)] {
+            let mut token = identity(issued);
+            token.session_id = format!("s-{issued:?}");
+            let err = revocations.check(&token).unwrap_err();
+            assert!(matches!(
+                err,
+                GuardError::Rejected {
+                    reason: Reason::TokenRevoked,
+                    ..
+                }
+            ));
+        }
+        let mut other_key = identity(now);
+        other_key.key_id = "k2".into();
+        revocations.check(&other_key).unwrap();
+    }
+
+    #[test]
+    fn a_disabled_user_is_denied_whatever_the_tokens_iat() {
+        let now = SystemTime::now();
+        let revocations = RevocationFeed::default();
+        revocations.apply(event(Target::UserId("u1".into()), Reason::UserDisabled, now));
+        // A login racing the disabling can carry an `iat` after it; it is refused all the same.
+        for issued in [now - Duration::from_secs(60), now, now + Duration::from_secs(60)] {
+            let mut token = identity(issued);
+            token.session_id = format!("s-{issued:?}");
+            let err = revocations.check(&token).unwrap_err();
+            assert!(matches!(
+                err,
+                GuardError::Rejected {
+                    reason: Reason::UserDisabled,
+                    ..
+                }
+            ));
+        }
+        let mut other_user = identity(now);
+        other_user.user_id = "u2".into();
+        revocations.check(&other_user).unwrap();
+    }
+
+    #[test]
     fn losing_the_stream_stops_trust_and_changes_the_epoch() {
         let revocations = RevocationFeed::default();
         assert!(!revocations.is_live());

@@ -32,6 +32,21 @@ pub use identity::{GuardError, Identity, identity};
 pub use layer::{AuthLayer, Policy, RequireAuth};
 pub use remote::RemoteValidator;
 
+/// A background task of the guard, stopped when its owner is dropped.
+pub(crate) struct OwnedTask(tokio::task::AbortHandle);
+
+impl OwnedTask {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task.abort_handle())
+    }
+}
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Something that turns a bearer token into an [`Identity`].
 pub trait Validator: Send + Sync + 'static {
     /// Validates `token`. Must never return `Ok` for a token it could not check.
