@@ -13,14 +13,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower::Layer as _;
 use watchword::{
-    guard::{
-        AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator,
-        cache::{CacheLimits, CachingValidator, MAX_FLIGHTS},
-        feed,
-        local::{Jwks, LocalValidator},
-    },
+    guard::{Guard, GuardBuildError, Identity, Policy},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
     server,
 };
@@ -44,8 +38,8 @@ pub const POLICY: Policy = Policy::Table(&[
 pub enum ServeError {
     #[error("storage: {0}")]
     Storage(#[from] watchword_db::DbError),
-    #[error("auth-svc url: {0}")]
-    AuthUrl(tonic::transport::Error),
+    #[error("guard: {0}")]
+    Guard(#[from] GuardBuildError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -60,7 +54,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
-    let (validator, feed_task) = validator(&settings).await?;
+    // Connects to auth-svc lazily: posts-svc starts (and keeps running) while auth-svc is down.
+    let guard = Guard::builder(&settings.auth_url)
+        .timeout(settings.auth_timeout)
+        .mode(settings.guard_mode())
+        .policy(POLICY)
+        .build()?;
 
     let (health, health_task) = health(&store).await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
@@ -70,13 +69,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthLayer::new(validator).with_policy(POLICY).layer(posts));
+        .add_service(guard.layer(posts));
 
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
-    if let Some(task) = feed_task {
-        task.abort();
-    }
     Ok(result?)
 }
 
@@ -130,57 +126,6 @@ async fn health(
         },
     )
     .await
-}
-
-/// The guard's validator for the configured mode, and the revocation feed task it needs (if any).
-async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHandle<()>>), ServeError> {
-    let remote = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)
-        .map_err(ServeError::AuthUrl)?;
-    if settings.verify == VerifyMode::Remote && settings.validate_cache_ttl.is_zero() {
-        return Ok((AnyValidator::Remote(remote), None));
-    }
-    let (revocations, feed) = feed::spawn(remote.channel());
-    let validator = match settings.verify {
-        VerifyMode::Remote => AnyValidator::Cached(CachingValidator::new(
-            remote,
-            revocations,
-            CacheLimits {
-                ttl: settings.validate_cache_ttl,
-                max_entries: settings.validate_cache_size,
-                max_flights: MAX_FLIGHTS,
-                timeout: settings.auth_timeout,
-            },
-        )),
-        VerifyMode::Local => {
-            let jwks = Jwks::new(remote.channel(), settings.auth_timeout);
-            AnyValidator::Local(LocalValidator::new(
-                remote,
-                revocations,
-                jwks,
-                settings.jwks_refetch_interval,
-            ))
-        }
-    };
-    Ok((validator, Some(feed)))
-}
-
-/// One of the guard's validators, chosen at start-up. Built once and kept behind the guard's `Arc`, so the
-/// size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum AnyValidator {
-    Remote(RemoteValidator),
-    Cached(CachingValidator<RemoteValidator>),
-    Local(LocalValidator),
-}
-
-impl Validator for AnyValidator {
-    async fn validate(&self, token: &str) -> Result<Identity, GuardError> {
-        match self {
-            Self::Remote(v) => v.validate(token).await,
-            Self::Cached(v) => v.validate(token).await,
-            Self::Local(v) => v.validate(token).await,
-        }
-    }
 }
 
 #[cfg(test)]

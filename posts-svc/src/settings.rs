@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use watchword::guard::Mode;
 use watchword_db::DatabaseUrl;
 
 /// Stores posts. Every call must carry `authorization: Bearer <token>`, validated by auth-svc before any
@@ -44,7 +45,9 @@ pub struct Settings {
     #[arg(long, env = "POSTS_SVC_VALIDATE_CACHE_SIZE", default_value_t = 100_000)]
     pub validate_cache_size: usize,
 
-    /// In local mode, the shortest time between two JWKS fetches prompted by a token with an unknown key.
+    /// In local mode, how often auth-svc's keys (JWKS) are fetched again, replacing the set held (a key
+    /// auth-svc stops publishing stops verifying within this), and the shortest time between two fetches
+    /// prompted by a token with an unknown key.
     #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub jwks_refetch_interval: Duration,
 
@@ -72,6 +75,20 @@ pub enum VerifyMode {
 }
 
 impl Settings {
+    /// How the guard checks tokens, from `--verify` and the flags of that mode.
+    pub fn guard_mode(&self) -> Mode {
+        match self.verify {
+            // A TTL of 0 caches nothing: the guard then asks auth-svc about every call.
+            VerifyMode::Remote => Mode::Cached {
+                ttl: self.validate_cache_ttl,
+                max_entries: self.validate_cache_size,
+            },
+            VerifyMode::Local => Mode::Local {
+                refetch_interval: self.jwks_refetch_interval,
+            },
+        }
+    }
+
     /// The PostgreSQL pool limits from the flags.
     pub fn pool_options(&self) -> watchword_db::postgres::PoolOptions {
         watchword_db::postgres::PoolOptions {

@@ -36,19 +36,19 @@ type Key = [u8; 32];
 /// Most validations in flight at once that callers can share. Each is held by live calls (the transport
 /// limits bound those), so this is a second line: beyond it calls still get a correct verdict, each by its
 /// own Validate call, and their successes are still cached.
-pub const MAX_FLIGHTS: usize = 10_000;
+pub(crate) const MAX_FLIGHTS: usize = 10_000;
 
 /// Bounds of a [`CachingValidator`].
 #[derive(Debug, Clone, Copy)]
-pub struct CacheLimits {
+pub(crate) struct CacheLimits {
     /// How long a successful validation is reused (never past the token's `exp`).
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     /// Most verdicts kept.
-    pub max_entries: usize,
+    pub(crate) max_entries: usize,
     /// Most shared validations in flight; see [`MAX_FLIGHTS`].
-    pub max_flights: usize,
+    pub(crate) max_flights: usize,
     /// Longest a validation may take, whoever waits for it (the guard's auth-svc timeout).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// A verdict auth-svc gave, reusable until `expires`, and only under the feed epoch it was given in.
@@ -60,7 +60,7 @@ struct Verdict {
 }
 
 /// Wraps a validator (normally [`super::RemoteValidator`]) with the cache described above.
-pub struct CachingValidator<V> {
+pub(crate) struct CachingValidator<V> {
     inner: V,
     feed: Arc<RevocationFeed>,
     limits: CacheLimits,
@@ -144,7 +144,7 @@ impl Drop for Flight {
 }
 
 impl<V> CachingValidator<V> {
-    pub fn new(inner: V, feed: Arc<RevocationFeed>, limits: CacheLimits) -> Self {
+    pub(crate) fn new(inner: V, feed: Arc<RevocationFeed>, limits: CacheLimits) -> Self {
         Self {
             inner,
             feed,

@@ -17,7 +17,7 @@ use std::{
 
 use tonic::transport::Channel;
 
-use super::{GuardError, Identity};
+use super::{GuardError, Identity, OwnedTask};
 use crate::{
     pb::auth::v1::{
         WatchRevocationsRequest, WatchRevocationsResponse, auth_service_client::AuthServiceClient,
@@ -35,7 +35,7 @@ const SWEEP_ABOVE: usize = 10_000;
 
 /// Shared revocation state: liveness, epoch and the denylist.
 #[derive(Debug, Default)]
-pub struct RevocationFeed {
+pub(crate) struct RevocationFeed {
     live: AtomicBool,
     epoch: AtomicU64,
     denied: Mutex<Denylist>,
@@ -53,17 +53,17 @@ struct Denylist {
 
 impl RevocationFeed {
     /// Whether the stream is connected and caught up, so cached verdicts may be trusted.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
 
     /// Changes every time the stream is lost: anything cached under an older epoch is void.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// Refuses `identity` if a revocation covers it, with the reason auth-svc would give.
-    pub fn check(&self, identity: &Identity) -> Result<(), GuardError> {
+    pub(crate) fn check(&self, identity: &Identity) -> Result<(), GuardError> {
         let denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         let session = denied
             .sessions
@@ -134,12 +134,14 @@ impl RevocationFeed {
     }
 }
 
-/// Starts following auth-svc's revocation stream, reconnecting with backoff for as long as the task runs.
-/// Abort the returned task when the service stops.
-pub fn spawn(channel: Channel) -> (Arc<RevocationFeed>, tokio::task::JoinHandle<()>) {
-    let revocations = Arc::new(RevocationFeed::default());
-    let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&revocations)));
-    (revocations, task)
+impl RevocationFeed {
+    /// Starts following auth-svc's revocation stream, reconnecting with backoff, until the returned task
+    /// is dropped.
+    pub(crate) fn spawn(channel: Channel) -> (Arc<Self>, OwnedTask) {
+        let feed = Arc::new(Self::default());
+        let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&feed)));
+        (feed, OwnedTask::new(task))
+    }
 }
 
 async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<RevocationFeed>) {

@@ -12,7 +12,7 @@ use std::{
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
 
-use super::{GuardError, Identity, Validator};
+use super::{GuardError, GuardValidator, Identity, Validator};
 use crate::credentials::bearer_token;
 
 /// Which roles may call which methods of a guarded service.
@@ -59,6 +59,11 @@ impl<V> AuthLayer<V> {
         }
     }
 
+    #[cfg(test)]
+    pub(super) fn validator(&self) -> &V {
+        &self.validator
+    }
+
     /// Checks each call's method against `policy` after validating its token.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
@@ -88,7 +93,7 @@ impl<S, V> Layer<S> for AuthLayer<V> {
 }
 
 /// A service that validates the bearer token of every request before calling `inner`.
-pub struct RequireAuth<S, V> {
+pub struct RequireAuth<S, V = GuardValidator> {
     inner: S,
     validator: Arc<V>,
     policy: Policy,

@@ -32,19 +32,19 @@ use crate::{
 const MIN_REFRESH_PERIOD: Duration = Duration::from_secs(1);
 
 /// Where the key set comes from: auth-svc's `GetJwks`, or a stand-in in tests.
-pub trait KeySource: Send + Sync + 'static {
+pub(crate) trait KeySource: Send + Sync + 'static {
     /// The published key set, or why it could not be had.
     fn fetch(&self) -> impl Future<Output = Result<GetJwksResponse, String>> + Send;
 }
 
 /// auth-svc's `GetJwks`, each call bounded by the guard's timeout.
-pub struct Jwks {
+pub(crate) struct Jwks {
     client: AuthServiceClient<Channel>,
     timeout: Duration,
 }
 
 impl Jwks {
-    pub fn new(channel: Channel, timeout: Duration) -> Self {
+    pub(crate) fn new(channel: Channel, timeout: Duration) -> Self {
         Self {
             client: AuthServiceClient::new(channel),
             timeout,
@@ -163,17 +163,18 @@ fn verifier_from(response: GetJwksResponse) -> Option<Verifier> {
 }
 
 /// Verifies tokens with the published keys; asks `remote` whenever it cannot decide alone.
-pub struct LocalValidator<R = RemoteValidator, K = Jwks> {
+pub(crate) struct LocalValidator<R = RemoteValidator, K = Jwks> {
     remote: R,
     feed: Arc<RevocationFeed>,
     keys: Arc<KeySet<K>>,
+    /// Held, not read: dropping the validator stops the refresh.
     _refresh: OwnedTask,
 }
 
 impl<R: Validator, K: KeySource> LocalValidator<R, K> {
     /// Starts fetching keys from `source` in the background, at once and then every `refetch_interval`.
     /// Until the first fetch succeeds, every token goes to `remote`. Must be called within a Tokio runtime.
-    pub fn new(remote: R, feed: Arc<RevocationFeed>, source: K, refetch_interval: Duration) -> Self {
+    pub(crate) fn new(remote: R, feed: Arc<RevocationFeed>, source: K, refetch_interval: Duration) -> Self {
         let keys = Arc::new(KeySet {
             source,
             verifier: RwLock::new(None),
@@ -188,6 +189,14 @@ impl<R: Validator, K: KeySource> LocalValidator<R, K> {
             keys,
             _refresh: OwnedTask::new(refresh),
         }
+    }
+}
+
+impl<R, K> LocalValidator<R, K> {
+    /// The background key refresh.
+    #[cfg(test)]
+    pub(super) fn refresh_task(&self) -> &OwnedTask {
+        &self._refresh
     }
 }
 

@@ -13,45 +13,36 @@ use crate::{
     reason::{self, Reason},
 };
 
+/// How the guard reaches auth-svc at `url`: connect within `timeout`, and keep the connection checked.
+pub(crate) fn endpoint(url: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        // Notice a dead auth-svc between calls instead of on the next one.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
 /// Asks auth-svc's `Validate` RPC about every token, over one shared HTTP/2 channel.
 #[derive(Debug, Clone)]
 pub struct RemoteValidator {
     client: AuthServiceClient<Channel>,
-    channel: Channel,
     timeout: Duration,
 }
 
 impl RemoteValidator {
-    /// The channel to auth-svc, for the revocation feed and JWKS fetches to share.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
-    }
-
-    /// The bound on each call to auth-svc.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Uses an existing channel; `timeout` bounds each Validate call end to end.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
         Self {
-            client: AuthServiceClient::new(channel.clone()),
-            channel,
+            client: AuthServiceClient::new(channel),
             timeout,
         }
     }
 
     /// Connects on first use and reconnects by itself, so a service can start (and keep running) while
-    /// auth-svc is down; calls meanwhile fail with `UNAVAILABLE`.
+    /// auth-svc is down; calls meanwhile fail with `UNAVAILABLE`. Must be called within a Tokio runtime.
     pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            // Notice a dead auth-svc between calls instead of on the next one.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        Ok(Self::new(channel, timeout))
+        Ok(Self::new(endpoint(url, timeout)?.connect_lazy(), timeout))
     }
 }
 
