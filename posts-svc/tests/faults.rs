@@ -510,19 +510,22 @@ async fn list_within(
     }
 }
 
+/// Whether posts-svc, with auth-svc frozen, still accepts `cached`: only from its validation cache, which
+/// it uses only while the revocation feed is live. (Otherwise the guard answers UNAVAILABLE after its 1 s
+/// timeout; the long deadline only keeps a slow machine from failing the call.)
+async fn answered_from_cache(client: &PostsServiceClient<Channel>, cached: &str) -> Result<(), Code> {
+    list_within(client, cached, Duration::from_secs(10), true).await
+}
+
 /// Freezes auth-svc at a moment the guard answers `cached` from its validation cache, i.e. while the
 /// revocation feed is live (so the calls that follow go through the cache's single-flight path, not
 /// straight to auth-svc). Bounded: a few attempts, each refreshing the cached verdict first.
 async fn freeze_with_live_cache(auth: &Service, client: &PostsServiceClient<Channel>, cached: &str) {
     for _ in 0..20 {
-        list_within(client, cached, Duration::from_secs(5), true)
-            .await
-            .expect("auth-svc answers before the freeze");
+        let answered = list_within(client, cached, Duration::from_secs(10), true).await;
+        assert_eq!(answered, Ok(()), "auth-svc answers before the freeze");
         signal(auth, "STOP");
-        if list_within(client, cached, Duration::from_millis(500), true)
-            .await
-            .is_ok()
-        {
+        if answered_from_cache(client, cached).await.is_ok() {
             return;
         }
         signal(auth, "CONT");
@@ -532,7 +535,7 @@ async fn freeze_with_live_cache(auth: &Service, client: &PostsServiceClient<Chan
 }
 
 /// One freeze of auth-svc: `calls` ListPosts calls, each with a bearer token never seen before and each
-/// abandoned after 50 ms (by deadline or by the client), `parallel` at a time over a few connections.
+/// abandoned after 50 ms (by deadline or by the client), 384 at a time over the `clients` connections.
 /// Ends with auth-svc thawed and answering again.
 async fn abandoned_calls_while_frozen(
     auth: &Service,
@@ -563,11 +566,11 @@ async fn abandoned_calls_while_frozen(
     }
     // The revocation feed must still have been live (three missed heartbeats end it): otherwise the calls
     // bypassed the cache and this drill proved nothing.
-    let still_cached = list_within(&clients[0], cached, Duration::from_millis(500), true).await;
+    let still_cached = answered_from_cache(&clients[0], cached).await;
     assert_eq!(
         still_cached,
         Ok(()),
-        "the cache was no longer in use after {:?} frozen",
+        "the cache was no longer in use after {:?} frozen (the feed missed three heartbeats?)",
         frozen.elapsed()
     );
     println!("round {round}: {calls} abandoned calls in {:?}", frozen.elapsed());
@@ -586,14 +589,15 @@ async fn abandoned_calls_while_frozen(
 /// Abandoned validations leave nothing behind (issue 12): with auth-svc frozen, so no verdict ever comes,
 /// tens of thousands of calls with distinct tokens are each given up by their caller, and posts-svc's
 /// memory stays where it was. (Before the fix every such call left a pending cache entry behind for good:
-/// 15 to 19 MiB more over the measured rounds here, against at most 2.5 MiB after it.)
+/// RSS grew 23 to 25 MiB over the measured rounds here; since, it moves by about 3 MiB at most.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_validations_leave_no_memory_behind() {
-    const WARM_UP_ROUNDS: usize = 2;
+    const WARM_UP_ROUNDS: usize = 3;
     const ROUNDS: usize = 3;
     const CALLS_PER_ROUND: usize = 12_000;
-    // Room for allocator noise (±3 MiB seen on a fixed build); leaking 0.2 KiB per call exceeds it.
-    const SLACK_KIB: u64 = 4 * 1024;
+    // Room for allocator noise (up to 3.7 MiB seen on a fixed build while the other drills ran); leaking
+    // 0.2 KiB per call exceeds it.
+    const SLACK_KIB: u64 = 6 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let auth = start_auth(dir.path(), "127.0.0.1:0");
     // A long cache TTL, so the verdict that shows the cache in use outlasts the drill. One malloc arena, so
