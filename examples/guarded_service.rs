@@ -1,7 +1,8 @@
 //! Another tonic service behind the Watchword guard: an in-memory `posts.v1.PostsService`.
 //!
-//! The guard part is three lines in `main` (validator, layer, `identity()` in the handlers); the rest is an
-//! ordinary tonic service. Health and reflection are added unguarded next to it, as in posts-svc.
+//! The guard part is a few lines in `main` (build the guard, wrap the service) and `identity()` in the
+//! handlers; the rest is an ordinary tonic service. Health and reflection are added unguarded next to it,
+//! as in posts-svc.
 //!
 //! ```text
 //! cargo run --example guarded_service -- --listen 127.0.0.1:50053 --auth-url http://127.0.0.1:50051
@@ -17,9 +18,8 @@ use std::{
 
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
-use tower::Layer as _;
 use watchword::{
-    guard::{AuthLayer, RemoteValidator, identity},
+    guard::{Guard, identity},
     pb::posts::v1::{
         self as pb,
         posts_service_server::{PostsService, PostsServiceServer},
@@ -124,9 +124,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
 
-    // The guard: ask auth-svc about every token (connecting on first use), and wrap only this service.
-    let validator = RemoteValidator::connect_lazy(&auth_url, Duration::from_secs(2))?;
-    let posts = AuthLayer::new(validator).layer(PostsServiceServer::new(MemoryPosts::default()));
+    // The guard: ask auth-svc about each token (connecting on first use), reuse its verdict for up to 5 s
+    // while auth-svc's revocation feed is live, and wrap only this service.
+    let guard = Guard::builder(&auth_url)
+        .timeout(Duration::from_secs(2))
+        .cached(Duration::from_secs(5), 100_000)
+        .build()?;
+    let posts = guard.layer(PostsServiceServer::new(MemoryPosts::default()));
 
     // Unguarded neighbours: health (reported under the wrapped service's name) and reflection.
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -2,25 +2,22 @@
 //!
 //! This crate is what every Watchword service (and any other tonic service) shares:
 //! - [`pb`]: the generated protobuf/gRPC types of `proto/`, plus descriptor sets for reflection;
-//! - [`guard`]: the async tower layer that lets no call reach a handler without a validated token, with
-//!   three ways to validate: [`guard::RemoteValidator`] (ask auth-svc every call),
-//!   [`cache::CachingValidator`] (remote plus a revocation-aware cache) and [`local::LocalValidator`]
-//!   (verify with auth-svc's JWKS); [`revocation`] follows auth-svc's revocation stream for the last two;
+//! - [`guard`]: the async tower layer that lets no call reach a handler without a validated token, built
+//!   with [`guard::Guard::builder`] in one of three modes: ask auth-svc every call, the same with a
+//!   revocation-aware cache, or verify with auth-svc's JWKS (the last two follow auth-svc's revocation
+//!   stream);
 //! - [`reason`]: the `ErrorInfo` reasons clients can act on;
 //! - [`token`]: access-token verification shared by auth-svc and the guard's local mode;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
 //! - [`telemetry`]: log set-up for the binaries.
 
-pub mod cache;
 pub mod credentials;
 pub mod flags;
 pub mod guard;
-pub mod local;
 pub mod pagination;
 pub mod pb;
 pub mod reason;
-pub mod revocation;
 pub mod server;
 pub mod telemetry;
 pub mod token;

@@ -13,13 +13,10 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower::Layer as _;
 use watchword::{
-    cache::CachingValidator,
-    guard::{AuthLayer, GuardError, Identity, Policy, RemoteValidator, Validator},
-    local::LocalValidator,
+    guard::{Guard, GuardBuildError, Identity, Policy},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
-    revocation, server,
+    server,
 };
 
 pub use settings::{Settings, VerifyMode};
@@ -42,8 +39,8 @@ pub const POLICY: Policy = Policy::Table(&[
 pub enum ServeError {
     #[error("storage: {0}")]
     Storage(#[from] watchword_db::DbError),
-    #[error("auth-svc url: {0}")]
-    AuthUrl(tonic::transport::Error),
+    #[error("guard: {0}")]
+    Guard(#[from] GuardBuildError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
@@ -58,7 +55,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
-    let (validator, feed_task) = validator(&settings).await?;
+    // Connects to auth-svc lazily: posts-svc starts (and keeps running) while auth-svc is down.
+    let guard = Guard::builder(&settings.auth_url)
+        .timeout(settings.auth_timeout)
+        .mode(settings.guard_mode())
+        .policy(POLICY)
+        .build()?;
 
     let (health, health_task) = health(&store).await;
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
@@ -68,13 +70,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthLayer::new(validator).with_policy(POLICY).layer(posts));
+        .add_service(guard.layer(posts));
 
     let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
     health_task.abort();
-    if let Some(task) = feed_task {
-        task.abort();
-    }
     Ok(result?)
 }
 
@@ -128,47 +127,6 @@ async fn health(
         },
     )
     .await
-}
-
-/// The guard's validator for the configured mode, and the revocation feed task it needs (if any).
-async fn validator(settings: &Settings) -> Result<(AnyValidator, Option<JoinHandle<()>>), ServeError> {
-    let remote = RemoteValidator::connect_lazy(&settings.auth_url, settings.auth_timeout)
-        .map_err(ServeError::AuthUrl)?;
-    if settings.verify == VerifyMode::Remote && settings.validate_cache_ttl.is_zero() {
-        return Ok((AnyValidator::Remote(remote), None));
-    }
-    let (revocations, feed) = revocation::spawn_feed(remote.channel());
-    let validator = match settings.verify {
-        VerifyMode::Remote => AnyValidator::Cached(CachingValidator::new(
-            remote,
-            revocations,
-            settings.validate_cache_ttl,
-            settings.validate_cache_size,
-        )),
-        VerifyMode::Local => AnyValidator::Local(
-            LocalValidator::new(remote, revocations, settings.jwks_refetch_interval).await,
-        ),
-    };
-    Ok((validator, Some(feed)))
-}
-
-/// One of the guard's validators, chosen at start-up. Built once and kept behind the guard's `Arc`, so the
-/// size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum AnyValidator {
-    Remote(RemoteValidator),
-    Cached(CachingValidator<RemoteValidator>),
-    Local(LocalValidator),
-}
-
-impl Validator for AnyValidator {
-    async fn validate(&self, token: &str) -> Result<Identity, GuardError> {
-        match self {
-            Self::Remote(v) => v.validate(token).await,
-            Self::Cached(v) => v.validate(token).await,
-            Self::Local(v) => v.validate(token).await,
-        }
-    }
 }
 
 #[cfg(test)]

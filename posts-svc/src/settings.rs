@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
-use watchword::flags::{self, duration_within};
+use watchword::{
+    flags::{self, duration_within},
+    guard::Mode,
+};
 use watchword_db::DatabaseUrl;
 
 /// Stores posts. Every call must carry `authorization: Bearer <token>`, validated by auth-svc before any
@@ -52,8 +55,9 @@ pub struct Settings {
           value_parser = RangedU64ValueParser::<usize>::new().range(VALIDATE_CACHE_SIZE))]
     pub validate_cache_size: usize,
 
-    /// In local mode, the shortest time between two JWKS fetches prompted by a token with an unknown key.
-    /// Between 1s and 1h.
+    /// In local mode, how often auth-svc's keys (JWKS) are fetched again, replacing the set held (a key
+    /// auth-svc stops publishing stops verifying within this), and the shortest time between two fetches
+    /// prompted by a token with an unknown key. Between 1s and 1h.
     #[arg(long, env = "POSTS_SVC_JWKS_REFETCH_INTERVAL", default_value = "10s",
           value_parser = |v: &str| duration_within(v, JWKS_REFETCH_INTERVAL))]
     pub jwks_refetch_interval: Duration,
@@ -127,6 +131,20 @@ impl Settings {
             .mut_args(|arg| arg.env(None::<&'static str>))
             .try_get_matches_from(args)?;
         Self::from_arg_matches(&matches)
+    }
+
+    /// How the guard checks tokens, from `--verify` and the flags of that mode.
+    pub fn guard_mode(&self) -> Mode {
+        match self.verify {
+            // A TTL of 0 caches nothing: the guard then asks auth-svc about every call.
+            VerifyMode::Remote => Mode::Cached {
+                ttl: self.validate_cache_ttl,
+                max_entries: self.validate_cache_size,
+            },
+            VerifyMode::Local => Mode::Local {
+                refetch_interval: self.jwks_refetch_interval,
+            },
+        }
     }
 
     /// The PostgreSQL pool limits from the flags.

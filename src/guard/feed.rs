@@ -17,8 +17,8 @@ use std::{
 
 use tonic::transport::Channel;
 
+use super::{GuardError, Identity, OwnedTask};
 use crate::{
-    guard::{GuardError, Identity},
     pb::auth::v1::{
         WatchRevocationsRequest, WatchRevocationsResponse, auth_service_client::AuthServiceClient,
         watch_revocations_response::Target,
@@ -35,7 +35,7 @@ const SWEEP_ABOVE: usize = 10_000;
 
 /// Shared revocation state: liveness, epoch and the denylist.
 #[derive(Debug, Default)]
-pub struct Revocations {
+pub(crate) struct RevocationFeed {
     live: AtomicBool,
     epoch: AtomicU64,
     denied: Mutex<Denylist>,
@@ -51,19 +51,19 @@ struct Denylist {
     keys: HashMap<String, (Reason, SystemTime)>,
 }
 
-impl Revocations {
+impl RevocationFeed {
     /// Whether the stream is connected and caught up, so cached verdicts may be trusted.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
 
     /// Changes every time the stream is lost: anything cached under an older epoch is void.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// Refuses `identity` if a revocation covers it, with the reason auth-svc would give.
-    pub fn check(&self, identity: &Identity) -> Result<(), GuardError> {
+    pub(crate) fn check(&self, identity: &Identity) -> Result<(), GuardError> {
         let denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         let session = denied
             .sessions
@@ -92,7 +92,7 @@ impl Revocations {
         }
     }
 
-    fn apply(&self, event: WatchRevocationsResponse) {
+    pub(crate) fn apply(&self, event: WatchRevocationsResponse) {
         let Some(target) = event.target else { return };
         let reason = Reason::parse(&event.reason).unwrap_or(Reason::TokenRevoked);
         let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
@@ -123,26 +123,28 @@ impl Revocations {
         }
     }
 
-    fn went_live(&self) {
+    pub(crate) fn went_live(&self) {
         self.live.store(true, Ordering::Release);
     }
 
-    fn lost(&self) {
+    pub(crate) fn lost(&self) {
         // Order matters: stop trusting caches first, then void what they hold.
         self.live.store(false, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-/// Starts following auth-svc's revocation stream, reconnecting with backoff for as long as the task runs.
-/// Abort the returned task when the service stops.
-pub fn spawn_feed(channel: Channel) -> (Arc<Revocations>, tokio::task::JoinHandle<()>) {
-    let revocations = Arc::new(Revocations::default());
-    let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&revocations)));
-    (revocations, task)
+impl RevocationFeed {
+    /// Starts following auth-svc's revocation stream, reconnecting with backoff, until the returned task
+    /// is dropped.
+    pub(crate) fn spawn(channel: Channel) -> (Arc<Self>, OwnedTask) {
+        let feed = Arc::new(Self::default());
+        let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&feed)));
+        (feed, OwnedTask::new(task))
+    }
 }
 
-async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<Revocations>) {
+async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<RevocationFeed>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         if let Ok(response) = client.watch_revocations(WatchRevocationsRequest {}).await {
@@ -200,7 +202,7 @@ mod tests {
     #[test]
     fn sessions_and_users_are_denied_with_the_reason_auth_svc_gives() {
         let now = SystemTime::now();
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         revocations.check(&identity(now)).unwrap();
 
         revocations.apply(event(Target::SessionId("s1".into()), Reason::TokenRevoked, now));
@@ -227,7 +229,7 @@ mod tests {
     #[test]
     fn a_user_revocation_spares_tokens_issued_after_it() {
         let now = SystemTime::now();
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         revocations.apply(event(Target::UserId("u1".into()), Reason::TokenRevoked, now));
         let mut later = identity(now + Duration::from_secs(5));
         later.session_id = "s2".into();
@@ -240,8 +242,54 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_key_denies_every_token_it_signed_and_no_other() {
+        let now = SystemTime::now();
+        let revocations = RevocationFeed::default();
+        revocations.apply(event(Target::KeyId("k1".into()), Reason::TokenRevoked, now));
+        // Issued before and after the revocation, in any session: signed by k1, so refused.
+        for issued in [now - Duration::from_secs(60), now + Duration::from_secs(60)] {
+            let mut token = identity(issued);
+            token.session_id = format!("s-{issued:?}");
+            let err = revocations.check(&token).unwrap_err();
+            assert!(matches!(
+                err,
+                GuardError::Rejected {
+                    reason: Reason::TokenRevoked,
+                    ..
+                }
+            ));
+        }
+        let mut other_key = identity(now);
+        other_key.key_id = "k2".into();
+        revocations.check(&other_key).unwrap();
+    }
+
+    #[test]
+    fn a_disabled_user_is_denied_whatever_the_tokens_iat() {
+        let now = SystemTime::now();
+        let revocations = RevocationFeed::default();
+        revocations.apply(event(Target::UserId("u1".into()), Reason::UserDisabled, now));
+        // A login racing the disabling can carry an `iat` after it; it is refused all the same.
+        for issued in [now - Duration::from_secs(60), now, now + Duration::from_secs(60)] {
+            let mut token = identity(issued);
+            token.session_id = format!("s-{issued:?}");
+            let err = revocations.check(&token).unwrap_err();
+            assert!(matches!(
+                err,
+                GuardError::Rejected {
+                    reason: Reason::UserDisabled,
+                    ..
+                }
+            ));
+        }
+        let mut other_user = identity(now);
+        other_user.user_id = "u2".into();
+        revocations.check(&other_user).unwrap();
+    }
+
+    #[test]
     fn losing_the_stream_stops_trust_and_changes_the_epoch() {
-        let revocations = Revocations::default();
+        let revocations = RevocationFeed::default();
         assert!(!revocations.is_live());
         revocations.went_live();
         let epoch = revocations.epoch();

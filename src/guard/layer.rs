@@ -1,0 +1,163 @@
+//! The tower layer itself: [`AuthLayer`] wraps one gRPC service in [`RequireAuth`], which validates each
+//! call's bearer token, checks the [`Policy`], and hands the handler an [`Identity`].
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tonic::{Status, server::NamedService};
+use tower::{Layer, Service};
+
+use super::{GuardError, GuardValidator, Identity, Validator};
+use crate::credentials::bearer_token;
+
+/// Which roles may call which methods of a guarded service.
+///
+/// Declared once, as a table, next to the service it protects. A method missing from the table is
+/// refused (`PERMISSION_DENIED`): adding an RPC without deciding who may call it fails closed.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    /// Any holder of a valid token may call any method.
+    AnyAuthenticated,
+    /// `(full method path, roles of which the caller needs at least one)`.
+    Table(&'static [(&'static str, &'static [&'static str])]),
+}
+
+impl Policy {
+    fn check(&self, path: &str, identity: &Identity) -> Result<(), GuardError> {
+        let Self::Table(table) = self else {
+            return Ok(());
+        };
+        let required = table
+            .iter()
+            .find(|(method, _)| *method == path)
+            .map_or(&[][..], |(_, roles)| *roles);
+        if required.iter().any(|role| identity.has_role(role)) {
+            Ok(())
+        } else {
+            Err(GuardError::RoleRequired { required })
+        }
+    }
+}
+
+/// Layer that wraps a service in [`RequireAuth`].
+pub struct AuthLayer<V> {
+    validator: Arc<V>,
+    policy: Policy,
+}
+
+impl<V> AuthLayer<V> {
+    /// A guard that admits any valid token; see [`AuthLayer::with_policy`] to require roles.
+    pub fn new(validator: V) -> Self {
+        Self {
+            validator: Arc::new(validator),
+            policy: Policy::AnyAuthenticated,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn validator(&self) -> &V {
+        &self.validator
+    }
+
+    /// Checks each call's method against `policy` after validating its token.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl<V> Clone for AuthLayer<V> {
+    fn clone(&self) -> Self {
+        Self {
+            validator: Arc::clone(&self.validator),
+            policy: self.policy,
+        }
+    }
+}
+
+impl<S, V> Layer<S> for AuthLayer<V> {
+    type Service = RequireAuth<S, V>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireAuth {
+            inner,
+            validator: Arc::clone(&self.validator),
+            policy: self.policy,
+        }
+    }
+}
+
+/// A service that validates the bearer token of every request before calling `inner`.
+pub struct RequireAuth<S, V = GuardValidator> {
+    inner: S,
+    validator: Arc<V>,
+    policy: Policy,
+}
+
+impl<S: Clone, V> Clone for RequireAuth<S, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            validator: Arc::clone(&self.validator),
+            policy: self.policy,
+        }
+    }
+}
+
+// Keeps the wrapped service's gRPC name, so the router sends `posts.v1.PostsService/*` here and nothing else.
+impl<S: NamedService, V> NamedService for RequireAuth<S, V> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, V, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequireAuth<S, V>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+    V: Validator,
+{
+    type Response = http::Response<ResBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // `self.inner` is the clone that was driven to ready; take it and leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let validator = Arc::clone(&self.validator);
+        let policy = self.policy;
+        Box::pin(async move {
+            let verdict = match bearer_token(request.headers()) {
+                Ok(token) => validator.validate(token).await,
+                Err(e) => Err(GuardError::Credentials(e)),
+            };
+            let verdict = verdict.and_then(|identity| {
+                policy.check(request.uri().path(), &identity)?;
+                Ok(identity)
+            });
+            match verdict {
+                Ok(identity) => {
+                    request.extensions_mut().insert(identity);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "guard refused call");
+                    Ok(Status::from(error).into_http())
+                }
+            }
+        })
+    }
+}
