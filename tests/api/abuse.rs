@@ -11,27 +11,9 @@ use crate::helpers::*;
 /// other. They take turns; every other test still runs in parallel.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Neither the per-peer limit nor lockout: for tests that log in far more often than a person would.
-fn no_throttling() -> Options {
-    Options {
-        auth: Box::new(|settings, _| {
-            settings.peer_rate = 0.0;
-            settings.lockout_threshold = u32::MAX;
-        }),
-        ..Options::default()
-    }
-}
-
-fn no_peer_limit() -> Options {
-    Options {
-        auth: Box::new(|settings, _| settings.peer_rate = 0.0),
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn fifty_parallel_wrong_guesses_cannot_exceed_the_lockout_threshold() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     app.register("alice").await.unwrap();
     let guesses = (0..50).map(|i| {
         app.login(
@@ -79,7 +61,7 @@ async fn fifty_parallel_wrong_guesses_cannot_exceed_the_lockout_threshold() {
 
 #[tokio::test]
 async fn unknown_usernames_are_throttled_exactly_like_real_ones() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     app.register("alice").await.unwrap();
     let mut outcomes = Vec::new();
     for username in ["alice", "mallory"] {
@@ -96,7 +78,7 @@ async fn unknown_usernames_are_throttled_exactly_like_real_ones() {
 
 #[tokio::test]
 async fn a_successful_login_resets_the_failure_count() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     app.register("alice").await.unwrap();
     for _ in 0..3 {
         assert_code(
@@ -118,14 +100,13 @@ async fn a_successful_login_resets_the_failure_count() {
 
 #[tokio::test]
 async fn one_address_cannot_flood_login_and_register() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| {
+    let app = TestApp::builder()
+        .auth(|settings| {
             settings.peer_rate = 0.01;
             settings.peer_burst = 3;
-        }),
-        ..Options::default()
-    })
-    .await;
+        })
+        .start()
+        .await;
     for name in ["alice", "bob", "carol"] {
         app.register(name).await.unwrap();
     }
@@ -151,7 +132,7 @@ async fn one_address_cannot_flood_login_and_register() {
 #[tokio::test]
 async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
     let _turn = HEAVY.lock().await;
-    let app = spawn_app_with(no_throttling()).await;
+    let app = TestApp::builder().no_throttling().start().await;
     app.register("alice").await.unwrap();
     let token = app.login("alice", PASSWORD).await.unwrap().access_token;
 
@@ -218,7 +199,7 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 #[tokio::test]
 async fn unknown_user_and_wrong_password_take_the_same_time() {
     let _turn = HEAVY.lock().await;
-    let app = spawn_app_with(no_throttling()).await;
+    let app = TestApp::builder().no_throttling().start().await;
     app.register("alice").await.unwrap();
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     // Interleaved, so drift in machine load affects both alike.

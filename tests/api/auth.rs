@@ -160,11 +160,7 @@ async fn validate_refuses_missing_garbage_and_tampered_tokens() {
 /// Tokens signed with the service's own key but with claims it would never issue.
 #[tokio::test]
 async fn validate_refuses_well_signed_tokens_with_bad_claims_or_headers() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, dir| settings.signing_key_file = Some(write_signing_key(dir).0)),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::builder().signing_key_file().start().await;
     let pem = std::fs::read_to_string(app.dir.path().join("signing-key.pem")).unwrap();
     let kid = auth_svc::keys::SigningKey::from_pkcs8_pem(&pem)
         .unwrap()

@@ -2,119 +2,26 @@
 //! local verification, observed through a proxy that counts the Validate calls reaching auth-svc.
 
 use std::{
-    net::SocketAddr,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use tokio::{net::TcpListener, sync::oneshot};
-use tokio_stream::Stream;
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::Code;
 use watchword::{
-    pb::{
-        auth::v1::{
-            self as pb,
-            auth_service_client::AuthServiceClient,
-            auth_service_server::{AuthService, AuthServiceServer},
-        },
-        posts::v1::ListPostsRequest,
-    },
+    pb::{auth::v1 as pb, posts::v1::ListPostsRequest},
     reason::Reason,
 };
 
 use crate::helpers::*;
 
-/// Forwards what posts-svc needs from auth-svc, counting Validate calls.
-struct CountingAuth {
-    inner: AuthServiceClient<Channel>,
-    validates: Arc<AtomicUsize>,
-}
-
-type Forwarded<T> = Result<Response<T>, Status>;
-
-#[tonic::async_trait]
-impl AuthService for CountingAuth {
-    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Forwarded<pb::ValidateResponse> {
-        self.validates.fetch_add(1, Ordering::SeqCst);
-        self.inner.clone().validate(request.into_inner()).await
-    }
-
-    type WatchRevocationsStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send + 'static>>;
-
-    async fn watch_revocations(
-        &self,
-        request: Request<pb::WatchRevocationsRequest>,
-    ) -> Forwarded<Self::WatchRevocationsStream> {
-        let stream = self
-            .inner
-            .clone()
-            .watch_revocations(request.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn get_jwks(&self, request: Request<pb::GetJwksRequest>) -> Forwarded<pb::GetJwksResponse> {
-        self.inner.clone().get_jwks(request.into_inner()).await
-    }
-
-    async fn register(&self, _: Request<pb::RegisterRequest>) -> Forwarded<pb::RegisterResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn login(&self, _: Request<pb::LoginRequest>) -> Forwarded<pb::LoginResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn refresh(&self, _: Request<pb::RefreshRequest>) -> Forwarded<pb::RefreshResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn logout(&self, _: Request<pb::LogoutRequest>) -> Forwarded<pb::LogoutResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn set_user_roles(
-        &self,
-        _: Request<pb::SetUserRolesRequest>,
-    ) -> Forwarded<pb::SetUserRolesResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn list_users(&self, _: Request<pb::ListUsersRequest>) -> Forwarded<pb::ListUsersResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn disable_user(&self, _: Request<pb::DisableUserRequest>) -> Forwarded<pb::DisableUserResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn rotate_signing_key(
-        &self,
-        _: Request<pb::RotateSigningKeyRequest>,
-    ) -> Forwarded<pb::RotateSigningKeyResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn unlock_user(&self, _: Request<pb::UnlockUserRequest>) -> Forwarded<pb::UnlockUserResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-    async fn revoke_signing_key(
-        &self,
-        _: Request<pb::RevokeSigningKeyRequest>,
-    ) -> Forwarded<pb::RevokeSigningKeyResponse> {
-        Err(Status::unimplemented("not proxied"))
-    }
-}
-
-/// The app with posts-svc talking to auth-svc through a counting proxy.
+/// The app with posts-svc talking to auth-svc through a stand-in that counts the Validate calls.
 struct Proxied {
     app: TestApp,
-    validates: Arc<AtomicUsize>,
-    /// Dropping it stops the proxy when the test ends.
-    _stop_proxy: oneshot::Sender<()>,
 }
 
 impl Proxied {
     fn validates(&self) -> usize {
-        self.validates.load(Ordering::SeqCst)
+        self.app.proxy.as_ref().expect("proxied").validates()
     }
 
     /// Calls ListPosts until a call is answered from the cache (the feed is live and the token cached).
@@ -136,34 +43,8 @@ impl Proxied {
 }
 
 async fn spawn_proxied(posts: impl FnOnce(&mut posts_svc::Settings) + 'static) -> Proxied {
-    let validates = Arc::new(AtomicUsize::new(0));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let app = spawn_app_with(Options {
-        posts: Box::new(move |settings| {
-            settings.auth_url = format!("http://{proxy_addr}");
-            posts(settings);
-        }),
-        ..Options::default()
-    })
-    .await;
-    let proxy = CountingAuth {
-        inner: AuthServiceClient::new(channel(app.auth_server.as_ref().unwrap().addr)),
-        validates: Arc::clone(&validates),
-    };
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(AuthServiceServer::new(proxy))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
     Proxied {
-        app,
-        validates,
-        _stop_proxy: stop_tx,
+        app: TestApp::builder().proxied().posts(posts).start().await,
     }
 }
 
@@ -332,11 +213,7 @@ async fn jwks_lists_the_keys_and_rotation_keeps_old_tokens_valid() {
 
 #[tokio::test]
 async fn a_signing_key_from_a_file_cannot_be_rotated_over_grpc() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, dir| settings.signing_key_file = Some(write_signing_key(dir).0)),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::builder().signing_key_file().start().await;
     let root = app.admin_token("root").await;
     let result = app
         .auth

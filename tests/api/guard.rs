@@ -130,6 +130,32 @@ async fn auth_svc_down_fails_closed_and_recovers_after_restart() {
     }
 }
 
+/// auth-svc answering Validate with an error (not a verdict) fails the call closed, and calls succeed again
+/// once it answers; no error is ever cached.
+#[tokio::test]
+async fn an_erroring_validate_fails_closed_and_is_never_cached() {
+    let app = TestApp::builder()
+        .proxied()
+        .cache_ttl(Duration::ZERO)
+        .start()
+        .await;
+    let proxy = app.proxy.as_ref().unwrap();
+    let token = app.login_as("alice").await;
+    app.list_posts(&token, Default::default()).await.unwrap();
+    proxy.fail_validate(true);
+    for _ in 0..3 {
+        assert_reason(
+            app.list_posts(&token, Default::default()).await,
+            Code::Unavailable,
+            watchword::reason::Reason::AuthUnavailable,
+        );
+    }
+    proxy.fail_validate(false);
+    let before = proxy.validates();
+    app.list_posts(&token, Default::default()).await.unwrap();
+    assert_eq!(proxy.validates(), before + 1, "asked auth-svc again");
+}
+
 #[tokio::test]
 async fn an_auth_svc_that_never_answers_is_unavailable_within_the_timeout() {
     // Accepts connections and then says nothing, like a frozen process.
@@ -141,14 +167,13 @@ async fn an_auth_svc_that_never_answers_is_unavailable_within_the_timeout() {
             held.push(socket);
         }
     });
-    let app = spawn_app_with(Options {
-        posts: Box::new(move |settings| {
+    let app = TestApp::builder()
+        .posts(move |settings| {
             settings.auth_url = format!("http://{silent_addr}");
             settings.auth_timeout = Duration::from_millis(300);
-        }),
-        ..Options::default()
-    })
-    .await;
+        })
+        .start()
+        .await;
     let token = app.login_as("alice").await;
     let started = Instant::now();
     assert_code(
@@ -166,12 +191,12 @@ async fn an_auth_svc_that_never_answers_is_unavailable_within_the_timeout() {
 #[tokio::test]
 async fn health_and_reflection_need_no_token() {
     let app = spawn_app().await;
-    let auth_addr = app.auth_server.as_ref().unwrap().addr;
+    let auth_addr = app.auth_addr();
     for (addr, service) in [
         (auth_addr, "auth.v1.AuthService"),
-        (app.posts_server.addr, "posts.v1.PostsService"),
+        (app.posts_addr(), "posts.v1.PostsService"),
         (auth_addr, ""),
-        (app.posts_server.addr, ""),
+        (app.posts_addr(), ""),
     ] {
         let mut health = HealthClient::new(channel(addr));
         let status = health
@@ -184,7 +209,7 @@ async fn health_and_reflection_need_no_token() {
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?} on {addr}");
     }
-    let mut health = HealthClient::new(channel(app.posts_server.addr));
+    let mut health = HealthClient::new(channel(app.posts_addr()));
     let unknown = health
         .check(HealthCheckRequest {
             service: "nope.v1.Nope".into(),
@@ -192,7 +217,7 @@ async fn health_and_reflection_need_no_token() {
         .await;
     assert_code(unknown, Code::NotFound);
 
-    let services = reflection_services(app.posts_server.addr).await;
+    let services = reflection_services(app.posts_addr()).await;
     assert!(
         services.contains(&"posts.v1.PostsService".to_owned()),
         "{services:?}"
@@ -236,7 +261,7 @@ async fn reflection_services(addr: std::net::SocketAddr) -> Vec<String> {
 async fn a_guarded_handler_sees_the_caller_from_the_token_only() {
     let app = spawn_app().await;
     let alice = app.login_as("alice").await;
-    let mut client = PostsServiceClient::new(channel(app.posts_server.addr));
+    let mut client = PostsServiceClient::new(channel(app.posts_addr()));
     let mut request = bearer(
         pb::CreatePostRequest {
             title: "t".into(),

@@ -12,13 +12,6 @@ use watchword::{
 
 use crate::helpers::*;
 
-fn no_peer_limit() -> Options {
-    Options {
-        auth: Box::new(|settings, _| settings.peer_rate = 0.0),
-        ..Options::default()
-    }
-}
-
 async fn login_with_device(
     app: &TestApp,
     password: &str,
@@ -45,7 +38,7 @@ async fn lock_out(app: &TestApp, username: &str) {
 
 #[tokio::test]
 async fn a_strangers_failed_logins_never_end_or_block_live_sessions() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     app.register("alice").await.unwrap();
     let login = app.login("alice", PASSWORD).await.unwrap();
     lock_out(&app, "alice").await;
@@ -58,7 +51,7 @@ async fn a_strangers_failed_logins_never_end_or_block_live_sessions() {
 
 #[tokio::test]
 async fn the_account_holders_device_logs_in_through_a_strangers_lockout() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     app.register("alice").await.unwrap();
     let first = app.login("alice", PASSWORD).await.unwrap();
     let device = first.device_token;
@@ -124,7 +117,7 @@ async fn device_tokens_are_stored_only_as_keyed_hashes() {
 
 #[tokio::test]
 async fn admins_unlock_a_locked_user() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     let root = app.admin_token("root").await;
     let alice = app.register("alice").await.unwrap();
     lock_out(&app, "alice").await;
@@ -230,7 +223,7 @@ async fn a_disabled_admin_is_no_admin() {
 /// session is created: either it no longer says admin, or the demotion ended its session.
 #[tokio::test]
 async fn a_login_racing_a_demotion_never_keeps_the_admin_role() {
-    let app = spawn_app_with(no_peer_limit()).await;
+    let app = TestApp::builder().no_peer_limit().start().await;
     let root = app.admin_token("root").await;
     for round in 0..5 {
         let name = format!("admin{round}");
@@ -264,11 +257,11 @@ async fn a_login_racing_a_demotion_never_keeps_the_admin_role() {
 /// A login racing DisableUser: it fails, or its token is refused everywhere whatever its `iat`.
 #[tokio::test]
 async fn a_login_racing_a_disabling_never_yields_a_usable_token() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| settings.peer_rate = 0.0),
-        posts: Box::new(|settings| settings.verify = posts_svc::VerifyMode::Local),
-    })
-    .await;
+    let app = TestApp::builder()
+        .no_peer_limit()
+        .verify(posts_svc::VerifyMode::Local)
+        .start()
+        .await;
     let root = app.admin_token("root").await;
     for round in 0..5 {
         let name = format!("user{round}");
@@ -299,14 +292,7 @@ async fn a_revoked_key_is_refused_everywhere_within_a_second() {
         (posts_svc::VerifyMode::Remote, Duration::from_secs(60)),
         (posts_svc::VerifyMode::Remote, Duration::ZERO),
     ] {
-        let app = spawn_app_with(Options {
-            posts: Box::new(move |settings| {
-                settings.verify = mode;
-                settings.validate_cache_ttl = cache_ttl;
-            }),
-            ..Options::default()
-        })
-        .await;
+        let app = TestApp::builder().verify(mode).cache_ttl(cache_ttl).start().await;
         let root = app.admin_token("root").await;
         let alice = app.login_as("alice").await;
         let kid = app.validate(&alice).await.unwrap().key_id;
@@ -375,11 +361,7 @@ async fn revoking_an_unknown_key_or_the_key_file_is_refused() {
         Reason::RoleRequired,
     );
 
-    let filed = spawn_app_with(Options {
-        auth: Box::new(|settings, dir| settings.signing_key_file = Some(write_signing_key(dir).0)),
-        ..Options::default()
-    })
-    .await;
+    let filed = TestApp::builder().signing_key_file().start().await;
     let root = filed.admin_token("root").await;
     let kid = filed.validate(&root).await.unwrap().key_id;
     let request = bearer(pb::RevokeSigningKeyRequest { kid }, &root);
@@ -391,11 +373,11 @@ async fn revoking_an_unknown_key_or_the_key_file_is_refused() {
 
 #[tokio::test]
 async fn revocation_subscribers_are_capped() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| settings.max_revocation_subscribers = 3),
-        posts: Box::new(|settings| settings.validate_cache_ttl = Duration::ZERO),
-    })
-    .await;
+    let app = TestApp::builder()
+        .auth(|settings| settings.max_revocation_subscribers = 3)
+        .cache_ttl(Duration::ZERO)
+        .start()
+        .await;
     let mut streams = Vec::new();
     for _ in 0..3 {
         let stream = app
@@ -446,18 +428,17 @@ fn login_from(forwarded_for: &str) -> Request<pb::LoginRequest> {
 #[tokio::test]
 async fn x_forwarded_for_names_the_client_only_behind_trusted_proxies() {
     for trusted in [true, false] {
-        let app = spawn_app_with(Options {
-            auth: Box::new(move |settings, _| {
+        let app = TestApp::builder()
+            .auth(move |settings| {
                 settings.peer_rate = 1.0;
                 settings.peer_burst = 2;
                 settings.lockout_threshold = u32::MAX;
                 if trusted {
                     settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
                 }
-            }),
-            ..Options::default()
-        })
-        .await;
+            })
+            .start()
+            .await;
         let mut codes = Vec::new();
         for client in ["198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2"] {
             let outcome = app.auth.clone().login(login_from(client)).await;

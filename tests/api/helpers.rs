@@ -1,6 +1,17 @@
 //! `spawn_app()` and typed helpers, so each test reads like the behaviour it checks.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -39,16 +50,49 @@ async fn bind(addr: SocketAddr) -> TcpListener {
     TcpListener::bind(addr).await.expect("bind")
 }
 
+/// Starts auth-svc and waits until it reports SERVING.
 pub async fn start_auth(listener: TcpListener, settings: auth_svc::Settings) -> Server {
-    spawn_server(listener, |listener, stop| {
+    let server = spawn_server(listener, |listener, stop| {
         auth_svc::serve(listener, settings, stop)
-    })
+    });
+    serving(server, "auth.v1.AuthService").await
 }
 
+/// Starts posts-svc and waits until it reports SERVING.
 pub async fn start_posts(listener: TcpListener, settings: posts_svc::Settings) -> Server {
-    spawn_server(listener, |listener, stop| {
+    let server = spawn_server(listener, |listener, stop| {
         posts_svc::serve(listener, settings, stop)
-    })
+    });
+    serving(server, "posts.v1.PostsService").await
+}
+
+/// `server` once its health service reports `service` SERVING, so a test never races start-up (a second
+/// writer on a fresh SQLite file, a call before the first health probe). A server that stops instead
+/// fails the test with its error.
+async fn serving(mut server: Server, service: &str) -> Server {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel(server.addr));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let status = health.check(request).await.map(|r| r.into_inner().status);
+        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+            return server;
+        }
+        if server.task.is_finished() {
+            let outcome = (&mut server.task).await.expect("server task does not panic");
+            panic!("{service} stopped before serving: {outcome:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} not SERVING after 30 s: {status:?}"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Runs `serve` on `listener` in a task, with a shutdown signal that [`Server::stop`] fires.
@@ -78,59 +122,288 @@ pub fn channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-/// Both services on fresh storage, with clients for each.
+/// Both services on fresh storage, with clients for each: `spawn_app()` for the defaults, or
+/// [`TestApp::builder`]
+/// for a builder whose options combine.
 pub struct TestApp {
     pub dir: TempDir,
-    pub auth_server: Option<Server>,
-    pub posts_server: Server,
+    /// The auth-svc replicas; [`TestApp::auth`] talks to the first.
+    pub auth_servers: Vec<Server>,
+    /// The posts-svc replicas; the `i`-th asks the `i`-th auth-svc (through the stand-in, with
+    /// [`AppBuilder::proxied`]); [`TestApp::posts`] talks to the first.
+    pub posts_servers: Vec<Server>,
     pub auth: AuthServiceClient<Channel>,
     pub posts: PostsServiceClient<Channel>,
     pub auth_settings: auth_svc::Settings,
     pub posts_database: DatabaseUrl,
+    /// The stand-in between posts-svc and auth-svc, with [`AppBuilder::proxied`].
+    pub proxy: Option<AuthProxy>,
 }
 
-type AuthKnob = Box<dyn FnOnce(&mut auth_svc::Settings, &TempDir)>;
+type AuthKnob = Box<dyn FnOnce(&mut auth_svc::Settings)>;
 type PostsKnob = Box<dyn FnOnce(&mut posts_svc::Settings)>;
 
-/// Knobs a test may turn before the services start.
-pub struct Options {
-    pub auth: AuthKnob,
-    pub posts: PostsKnob,
+/// How a test app is set up. Every option adds to the others, in the order given.
+#[derive(Default)]
+pub struct AppBuilder {
+    auth: Vec<AuthKnob>,
+    posts: Vec<PostsKnob>,
+    signing_key_file: bool,
+    auth_replicas: Option<usize>,
+    proxied: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            auth: Box::new(|_, _| {}),
-            posts: Box::new(|_| {}),
-        }
+impl TestApp {
+    /// A test app to set up: `TestApp::builder().no_peer_limit().verify(Local).start().await`.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
     }
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Options::default()).await
+    TestApp::builder().start().await
 }
 
-pub async fn spawn_app_with(options: Options) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut auth_settings = auth_svc::Settings::for_database(database(&dir, "auth").await);
-    (options.auth)(&mut auth_settings, &dir);
-    let auth_server = start_auth(bind(auth_settings.listen).await, auth_settings.clone()).await;
+impl AppBuilder {
+    /// Changes auth-svc's settings (every replica's).
+    pub fn auth(mut self, knob: impl FnOnce(&mut auth_svc::Settings) + 'static) -> Self {
+        self.auth.push(Box::new(knob));
+        self
+    }
 
-    let posts_database = database(&dir, "posts").await;
-    let mut posts_settings =
-        posts_svc::Settings::new(posts_database.clone(), format!("http://{}", auth_server.addr));
-    (options.posts)(&mut posts_settings);
-    let posts_server = start_posts(bind(posts_settings.listen).await, posts_settings).await;
+    /// Changes posts-svc's settings (every replica's).
+    pub fn posts(mut self, knob: impl FnOnce(&mut posts_svc::Settings) + 'static) -> Self {
+        self.posts.push(Box::new(knob));
+        self
+    }
 
-    TestApp {
-        auth: AuthServiceClient::new(channel(auth_server.addr)),
-        posts: PostsServiceClient::new(channel(posts_server.addr)),
-        auth_server: Some(auth_server),
-        posts_server,
-        auth_settings,
-        posts_database,
-        dir,
+    /// auth-svc signs with a key from `--signing-key-file` (written into the app's directory).
+    pub fn signing_key_file(mut self) -> Self {
+        self.signing_key_file = true;
+        self
+    }
+
+    /// No per-address limit: for tests that log in more often than one address may.
+    pub fn no_peer_limit(self) -> Self {
+        self.auth(|settings| settings.peer_rate = 0.0)
+    }
+
+    /// Neither the per-address limit nor lockout: for tests that log in far more often than a person would.
+    pub fn no_throttling(self) -> Self {
+        self.no_peer_limit()
+            .auth(|settings| settings.lockout_threshold = u32::MAX)
+    }
+
+    /// How posts-svc's guard checks tokens.
+    pub fn verify(self, mode: posts_svc::VerifyMode) -> Self {
+        self.posts(move |settings| settings.verify = mode)
+    }
+
+    /// How long posts-svc's guard reuses a remote verdict (`ZERO`: asks auth-svc about every call).
+    pub fn cache_ttl(self, ttl: Duration) -> Self {
+        self.posts(move |settings| settings.validate_cache_ttl = ttl)
+    }
+
+    /// `n` auth-svc replicas on one database, each with its own posts-svc replica. Several replicas need
+    /// PostgreSQL (an SQLite file has one auth-svc): `start` returns `None` on SQLite.
+    pub fn auth_replicas(mut self, n: usize) -> Self {
+        self.auth_replicas = Some(n.max(1));
+        self
+    }
+
+    /// posts-svc reaches auth-svc through an [`AuthProxy`]: a stand-in that forwards every call and counts
+    /// them, and can be made to fail Validate.
+    pub fn proxied(mut self) -> Self {
+        self.proxied = true;
+        self
+    }
+
+    /// Starts the app. Panics if a service cannot be started; see [`AppBuilder::auth_replicas`] for the one
+    /// set-up that is skipped instead (then the test should return).
+    pub async fn start(self) -> TestApp {
+        self.try_start()
+            .await
+            .expect("several auth-svc replicas need PostgreSQL")
+    }
+
+    /// Like [`AppBuilder::start`], but `None` when the set-up needs PostgreSQL and the tests run on SQLite.
+    pub async fn try_start(self) -> Option<TestApp> {
+        let replicas = self.auth_replicas.unwrap_or(1);
+        let dir = tempfile::tempdir().unwrap();
+        let auth_database = database(&dir, "auth").await;
+        if replicas > 1 && !matches!(auth_database, DatabaseUrl::Postgres(_)) {
+            eprintln!(
+                "skipped: several auth-svc replicas need WATCHWORD_TEST_DATABASE_URL (PostgreSQL); .ci/run sets it"
+            );
+            return None;
+        }
+        let mut auth_settings = auth_svc::Settings::for_database(auth_database);
+        if self.signing_key_file {
+            auth_settings.signing_key_file = Some(write_signing_key(&dir).0);
+        }
+        for knob in self.auth {
+            knob(&mut auth_settings);
+        }
+        let mut auth_servers = Vec::new();
+        for _ in 0..replicas {
+            auth_servers.push(start_auth(bind(auth_settings.listen).await, auth_settings.clone()).await);
+        }
+        let proxy = match self.proxied {
+            true => Some(AuthProxy::start(auth_servers[0].addr).await),
+            false => None,
+        };
+
+        let posts_database = database(&dir, "posts").await;
+        // The first posts-svc asks the stand-in when there is one; a knob may point it elsewhere.
+        let first = proxy.as_ref().map_or(auth_servers[0].addr, |proxy| proxy.addr);
+        let mut posts_settings = posts_svc::Settings::new(posts_database.clone(), format!("http://{first}"));
+        for knob in self.posts {
+            knob(&mut posts_settings);
+        }
+        let mut posts_servers = Vec::new();
+        for (i, auth) in auth_servers.iter().enumerate() {
+            let mut settings = posts_settings.clone();
+            if i > 0 {
+                settings.auth_url = format!("http://{}", auth.addr);
+            }
+            posts_servers.push(start_posts(bind(settings.listen).await, settings).await);
+        }
+
+        Some(TestApp {
+            auth: AuthServiceClient::new(channel(auth_servers[0].addr)),
+            posts: PostsServiceClient::new(channel(posts_servers[0].addr)),
+            auth_servers,
+            posts_servers,
+            auth_settings,
+            posts_database,
+            proxy,
+            dir,
+        })
+    }
+}
+
+/// A stand-in for auth-svc between posts-svc and the real one: a tonic server that forwards every
+/// `auth.v1.AuthService` call, behind a tower layer that counts calls per method and can fail Validate.
+pub struct AuthProxy {
+    pub addr: SocketAddr,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    failing: Arc<AtomicBool>,
+    _server: Server,
+}
+
+impl AuthProxy {
+    async fn start(auth: SocketAddr) -> Self {
+        let (calls, failing) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let layer = StandIn {
+            calls: Arc::clone(&calls),
+            failing: Arc::clone(&failing),
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await;
+        let server = spawn_server(listener, move |listener, stop| {
+            tonic::transport::Server::builder()
+                .layer(layer)
+                .add_service(Forward(channel(auth)))
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
+        });
+        Self {
+            addr: server.addr,
+            calls,
+            failing,
+            _server: server,
+        }
+    }
+
+    /// Calls of `method` (e.g. `"Validate"`) that reached the stand-in.
+    pub fn calls(&self, method: &str) -> usize {
+        let path = format!("/auth.v1.AuthService/{method}");
+        self.calls.lock().unwrap().get(&path).copied().unwrap_or(0)
+    }
+
+    pub fn validates(&self) -> usize {
+        self.calls("Validate")
+    }
+
+    /// While `fail`, Validate answers `UNAVAILABLE` without reaching auth-svc.
+    pub fn fail_validate(&self, fail: bool) {
+        self.failing.store(fail, Ordering::SeqCst);
+    }
+}
+
+/// Forwards any `auth.v1.AuthService` call to auth-svc.
+#[derive(Clone)]
+struct Forward(Channel);
+
+impl tonic::server::NamedService for Forward {
+    const NAME: &'static str = "auth.v1.AuthService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Forward {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let channel = self.0.clone();
+        Box::pin(async move {
+            let response = tower::ServiceExt::oneshot(channel, request).await;
+            Ok(response.unwrap_or_else(|e| Status::unavailable(e.to_string()).into_http()))
+        })
+    }
+}
+
+/// The stand-in's layer: counts each call's method, and fails Validate while told to.
+#[derive(Clone)]
+struct StandIn {
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl<S> tower::Layer<S> for StandIn {
+    type Service = StandInService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StandInService {
+            inner,
+            stand_in: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct StandInService<S> {
+    inner: S,
+    stand_in: StandIn,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for StandInService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        *self
+            .stand_in
+            .calls
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_default() += 1;
+        if path.ends_with("/Validate") && self.stand_in.failing.load(Ordering::SeqCst) {
+            return Box::pin(async { Ok(Status::unavailable("the stand-in fails Validate").into_http()) });
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -252,9 +525,9 @@ impl TestApp {
         Ok(())
     }
 
-    /// Stops auth-svc, leaving posts-svc pointing at its (now closed) address.
+    /// Stops (the first) auth-svc, leaving posts-svc pointing at its (now closed) address.
     pub async fn stop_auth(&mut self) -> SocketAddr {
-        let server = self.auth_server.take().expect("auth-svc running");
+        let server = self.auth_servers.remove(0);
         let addr = server.addr;
         server.stop().await;
         addr
@@ -263,7 +536,17 @@ impl TestApp {
     /// Starts auth-svc again on `addr` with the same storage and settings.
     pub async fn restart_auth(&mut self, addr: SocketAddr) {
         let server = start_auth(bind(addr).await, self.auth_settings.clone()).await;
-        self.auth_server = Some(server);
+        self.auth_servers.insert(0, server);
+    }
+
+    /// The address of (the first) auth-svc.
+    pub fn auth_addr(&self) -> SocketAddr {
+        self.auth_servers[0].addr
+    }
+
+    /// The address of (the first) posts-svc.
+    pub fn posts_addr(&self) -> SocketAddr {
+        self.posts_servers[0].addr
     }
 }
 

@@ -26,11 +26,7 @@ struct Forge {
 }
 
 async fn forge() -> Forge {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, dir| settings.signing_key_file = Some(write_signing_key(dir).0)),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::builder().signing_key_file().start().await;
     let pem = std::fs::read_to_string(app.dir.path().join("signing-key.pem")).unwrap();
     let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
     let verifying = signing.verifying_key();

@@ -13,13 +13,6 @@ use watchword::{
 
 use crate::helpers::*;
 
-fn grace(grace: Duration) -> Options {
-    Options {
-        auth: Box::new(move |settings, _| settings.refresh_reuse_grace = grace),
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn login_starts_a_session_carried_by_the_access_token() {
     let app = spawn_app().await;
@@ -67,7 +60,10 @@ async fn concurrent_refreshes_within_the_grace_window_get_the_same_successor() {
 
 #[tokio::test]
 async fn reusing_a_rotated_refresh_token_after_the_grace_window_ends_the_session() {
-    let app = spawn_app_with(grace(Duration::ZERO)).await;
+    let app = TestApp::builder()
+        .auth(|settings| settings.refresh_reuse_grace = Duration::ZERO)
+        .start()
+        .await;
     app.register("alice").await.unwrap();
     let login = app.login("alice", PASSWORD).await.unwrap();
     let rotated = app.refresh(&login.refresh_token).await.unwrap();
@@ -123,11 +119,10 @@ async fn refresh_refuses_anything_but_a_live_refresh_token() {
 
 #[tokio::test]
 async fn an_expired_refresh_token_is_refused_as_expired() {
-    let app = spawn_app_with(Options {
-        auth: Box::new(|settings, _| settings.refresh_token_ttl = Duration::ZERO),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .auth(|settings| settings.refresh_token_ttl = Duration::ZERO)
+        .start()
+        .await;
     app.register("alice").await.unwrap();
     let login = app.login("alice", PASSWORD).await.unwrap();
     assert_reason(

@@ -210,12 +210,12 @@ async fn only_the_author_may_delete_a_post_and_others_learn_nothing() {
 
 #[tokio::test]
 async fn posts_survive_a_posts_svc_restart() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let token = app.login_as("alice").await;
     let post = app.create_post(&token, "durable", "body").await.unwrap();
     let dir_posts = app.posts_database.clone();
-    let auth_url = format!("http://{}", app.auth_server.as_ref().unwrap().addr);
-    app.posts_server.stop().await;
+    let auth_url = format!("http://{}", app.auth_addr());
+    app.posts_servers.remove(0).stop().await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = start_posts(listener, posts_svc::Settings::new(dir_posts, auth_url)).await;

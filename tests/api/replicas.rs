@@ -18,32 +18,25 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn two_auth_and_two_posts_replicas_on_one_postgres_behave_as_one_service() {
-    if std::env::var("WATCHWORD_TEST_DATABASE_URL").is_err() {
-        eprintln!("skipped: replicas need WATCHWORD_TEST_DATABASE_URL (PostgreSQL); .ci/run sets it");
+    let Some(app) = TestApp::builder()
+        .auth_replicas(2)
+        .no_peer_limit()
+        .auth(|settings| settings.refresh_reuse_grace = Duration::ZERO)
+        .cache_ttl(Duration::from_secs(60))
+        .try_start()
+        .await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (auth_db, posts_db) = (database(&dir, "auth").await, database(&dir, "posts").await);
-    let mut auth_settings = auth_svc::Settings::for_database(auth_db);
-    auth_settings.refresh_reuse_grace = Duration::ZERO;
-    auth_settings.peer_rate = 0.0;
-    let listen = || TcpListener::bind("127.0.0.1:0");
-    let auth_a = start_auth(listen().await.unwrap(), auth_settings.clone()).await;
-    let auth_b = start_auth(listen().await.unwrap(), auth_settings.clone()).await;
-    let posts_for = |auth: &Server| {
-        let mut settings = posts_svc::Settings::new(posts_db.clone(), format!("http://{}", auth.addr));
-        settings.validate_cache_ttl = Duration::from_secs(60);
-        settings
     };
-    let posts_a = start_posts(listen().await.unwrap(), posts_for(&auth_a)).await;
-    let posts_b = start_posts(listen().await.unwrap(), posts_for(&auth_b)).await;
+    let auth_settings = app.auth_settings.clone();
+    let client = |servers: &[Server], i: usize| channel(servers[i].addr);
     let (mut a, mut b) = (
-        AuthServiceClient::new(channel(auth_a.addr)),
-        AuthServiceClient::new(channel(auth_b.addr)),
+        AuthServiceClient::new(client(&app.auth_servers, 0)),
+        AuthServiceClient::new(client(&app.auth_servers, 1)),
     );
     let (pa, pb_) = (
-        PostsServiceClient::new(channel(posts_a.addr)),
-        PostsServiceClient::new(channel(posts_b.addr)),
+        PostsServiceClient::new(client(&app.posts_servers, 0)),
+        PostsServiceClient::new(client(&app.posts_servers, 1)),
     );
 
     // A user registered on A logs in on B; a token issued by A validates on B.
@@ -171,7 +164,7 @@ async fn two_auth_and_two_posts_replicas_on_one_postgres_behave_as_one_service()
         "logout on auth A enforced by posts B after {:?}",
         started.elapsed()
     );
-    for server in [posts_a, posts_b, auth_a, auth_b] {
+    for server in app.posts_servers.into_iter().chain(app.auth_servers) {
         server.stop().await;
     }
 }
@@ -207,20 +200,18 @@ async fn past_snapshot(stream: &mut tonic::Streaming<pb::WatchRevocationsRespons
 /// and ids are handed out in commit order.
 #[tokio::test]
 async fn a_revocation_committed_late_is_still_relayed_by_other_replicas() {
-    if std::env::var("WATCHWORD_TEST_DATABASE_URL").is_err() {
-        eprintln!("skipped: replicas need WATCHWORD_TEST_DATABASE_URL (PostgreSQL); .ci/run sets it");
+    let Some(app) = TestApp::builder()
+        .auth_replicas(2)
+        .no_peer_limit()
+        .try_start()
+        .await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let auth_db = database(&dir, "auth").await;
-    let mut settings = auth_svc::Settings::for_database(auth_db.clone());
-    settings.peer_rate = 0.0;
-    let listen = || TcpListener::bind("127.0.0.1:0");
-    let auth_a = start_auth(listen().await.unwrap(), settings.clone()).await;
-    let auth_b = start_auth(listen().await.unwrap(), settings.clone()).await;
+    };
+    let auth_db = app.auth_settings.database_url.clone();
     let (a, b) = (
-        AuthServiceClient::new(channel(auth_a.addr)),
-        AuthServiceClient::new(channel(auth_b.addr)),
+        app.auth.clone(),
+        AuthServiceClient::new(channel(app.auth_servers[1].addr)),
     );
     a.clone()
         .register(pb::RegisterRequest {
@@ -309,7 +300,7 @@ async fn a_revocation_committed_late_is_still_relayed_by_other_replicas() {
         Reason::TokenRevoked,
     );
     drop(stream);
-    for server in [auth_a, auth_b] {
+    for server in app.posts_servers.into_iter().chain(app.auth_servers) {
         server.stop().await;
     }
 }
