@@ -26,7 +26,9 @@ pub struct Settings {
 
     /// Where users and signing keys are stored: `sqlite://PATH` (created on first start, private to this
     /// user) or `postgres://...`.
-    #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db")]
+    /// TLS to PostgreSQL as in libpq: `?sslmode=verify-full&sslrootcert=/path/ca.pem`.
+    #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db",
+          value_parser = flags::Unechoed(database_url))]
     pub database_url: DatabaseUrl,
 
     /// Lifetime of access tokens, e.g. `15m`, `90s`. Between 1s and 24h: access tokens are meant to be
@@ -208,6 +210,11 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
         }
     }
     Ok(file)
+}
+
+/// `--database-url`, checked as far as it can be without connecting (see [`DatabaseUrl::parse`]).
+fn database_url(value: &str) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(value).map_err(|e| e.to_string())
 }
 
 impl Settings {

@@ -260,6 +260,21 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
     let cases = [
         bad(&["--listen", "nope"], "--listen"),
         bad(&["--database-url", "mysql://x"], "--database-url"),
+        // Checked before connecting, with the parameter named and the password never repeated.
+        bad(
+            &[
+                "--database-url",
+                "postgres://auth:hunter2@127.0.0.1:1/auth?sslmode=verify",
+            ],
+            "sslmode",
+        ),
+        bad(
+            &[
+                "--database-url",
+                "postgres://auth:hunter2@127.0.0.1:1/auth?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ],
+            "sslrootcert",
+        ),
         bad(&["--access-token-ttl", "0s"], "--access-token-ttl"),
         bad(&["--access-token-ttl", "25h"], "--access-token-ttl"),
         bad(&["--refresh-token-ttl", "100years"], "--refresh-token-ttl"),
@@ -336,6 +351,7 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
                 if output.status.code() != Some(2)
                     || !stderr.contains(case.flag)
                     || stderr.contains("panicked")
+                    || stderr.contains("hunter2")
                 {
                     wrong.push(format!("{what}: {:?}\n{stderr}", output.status));
                 }
