@@ -245,6 +245,16 @@ impl Database {
             Self::Postgres(pg) => pg.ping().await,
         }
     }
+
+    /// SQLite: rewrites the file without free pages and empties the WAL into it, so content that was
+    /// overwritten or deleted is no longer in either ([`Sqlite::vacuum`]). PostgreSQL: nothing; the old row
+    /// versions stay on disk until the server's own vacuum reuses their space (and in its WAL archives).
+    pub async fn vacuum(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(db) => db.vacuum().await,
+            Self::Postgres(_) => Ok(()),
+        }
+    }
 }
 
 /// Runs `$rule` (an expression that may use `$tx: &impl `[`Conn`]) in one write transaction of `$db` (a
@@ -538,6 +548,25 @@ impl Sqlite {
     /// A cheap query proving the database answers; used by health reporting.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    /// Rewrites the database without free pages (`VACUUM`) and then copies the WAL into it and truncates
+    /// it, so that content which was overwritten or deleted is in neither file any more. Holds the writer
+    /// throughout; meant for start-up.
+    pub async fn vacuum(&self) -> Result<(), DbError> {
+        let permit = Arc::clone(&self.inner.write_permit)
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::Worker)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let _permit = permit;
+            let conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.execute_batch("VACUUM")?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
     }
 }
 
