@@ -14,6 +14,36 @@ pub const DB_MAX_CONNECTIONS: RangeInclusive<u64> = 1..=1000;
 /// `--db-acquire-timeout`: a wait a query can survive; never longer than a call may live (30 s).
 pub const DB_ACQUIRE_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(30);
 
+/// A value parser for a flag whose value may hold a secret (a database URL's password): a refusal names the
+/// flag and says why, like any other (exit status 2), but never repeats the value, as clap's own message
+/// would.
+#[derive(Clone)]
+pub struct Unechoed<F>(pub F);
+
+impl<T, F> clap::builder::TypedValueParser for Unechoed<F>
+where
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let refuse = |why: String| {
+            let flag = arg.map_or_else(|| "a flag".to_owned(), |arg| format!("'{arg}'"));
+            let message =
+                format!("invalid value for {flag} (not repeated here: it may hold a secret): {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8".to_owned()))?;
+        (self.0)(text).map_err(refuse)
+    }
+}
+
 /// A duration as humantime reads it (`500ms`, `10s`, `30days`), within `range`.
 pub fn duration_within(value: &str, range: RangeInclusive<Duration>) -> Result<Duration, String> {
     let duration = humantime::parse_duration(value)
@@ -48,6 +78,32 @@ fn show(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unechoed_value_is_refused_naming_the_flag_and_the_reason_but_not_the_value() {
+        let command = clap::Command::new("svc").arg(clap::Arg::new("url").long("url").value_parser(
+            Unechoed(|v: &str| match v.contains("sslmode=bogus") {
+                true => Err("sslmode: expected one of ...".to_owned()),
+                false => Ok(v.to_owned()),
+            }),
+        ));
+        let error = command
+            .clone()
+            .try_get_matches_from(["svc", "--url", "postgres://u:hunter2@db/x?sslmode=bogus"])
+            .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(error.exit_code(), 2);
+        let message = error.to_string();
+        assert!(
+            message.contains("--url") && message.contains("sslmode: expected"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+        let matches = command
+            .try_get_matches_from(["svc", "--url", "postgres://db/x"])
+            .unwrap();
+        assert_eq!(matches.get_one::<String>("url").unwrap(), "postgres://db/x");
+    }
 
     #[test]
     fn durations_are_checked_against_their_range_and_the_refusal_says_it() {

@@ -13,11 +13,15 @@ use crate::{
     opaque::OpaqueTokens,
     password::PasswordHasher,
     revocations::{self, HubConfig, RevocationHub},
+    sealing::{self, KeyEncryptionKey, Row},
     sessions::{SessionRules, Sessions},
     settings::Settings,
     store::Store,
     throttle::TrustedProxies,
 };
+
+/// The secret that keys refresh-token hashes (`opaque.rs`).
+const PEPPER: &str = "refresh_token_pepper";
 
 /// How often expired records are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -40,7 +44,14 @@ impl App {
         let pool = settings.pool_options();
         let (store, hasher) = tokio::join!(Store::open(&settings.database_url, &pool), PasswordHasher::new());
         let (store, hasher) = (store?, hasher?);
-        let keys = Arc::new(KeyRing::open(store.clone(), key_config(settings)).await?);
+        let kek = key_encryption_key(settings)?;
+        let rewritten = store.keys_at_rest(kek.clone()).await??;
+        if let Some(kek) = kek.as_deref().filter(|_| rewritten > 0) {
+            // Sealing overwrote unsealed keys in place: leave no copy of them in the file's free pages.
+            store.vacuum().await?;
+            tracing::info!(rows = rewritten, kek = kek.id(), "sealed the stored keys");
+        }
+        let keys = Arc::new(KeyRing::open(store.clone(), key_config(settings, kek.clone())).await?);
         tracing::info!(kid = keys.signing_kid(), "signing key loaded");
         let hub = Arc::new(RevocationHub::new(HubConfig {
             max_subscribers: usize::try_from(settings.max_revocation_subscribers).unwrap_or(usize::MAX),
@@ -50,10 +61,11 @@ impl App {
         hub.load(&store).await?;
         let mut candidate = [0u8; 32];
         getrandom::fill(&mut candidate).map_err(|e| AuthError::Internal(format!("randomness: {e}")))?;
-        let pepper = store
-            .secret_or_insert("refresh_token_pepper", candidate.to_vec())
+        let row = Row::Secret(PEPPER);
+        let stored = store
+            .secret_or_insert(PEPPER, sealing::seal_if(kek.as_deref(), row, &candidate)?)
             .await?;
-        let pepper: [u8; 32] = pepper
+        let pepper: [u8; 32] = sealing::unseal(kek.as_deref(), row, &stored)?
             .try_into()
             .map_err(|_| AuthError::Internal("stored refresh_token_pepper is not 32 bytes".into()))?;
         let opaque = OpaqueTokens::new(pepper);
@@ -140,13 +152,29 @@ async fn purge(store: Store, window: Duration) {
     }
 }
 
-fn key_config(settings: &Settings) -> KeyConfig {
+fn key_config(settings: &Settings, kek: Option<Arc<KeyEncryptionKey>>) -> KeyConfig {
     KeyConfig {
         issuer: settings.issuer.clone(),
         audience: settings.audience.clone(),
         access_token_ttl: settings.access_token_ttl,
         signing_key_file: settings.signing_key_file.clone(),
+        kek,
     }
+}
+
+/// The key-encryption key from `--key-encryption-key-file`; without one, a warning: the one-command local
+/// set-up runs without, but a deployment should not.
+fn key_encryption_key(settings: &Settings) -> Result<Option<Arc<KeyEncryptionKey>>, AuthError> {
+    let Some(path) = &settings.key_encryption_key_file else {
+        tracing::warn!(
+            "no --key-encryption-key-file: the private signing keys and the refresh-token pepper are stored \
+             unsealed, so a copy of the database can mint tokens"
+        );
+        return Ok(None);
+    };
+    let kek = crate::settings::read_key_encryption_key_file(path)
+        .map_err(|e| AuthError::Internal(format!("--key-encryption-key-file: {e}")))?;
+    Ok(Some(Arc::new(kek)))
 }
 
 fn account_rules(settings: &Settings) -> AccountRules {

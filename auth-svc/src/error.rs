@@ -54,6 +54,9 @@ pub enum AuthError {
         "an account with that username exists and the password given is not its password; nothing changed"
     )]
     BootstrapPasswordMismatch,
+    /// A stored key does not open with the key-encryption key we have (or we have none).
+    #[error(transparent)]
+    Sealing(#[from] crate::sealing::SealError),
     #[error("storage: {0}")]
     Storage(#[from] DbError),
     #[error("internal: {0}")]
@@ -106,6 +109,10 @@ impl From<AuthError> for Status {
             }
             AuthError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
+                Status::internal("internal error")
+            }
+            AuthError::Sealing(e) => {
+                tracing::error!(error = %e, "stored keys");
                 Status::internal("internal error")
             }
         }

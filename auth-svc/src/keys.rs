@@ -17,7 +17,14 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use watchword::token::{ACCESS_TOKEN_TYP, CLOCK_LEEWAY, JwtClaims, Verifier, jwk_thumbprint, unix_seconds};
 pub use watchword::token::{Claims, TokenError};
 
-use crate::{admin::AdminCaller, domain::User, error::AuthError, revocations::RevocationHub, store::Store};
+use crate::{
+    admin::AdminCaller,
+    domain::User,
+    error::AuthError,
+    revocations::RevocationHub,
+    sealing::{self, KeyEncryptionKey, Row},
+    store::{NewKey, Store, StoredKey},
+};
 /// An Ed25519 key pair with its key id.
 pub struct SigningKey {
     kid: String,
@@ -113,6 +120,8 @@ pub struct KeyConfig {
     pub access_token_ttl: Duration,
     /// The signing key comes from this file and is never rotated or revoked over gRPC.
     pub signing_key_file: Option<PathBuf>,
+    /// Private keys are stored sealed with this key (see `sealing.rs`); without one, unsealed.
+    pub kek: Option<Arc<KeyEncryptionKey>>,
 }
 
 /// How often the key set is reloaded from storage regardless (a rotation through another replica).
@@ -131,7 +140,7 @@ struct KeySet {
 impl KeySet {
     fn new(
         config: &KeyConfig,
-        signing: SigningKey,
+        signing: Arc<SigningKey>,
         verifying: Vec<[u8; 32]>,
         revoked: HashSet<String>,
     ) -> Self {
@@ -149,7 +158,7 @@ impl KeySet {
             }
         }
         Self {
-            signing: Arc::new(signing),
+            signing,
             verifier,
             public,
             revoked,
@@ -177,14 +186,12 @@ impl KeyRing {
                 SigningKey::from_pkcs8_pem(&pem)?
             }
             None => {
-                let candidate = SigningKey::generate()?;
-                let pem = store
-                    .signing_key_or_insert(candidate.kid(), candidate.to_pkcs8_pem(), SystemTime::now())
-                    .await?;
-                SigningKey::from_pkcs8_pem(&pem)?
+                let candidate = to_store(config.kek.as_deref(), &SigningKey::generate()?)?;
+                let (kid, private_key) = store.signing_key_or_insert(candidate, SystemTime::now()).await?;
+                from_store(config.kek.as_deref(), &kid, &private_key)?
             }
         };
-        let set = KeySet::new(&config, signing, vec![], HashSet::new());
+        let set = KeySet::new(&config, Arc::new(signing), vec![], HashSet::new());
         let ring = Self {
             set: RwLock::new(set),
             config,
@@ -298,14 +305,23 @@ impl KeyRing {
             .store
             .load_keys(self.revocation_window(), SystemTime::now())
             .await?;
+        let kek = self.config.kek.as_deref();
+        let current = Arc::clone(&self.read().signing);
         let mut signing = None;
         let mut verifying = Vec::new();
         for key in stored {
-            let key_pem = SigningKey::from_pkcs8_pem(&key.pem)?;
             if !key.retired && signing.is_none() {
-                signing = Some(key_pem);
+                // The key signing now stays in memory: it is decrypted again only when another takes over.
+                signing = Some(if key.kid == current.kid {
+                    Arc::clone(&current)
+                } else {
+                    let private_key = key.private_key.as_deref().ok_or_else(|| {
+                        AuthError::Internal(format!("signing key {} loaded without its private key", key.kid))
+                    })?;
+                    Arc::new(from_store(kek, &key.kid, private_key)?)
+                });
             } else {
-                verifying.push(key_pem.public_key());
+                verifying.push(public_key_of(kek, &key)?);
             }
         }
         let signing = signing.ok_or_else(|| AuthError::Internal("no active signing key stored".into()))?;
@@ -337,7 +353,7 @@ impl KeyRing {
         }
         let key = SigningKey::generate()?;
         self.store
-            .rotate_key(key.kid(), key.to_pkcs8_pem(), SystemTime::now())
+            .rotate_key(to_store(self.config.kek.as_deref(), &key)?, SystemTime::now())
             .await?;
         self.reload().await?;
         tracing::info!(admin = %admin.user_id(), kid = key.kid(), "rotated signing key");
@@ -359,11 +375,7 @@ impl KeyRing {
                 AuthError::KeyNotFound
             });
         }
-        let replacement = SigningKey::generate()?;
-        let replacement = (
-            replacement.kid().to_owned(),
-            replacement.to_pkcs8_pem().to_owned(),
-        );
+        let replacement = to_store(self.config.kek.as_deref(), &SigningKey::generate()?)?;
         let (ring, kid_owned) = (Arc::clone(self), kid.to_owned());
         let revoked = hub
             .record(async move {
@@ -381,6 +393,46 @@ impl KeyRing {
         revoked?;
         tracing::info!(admin = %admin.user_id(), kid, "revoked signing key");
         Ok(self.signing_kid())
+    }
+}
+
+/// `key` as it is stored: its private key sealed with `kek` when there is one.
+fn to_store(kek: Option<&KeyEncryptionKey>, key: &SigningKey) -> Result<NewKey, AuthError> {
+    let private_key = sealing::seal_if(kek, Row::SigningKey(key.kid()), key.to_pkcs8_pem().as_bytes())?;
+    Ok(NewKey {
+        kid: key.kid().to_owned(),
+        public_key: key.public_key().to_vec(),
+        private_key: String::from_utf8(private_key)
+            .map_err(|_| AuthError::Internal("a sealed key is not ASCII".into()))?,
+    })
+}
+
+/// The signing key stored as `private_key` (sealed or not) in the row of `kid`.
+fn from_store(kek: Option<&KeyEncryptionKey>, kid: &str, private_key: &str) -> Result<SigningKey, AuthError> {
+    let pem = sealing::unseal(kek, Row::SigningKey(kid), private_key.as_bytes())?;
+    let pem =
+        String::from_utf8(pem).map_err(|_| AuthError::Internal(format!("signing key {kid} is not UTF-8")))?;
+    let key = SigningKey::from_pkcs8_pem(&pem)?;
+    // A sealed key cannot have been moved between rows (its row is sealed in); an unsealed one could.
+    if key.kid() != kid {
+        return Err(AuthError::Internal(format!(
+            "the key stored as {kid} is another key ({})",
+            key.kid()
+        )));
+    }
+    Ok(key)
+}
+
+/// A verifying key's public key: from its own column, or, for a key stored before public keys were (and
+/// not yet upgraded at a start), from its private key.
+fn public_key_of(kek: Option<&KeyEncryptionKey>, key: &StoredKey) -> Result<[u8; 32], AuthError> {
+    match (&key.public_key, &key.private_key) {
+        (Some(public), _) => public
+            .as_slice()
+            .try_into()
+            .map_err(|_| AuthError::Internal(format!("stored public key of {} is not 32 bytes", key.kid))),
+        (None, Some(private_key)) => Ok(from_store(kek, &key.kid, private_key)?.public_key()),
+        (None, None) => Err(AuthError::Internal(format!("key {} has no stored key", key.kid))),
     }
 }
 
@@ -407,6 +459,7 @@ mod tests {
             audience: "aud".into(),
             access_token_ttl: Duration::from_secs(900),
             signing_key_file: None,
+            kek: None,
         };
         Arc::new(KeyRing::open(store, config).await.unwrap())
     }

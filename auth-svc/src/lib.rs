@@ -18,6 +18,7 @@ mod opaque;
 mod password;
 mod policy;
 mod revocations;
+pub mod sealing;
 mod sessions;
 pub mod settings;
 mod store;

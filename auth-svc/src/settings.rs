@@ -26,7 +26,9 @@ pub struct Settings {
 
     /// Where users and signing keys are stored: `sqlite://PATH` (created on first start, private to this
     /// user) or `postgres://...`.
-    #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db")]
+    /// TLS to PostgreSQL as in libpq: `?sslmode=verify-full&sslrootcert=/path/ca.pem`.
+    #[arg(long, env = "AUTH_SVC_DATABASE_URL", default_value = "sqlite://data/auth.db",
+          value_parser = flags::Unechoed(database_url))]
     pub database_url: DatabaseUrl,
 
     /// Lifetime of access tokens, e.g. `15m`, `90s`. Between 1s and 24h: access tokens are meant to be
@@ -63,6 +65,14 @@ pub struct Settings {
     /// others may access (`chmod 600`).
     #[arg(long, env = "AUTH_SVC_SIGNING_KEY_FILE", value_parser = private_key_file)]
     pub signing_key_file: Option<PathBuf>,
+
+    /// File with the key-encryption key: 32 random bytes in base64 (make one with
+    /// `head -c 32 /dev/urandom | base64 > kek && chmod 600 kek`). With it, the private signing keys and the
+    /// refresh-token pepper are stored sealed with it (XChaCha20-Poly1305), so a copy of the database alone
+    /// yields no key; keys stored unsealed are sealed at start. Without it they are stored unsealed (a
+    /// warning at start). Must be a file that neither group nor others may access (`chmod 600`).
+    #[arg(long, env = "AUTH_SVC_KEY_ENCRYPTION_KEY_FILE", value_parser = key_encryption_key_file)]
+    pub key_encryption_key_file: Option<PathBuf>,
 
     /// Shortest password accepted at registration, in bytes (NIST 800-63B suggests at least 8; we default to 12).
     /// Between 8 and 128.
@@ -173,6 +183,24 @@ fn private_key_file(value: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// `--key-encryption-key-file`: refused at start unless it is a file only its owner may access, holding a
+/// key.
+fn key_encryption_key_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    read_key_encryption_key_file(&path)?;
+    Ok(path)
+}
+
+/// Reads the key-encryption key file, refusing one that group or others may access (whoever reads it and a
+/// copy of the database can mint tokens) or that does not hold 32 bytes in base64.
+pub fn read_key_encryption_key_file(path: &Path) -> Result<crate::sealing::KeyEncryptionKey, String> {
+    let mut text = String::new();
+    open_private(path)
+        .and_then(|mut file| file.read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    crate::sealing::KeyEncryptionKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Reads the signing key file, refusing one that group or others may access: anyone who can read the key
 /// can mint tokens for any user, and anyone who can write it can swap in their own.
 pub fn read_signing_key_file(path: &Path) -> std::io::Result<String> {
@@ -200,7 +228,7 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
-                    "{path} is accessible to group or others (mode {mode:04o}); a signing key must be \
+                    "{path} is accessible to group or others (mode {mode:04o}); a key file must be \
                      private to its owner: run `chmod 600 {path}`",
                     path = path.display()
                 ),
@@ -208,6 +236,11 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
         }
     }
     Ok(file)
+}
+
+/// `--database-url`, checked as far as it can be without connecting (see [`DatabaseUrl::parse`]).
+fn database_url(value: &str) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(value).map_err(|e| e.to_string())
 }
 
 impl Settings {
@@ -336,6 +369,29 @@ mod tests {
             read_signing_key_file(dir.path()).is_err(),
             "a directory is no key file"
         );
+    }
+
+    #[test]
+    fn a_key_encryption_key_file_is_read_only_while_private_and_holding_32_bytes_in_base64() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(&path, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error =
+            Settings::parse_without_env(["auth-svc", "--key-encryption-key-file", path_text]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let settings =
+            Settings::parse_without_env(["auth-svc", "--key-encryption-key-file", path_text]).unwrap();
+        assert_eq!(settings.key_encryption_key_file.as_deref(), Some(path.as_path()));
+        std::fs::write(&path, "c2hvcnQ=").unwrap();
+        let error =
+            Settings::parse_without_env(["auth-svc", "--key-encryption-key-file", path_text]).unwrap_err();
+        assert!(error.to_string().contains("--key-encryption-key-file"), "{error}");
+        assert!(error.to_string().contains("5 bytes, not 32"), "{error}");
     }
 
     /// Set in the child process that [`for_database_never_reads_the_environment`] starts.

@@ -168,6 +168,63 @@ fn bootstrap_admin_takes_the_password_from_the_environment_or_stdin_and_exits() 
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
 }
 
+/// Writes a key-encryption key (32 random bytes, base64) to `path`, private to its owner.
+fn write_kek(path: &std::path::Path) {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).unwrap();
+    std::fs::write(path, base64::engine::general_purpose::STANDARD.encode(key)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn keys_are_stored_unsealed_with_a_warning_until_a_key_encryption_key_seals_them_and_only_that_key_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("auth.db").display());
+    let (kek, other) = (dir.path().join("kek"), dir.path().join("other-kek"));
+    write_kek(&kek);
+    write_kek(&other);
+    // `--bootstrap-admin` builds everything `serve` does, then exits: start-up as a command.
+    let start = |kek: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_auth-svc"));
+        command
+            .args(["--database-url", &db, "--bootstrap-admin", "root"])
+            .env("AUTH_SVC_BOOTSTRAP_PASSWORD", "correct horse battery staple")
+            .env("RUST_LOG", "info");
+        if let Some(kek) = kek {
+            command.arg("--key-encryption-key-file").arg(kek);
+        }
+        let output = output_within(&mut command, Duration::from_secs(30));
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (status, stderr) = start(None);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("stored unsealed"), "no warning: {stderr}");
+
+    let (status, stderr) = start(Some(&kek));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("sealed the stored keys"), "{stderr}");
+    assert!(!stderr.contains("stored unsealed"), "{stderr}");
+
+    let (status, stderr) = start(Some(&other));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the key-encryption key does not open the stored keys"),
+        "{stderr}"
+    );
+    let (status, stderr) = start(None);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--key-encryption-key-file"), "{stderr}");
+
+    let (status, stderr) = start(Some(&kek));
+    assert!(status.success(), "{stderr}");
+}
+
 #[test]
 fn a_second_auth_svc_on_the_same_sqlite_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,6 +317,21 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
     let cases = [
         bad(&["--listen", "nope"], "--listen"),
         bad(&["--database-url", "mysql://x"], "--database-url"),
+        // Checked before connecting, with the parameter named and the password never repeated.
+        bad(
+            &[
+                "--database-url",
+                "postgres://auth:hunter2@127.0.0.1:1/auth?sslmode=verify",
+            ],
+            "sslmode",
+        ),
+        bad(
+            &[
+                "--database-url",
+                "postgres://auth:hunter2@127.0.0.1:1/auth?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ],
+            "sslrootcert",
+        ),
         bad(&["--access-token-ttl", "0s"], "--access-token-ttl"),
         bad(&["--access-token-ttl", "25h"], "--access-token-ttl"),
         bad(&["--refresh-token-ttl", "100years"], "--refresh-token-ttl"),
@@ -272,6 +344,10 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         bad(
             &["--signing-key-file", "/nonexistent/key.pem"],
             "--signing-key-file",
+        ),
+        bad(
+            &["--key-encryption-key-file", "/nonexistent/kek"],
+            "--key-encryption-key-file",
         ),
         bad(&["--min-password-length", "7"], "--min-password-length"),
         bad(&["--lockout-threshold", "0"], "--lockout-threshold"),
@@ -336,6 +412,7 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
                 if output.status.code() != Some(2)
                     || !stderr.contains(case.flag)
                     || stderr.contains("panicked")
+                    || stderr.contains("hunter2")
                 {
                     wrong.push(format!("{what}: {:?}\n{stderr}", output.status));
                 }

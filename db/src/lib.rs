@@ -46,7 +46,8 @@ pub enum DbError {
     File { path: PathBuf, source: std::io::Error },
     #[error("database lock file {path}: {source}")]
     LockFile { path: PathBuf, source: std::io::Error },
-    #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
+    /// Holds only what precedes the first ':' of the URL: the rest may carry a password.
+    #[error("unsupported database url (it starts {0:?}): expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("postgres: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -68,8 +69,23 @@ pub enum DbError {
 fn postgres_message(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => with_causes(error),
     }
+}
+
+/// `error` and each of its causes: tokio-postgres says "error performing TLS handshake" and keeps why (an
+/// unknown issuer, a name the certificate does not carry) in its source.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = next.source();
+    }
+    message
 }
 
 impl DbError {
@@ -148,16 +164,19 @@ impl DatabaseUrl {
     }
 
     /// Accepts `sqlite://PATH`, `sqlite:PATH` (relative to the working directory) and
-    /// `postgres://...`/`postgresql://...`.
+    /// `postgres://...`/`postgresql://...`. A PostgreSQL URL is checked as far as it can be without
+    /// connecting (its parameters, `sslmode`, and that an `sslrootcert` file holds certificates), so a
+    /// mistake is refused before anything starts. Errors never repeat the URL: it may carry a password.
     pub fn parse(url: &str) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::check_url(url)?;
             return Ok(Self::Postgres(url.to_owned()));
         }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| DbError::UnsupportedUrl(url.to_owned()))?;
+            .ok_or_else(|| DbError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_owned()))?;
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
 }
@@ -224,6 +243,16 @@ impl Database {
         match self {
             Self::Sqlite(db) => db.ping().await,
             Self::Postgres(pg) => pg.ping().await,
+        }
+    }
+
+    /// SQLite: rewrites the file without free pages and empties the WAL into it, so content that was
+    /// overwritten or deleted is no longer in either ([`Sqlite::vacuum`]). PostgreSQL: nothing; the old row
+    /// versions stay on disk until the server's own vacuum reuses their space (and in its WAL archives).
+    pub async fn vacuum(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(db) => db.vacuum().await,
+            Self::Postgres(_) => Ok(()),
         }
     }
 }
@@ -520,6 +549,25 @@ impl Sqlite {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
     }
+
+    /// Rewrites the database without free pages (`VACUUM`) and then copies the WAL into it and truncates
+    /// it, so that content which was overwritten or deleted is in neither file any more. Holds the writer
+    /// throughout; meant for start-up.
+    pub async fn vacuum(&self) -> Result<(), DbError> {
+        let permit = Arc::clone(&self.inner.write_permit)
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::Worker)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let _permit = permit;
+            let conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.execute_batch("VACUUM")?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// The output of `future`, which must be ready at once: a rule written as async code (so PostgreSQL can
@@ -725,6 +773,25 @@ mod tests {
         assert_eq!(pg.to_string(), "postgres://db.example/watchword");
         assert!(!format!("{pg:?}").contains("secret"));
         assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn a_postgres_url_is_checked_before_connecting_and_refusals_never_show_its_password() {
+        for (url, named) in [
+            ("postgres://app:hunter2@db/app?sslmode=verify", "sslmode"),
+            (
+                "postgres://app:hunter2@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert",
+            ),
+            ("postgres://app:hunter2@db/app?port=x", "port"),
+            ("mysql://app:hunter2@db/app", "mysql"),
+        ] {
+            let error = DatabaseUrl::parse(url).unwrap_err().to_string();
+            assert!(error.contains(named), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+        }
+        let tls = DatabaseUrl::parse("postgres://app:hunter2@db/app?sslmode=require").unwrap();
+        assert_eq!(tls.to_string(), "postgres://db/app");
     }
 
     #[tokio::test]

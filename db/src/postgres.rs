@@ -13,6 +13,10 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{Conn, DbError, Param, pg_params};
 
+mod tls;
+pub use tls::SslMode;
+pub(crate) use tls::TlsUrl;
+
 /// Pool limits, from the services' `--db-*` flags.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -39,14 +43,28 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to `url` (`postgres://user@host/db`; `?options=-csearch_path%3Dname` picks a schema) and
-    /// applies any `migrations` not yet applied. `migrations[i]` is version `i + 1`; append only.
+    /// Connects to `url` (`postgres://user@host/db`; `?options=-csearch_path%3Dname` picks a schema;
+    /// `sslmode` and `sslrootcert` as in libpq, see [`tls`]) and applies any `migrations` not yet applied.
+    /// `migrations[i]` is version `i + 1`; append only.
     pub async fn connect(url: &str, options: &PoolOptions, migrations: &[&str]) -> Result<Self, DbError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        let url = TlsUrl::parse(url)?;
+        let mut config = parse_config(&url.rest)?;
         config.connect_timeout(options.acquire_timeout);
-        let pool = Pool::builder(Manager::new(config, NoTls))
+        let manager = match url.client_config()? {
+            None => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::new(config, NoTls)
+            }
+            Some(tls) => {
+                // tokio-postgres knows only prefer and require; the verify-* modes are in `tls`'s verifier.
+                config.ssl_mode(match url.mode {
+                    SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                    _ => tokio_postgres::config::SslMode::Require,
+                });
+                Manager::new(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+        };
+        let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
             .wait_timeout(Some(options.acquire_timeout))
             .create_timeout(Some(options.acquire_timeout))
@@ -61,7 +79,10 @@ impl Postgres {
 
     /// A connection from the pool.
     pub async fn client(&self) -> Result<deadpool_postgres::Client, DbError> {
-        self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(crate::with_causes(&e)))
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -93,6 +114,17 @@ impl Postgres {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Checks a `postgres://` URL as far as can be done without connecting: what tokio-postgres would say of it,
+/// the TLS parameters, and that an `sslrootcert` file holds certificates.
+pub(crate) fn check_url(url: &str) -> Result<(), DbError> {
+    parse_config(&TlsUrl::check(url)?.rest).map(drop)
+}
+
+fn parse_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    url.parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(crate::with_causes(&e)))
 }
 
 /// A PostgreSQL connection inside a storage rule (see [`crate::Conn`]): a transaction, or a pooled client

@@ -22,11 +22,9 @@ pub struct Settings {
 
     /// Where posts are stored: `sqlite://PATH` (created on first start, private to this user) or
     /// `postgres://...`.
-    #[arg(
-        long,
-        env = "POSTS_SVC_DATABASE_URL",
-        default_value = "sqlite://data/posts.db"
-    )]
+    /// TLS to PostgreSQL as in libpq: `?sslmode=verify-full&sslrootcert=/path/ca.pem`.
+    #[arg(long, env = "POSTS_SVC_DATABASE_URL", default_value = "sqlite://data/posts.db",
+          value_parser = flags::Unechoed(database_url))]
     pub database_url: DatabaseUrl,
 
     /// auth-svc's address, an `http://` URL with a host; every call's token is validated there.
@@ -112,6 +110,11 @@ pub enum VerifyMode {
     Remote,
     /// Verify with auth-svc's JWKS.
     Local,
+}
+
+/// `--database-url`, checked as far as it can be without connecting (see [`DatabaseUrl::parse`]).
+fn database_url(value: &str) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(value).map_err(|e| e.to_string())
 }
 
 impl Settings {

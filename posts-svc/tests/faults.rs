@@ -19,6 +19,7 @@ use watchword::pb::{
     auth::v1::{LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
     posts::v1::{CreatePostRequest, ListPostsRequest, posts_service_client::PostsServiceClient},
 };
+use watchword_testing::PrivatePostgres;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -647,108 +648,6 @@ async fn wait_until(condition: impl Fn() -> bool, what: &str) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         poll.tick().await;
-    }
-}
-
-/// A throwaway PostgreSQL cluster of the test's own, so stopping it disturbs nobody else.
-struct PrivatePostgres {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl PrivatePostgres {
-    /// `None` when PostgreSQL's server binaries are not installed (CI installs them: `.ci/postgres`).
-    fn create() -> Option<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path().join("bin"))
-            .find(|bin| bin.join("initdb").exists())?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Self { dir, bin, port };
-        // initdb refuses to run as root; the postgres system user owns the cluster then.
-        Command::new("chmod")
-            .arg("755")
-            .arg(pg.dir.path())
-            .status()
-            .unwrap();
-        Command::new("chown")
-            .arg("postgres")
-            .arg(pg.dir.path())
-            .status()
-            .unwrap();
-        pg.run(&format!(
-            "{} -D {}/data -A trust -U postgres",
-            pg.bin.join("initdb").display(),
-            pg.dir.path().display()
-        ));
-        pg.start();
-        Some(pg)
-    }
-
-    fn run(&self, command: &str) {
-        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        let status = if as_root {
-            Command::new("su")
-                .args(["postgres", "-c", command])
-                .stdout(Stdio::null())
-                .status()
-        } else {
-            Command::new("sh")
-                .args(["-c", command])
-                .stdout(Stdio::null())
-                .status()
-        };
-        assert!(status.unwrap().success(), "{command}");
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let dir = self.dir.path().display();
-        self.run(&format!(
-            "{} -D {dir}/data -o '-p {} -k {dir} -c listen_addresses=127.0.0.1' -l {dir}/log {action} -w",
-            self.bin.join("pg_ctl").display(),
-            self.port
-        ));
-    }
-
-    fn start(&self) {
-        self.pg_ctl("start");
-    }
-
-    /// An abrupt stop, as in a crash: no goodbye to clients.
-    fn kill(&self) {
-        self.pg_ctl("stop -m immediate");
-    }
-
-    fn url(&self, schema: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?options=-csearch_path%3D{schema}",
-            self.port
-        )
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let dir = self.dir.path().display();
-        let _ = Command::new("su")
-            .args([
-                "postgres",
-                "-c",
-                &format!(
-                    "{} -D {dir}/data stop -m immediate",
-                    self.bin.join("pg_ctl").display()
-                ),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -45,6 +45,14 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
     let cases = [
         bad(&["--listen", "nope"], "--listen"),
         bad(&["--database-url", "mysql://x"], "--database-url"),
+        // Checked before connecting, with the parameter named and the password never repeated.
+        bad(
+            &[
+                "--database-url",
+                "postgres://posts:hunter2@127.0.0.1:1/posts?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ],
+            "sslrootcert",
+        ),
         bad(&["--auth-url", "not a url"], "--auth-url"),
         bad(&["--auth-url", "127.0.0.1:50051"], "--auth-url"),
         bad(&["--auth-url", "ftp://127.0.0.1:50051"], "--auth-url"),
@@ -114,6 +122,7 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
                 if output.status.code() != Some(2)
                     || !stderr.contains(case.flag)
                     || stderr.contains("panicked")
+                    || stderr.contains("hunter2")
                 {
                     wrong.push(format!("{what}: {:?}\n{stderr}", output.status));
                 }

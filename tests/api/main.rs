@@ -2,6 +2,7 @@
 //! binaries use, talking real gRPC over loopback.
 
 mod abuse;
+mod at_rest;
 mod auth;
 mod cache;
 mod guard;

@@ -13,7 +13,10 @@ mod postgres;
 mod sql;
 mod sqlite;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use watchword::reason::Reason;
 use watchword_db::{
@@ -23,6 +26,7 @@ use watchword_db::{
 use crate::{
     domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username},
     policy::{AdminRefusal, Attempt, Failures, LOCK_CAP, Rotation, is_last_admin, reserve, rotation},
+    sealing::{self, Change, KeyEncryptionKey, SealError},
 };
 
 /// Revocation log rows are kept this long after they stop mattering, so a replica whose relay was briefly
@@ -36,12 +40,25 @@ pub struct SessionState {
     pub user: User,
 }
 
-/// A stored signing key.
+/// A stored signing key, as the key set loads it.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub kid: String,
-    pub pem: String,
+    /// The raw Ed25519 public key; `None` for a key stored before public keys were.
+    pub public_key: Option<Vec<u8>>,
+    /// PKCS#8 PEM or its sealed form (see `sealing.rs`); read only for the signing key, and for a key
+    /// without a stored public key.
+    pub private_key: Option<String>,
     pub retired: bool,
+}
+
+/// A signing key to store.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub kid: String,
+    pub public_key: Vec<u8>,
+    /// PKCS#8 PEM, or its sealed form when there is a key-encryption key.
+    pub private_key: String,
 }
 
 /// What a successful password check turns into, in one transaction.
@@ -322,6 +339,38 @@ impl Store {
         })
     }
 
+    /// Brings the keys at rest in line with `kek`, in one transaction under the key-set lock (replicas
+    /// starting together take turns, and the later ones find nothing left to do): unsealed private keys
+    /// and secrets are sealed with it, and missing public keys filled in. Refused, with nothing changed,
+    /// when stored values are sealed and `kek` is not their key (see [`sealing::plan`]). The number of
+    /// rows rewritten.
+    pub async fn keys_at_rest(
+        &self,
+        kek: Option<Arc<KeyEncryptionKey>>,
+    ) -> Result<Result<usize, SealError>, DbError> {
+        transaction!(&self.db, |tx| async move {
+            sql::lock_keys(tx).await?;
+            let (keys, secrets) = (sql::key_material(tx).await?, sql::secrets(tx).await?);
+            let changes = match sealing::plan(&keys, &secrets, kek.as_deref()) {
+                Ok(changes) => changes,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            for change in &changes {
+                match change {
+                    Change::Key(key) => sql::set_key_material(tx, key).await?,
+                    Change::Secret(secret) => sql::set_secret(tx, secret).await?,
+                }
+            }
+            Ok(Ok(changes.len()))
+        })
+    }
+
+    /// Rewrites an SQLite database so that overwritten content (keys stored unsealed before they were
+    /// sealed) is no longer in its file or its WAL. PostgreSQL: nothing (see `Database::vacuum`).
+    pub async fn vacuum(&self) -> Result<(), DbError> {
+        self.db.vacuum().await
+    }
+
     /// A named secret, created from `candidate` the first time it is asked for.
     pub async fn secret_or_insert(&self, name: &'static str, candidate: Vec<u8>) -> Result<Vec<u8>, DbError> {
         transaction!(&self.db, |tx| async move {
@@ -345,43 +394,48 @@ impl Store {
         })
     }
 
-    /// The signing key: the newest stored one, or `candidate` if none is stored yet. Replicas starting at
-    /// once on an empty database agree on one key.
+    /// The signing key (its kid and stored private key): the newest stored one, or `candidate` if none is
+    /// stored yet. Replicas starting at once on an empty database agree on one key.
     pub async fn signing_key_or_insert(
         &self,
-        kid: &str,
-        pem: &str,
+        candidate: NewKey,
         now: SystemTime,
-    ) -> Result<String, DbError> {
-        let (kid, pem) = (kid.to_owned(), pem.to_owned());
+    ) -> Result<(String, String), DbError> {
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
             match sql::keys(tx, now).await?.into_iter().find(|k| !k.retired) {
-                Some(key) => Ok(key.pem),
+                Some(StoredKey {
+                    kid,
+                    private_key: Some(private_key),
+                    ..
+                }) => Ok((kid, private_key)),
+                Some(key) => Err(DbError::Config(format!(
+                    "signing key {} was read without its private key",
+                    key.kid
+                ))),
                 None => {
-                    sql::insert_key(tx, &kid, &pem, now).await?;
-                    Ok(pem)
+                    sql::insert_key(tx, &candidate, now).await?;
+                    Ok((candidate.kid, candidate.private_key))
                 }
             }
         })
     }
 
-    /// Makes `pem` the signing key: the current one is retired now (and keeps verifying for a while).
-    pub async fn rotate_key(&self, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
-        let (kid, pem) = (kid.to_owned(), pem.to_owned());
+    /// Makes `key` the signing key: the current one is retired now (and keeps verifying for a while).
+    pub async fn rotate_key(&self, key: NewKey, now: SystemTime) -> Result<(), DbError> {
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
             sql::retire_signing_key(tx, now).await?;
-            sql::insert_key(tx, &kid, &pem, now).await
+            sql::insert_key(tx, &key, now).await
         })
     }
 
-    /// Revokes key `kid`: it verifies nothing from now on. If it was the signing key, `replacement` (kid,
-    /// PEM) signs from now on. `None` if there is no such key.
+    /// Revokes key `kid`: it verifies nothing from now on. If it was the signing key, `replacement` signs
+    /// from now on. `None` if there is no such key.
     pub async fn revoke_key(
         &self,
         kid: &str,
-        replacement: (String, String),
+        replacement: NewKey,
         now: SystemTime,
     ) -> Result<Option<Revocation>, DbError> {
         let kid = kid.to_owned();
@@ -393,7 +447,7 @@ impl Store {
                 return Ok(None);
             }
             if was_signing {
-                sql::insert_key(tx, &replacement.0, &replacement.1, now).await?;
+                sql::insert_key(tx, &replacement, now).await?;
             }
             let revocation = Revocation::new(Target::Key(kid), now, Reason::TokenRevoked);
             sql::log_revocation(tx, &revocation).await?;

@@ -75,6 +75,10 @@ CREATE TABLE device_tokens (
 CREATE INDEX device_tokens_by_user ON device_tokens (user_id);
 CREATE INDEX device_tokens_by_expiry ON device_tokens (expire_time_us);
 "#,
+    r#"
+-- Each key's raw Ed25519 public key (see sqlite.rs, version 6).
+ALTER TABLE signing_keys ADD COLUMN public_key BYTEA;
+"#,
 ];
 
 /// The failed logins of a username key, locked until the transaction ends: insert-or-lock in one

@@ -7,10 +7,11 @@ use std::time::SystemTime;
 use watchword::reason::Reason;
 use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
 
-use super::{SessionState, StoredKey, postgres, sqlite};
+use super::{NewKey, SessionState, StoredKey, postgres, sqlite};
 use crate::{
     domain::{Credentials, Revocation, User, Username, split_roles},
     policy::{Failures, Presented},
+    sealing::{KeyRow, SecretRow},
 };
 
 const USER: &str = "u.id, u.username, u.roles, u.create_time_us, u.disabled";
@@ -280,18 +281,67 @@ pub async fn clear_user_failures(tx: &impl Conn, user_id: &str) -> Result<(), Db
 }
 
 /// Keys not revoked, and not retired before `retired_since`: the signing key first, then newest first.
+/// The private key is read only for the signing key (and for a key whose public key was never stored):
+/// the others are needed for verifying only.
 pub async fn keys(tx: &impl Conn, retired_since: SystemTime) -> Result<Vec<StoredKey>, DbError> {
-    let sql = "SELECT kid, private_key_pem, retire_time_us IS NOT NULL FROM signing_keys
+    let sql = "SELECT kid, public_key,
+                      CASE WHEN retire_time_us IS NULL OR public_key IS NULL THEN private_key_pem END,
+                      retire_time_us IS NOT NULL
+               FROM signing_keys
                WHERE revoke_time_us IS NULL AND (retire_time_us IS NULL OR retire_time_us >= $1)
                ORDER BY retire_time_us IS NOT NULL, create_time_us DESC, kid";
     tx.all(sql, &[&to_micros(retired_since)], |row| {
         Ok(StoredKey {
             kid: row.get(0)?,
-            pem: row.get(1)?,
-            retired: row.get(2)?,
+            public_key: row.get(1)?,
+            private_key: row.get(2)?,
+            retired: row.get(3)?,
         })
     })
     .await
+}
+
+/// Every stored key's material, locked, for the at-rest upgrade.
+pub async fn key_material(tx: &impl Conn) -> Result<Vec<KeyRow>, DbError> {
+    let sql = format!(
+        "SELECT kid, public_key, private_key_pem FROM signing_keys ORDER BY kid {}",
+        tx.locking("FOR UPDATE")
+    );
+    tx.all(&sql, &[], |row| {
+        Ok(KeyRow {
+            kid: row.get(0)?,
+            public_key: row.get(1)?,
+            private_key: row.get(2)?,
+        })
+    })
+    .await
+}
+
+pub async fn set_key_material(tx: &impl Conn, key: &KeyRow) -> Result<(), DbError> {
+    let sql = "UPDATE signing_keys SET public_key = $1, private_key_pem = $2 WHERE kid = $3";
+    tx.exec(sql, &[&key.public_key, &key.private_key, &key.kid])
+        .await
+        .map(drop)
+}
+
+/// Every stored secret, locked, for the at-rest upgrade.
+pub async fn secrets(tx: &impl Conn) -> Result<Vec<SecretRow>, DbError> {
+    let sql = format!(
+        "SELECT name, value FROM secrets ORDER BY name {}",
+        tx.locking("FOR UPDATE")
+    );
+    tx.all(&sql, &[], |row| {
+        Ok(SecretRow {
+            name: row.get(0)?,
+            value: row.get(1)?,
+        })
+    })
+    .await
+}
+
+pub async fn set_secret(tx: &impl Conn, secret: &SecretRow) -> Result<(), DbError> {
+    let sql = "UPDATE secrets SET value = $1 WHERE name = $2";
+    tx.exec(sql, &[&secret.value, &secret.name]).await.map(drop)
 }
 
 pub async fn revoked_keys(tx: &impl Conn, since: SystemTime) -> Result<Vec<String>, DbError> {
@@ -304,9 +354,15 @@ pub async fn lock_keys(tx: &impl Conn) -> Result<(), DbError> {
     tx.lock("signing_keys").await
 }
 
-pub async fn insert_key(tx: &impl Conn, kid: &str, pem: &str, now: SystemTime) -> Result<(), DbError> {
-    let sql = "INSERT INTO signing_keys (kid, private_key_pem, create_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&kid, &pem, &to_micros(now)]).await.map(drop)
+pub async fn insert_key(tx: &impl Conn, key: &NewKey, now: SystemTime) -> Result<(), DbError> {
+    let sql = "INSERT INTO signing_keys (kid, public_key, private_key_pem, create_time_us)
+               VALUES ($1, $2, $3, $4)";
+    tx.exec(
+        sql,
+        &[&key.kid, &key.public_key, &key.private_key, &to_micros(now)],
+    )
+    .await
+    .map(drop)
 }
 
 /// Retires the signing key (the one not retired); it keeps verifying for a while.

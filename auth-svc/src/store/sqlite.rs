@@ -102,6 +102,12 @@ CREATE TABLE device_tokens (
 CREATE INDEX device_tokens_by_user ON device_tokens (user_id);
 CREATE INDEX device_tokens_by_expiry ON device_tokens (expire_time_us);
 "#,
+    r#"
+-- Each key's raw Ed25519 public key, so that keys which no longer sign are loaded without their private
+-- key (which may be sealed: `private_key_pem` then holds its sealed form, see auth-svc's sealing.rs). Filled
+-- in at start for keys stored before this version (SQL cannot derive it).
+ALTER TABLE signing_keys ADD COLUMN public_key BLOB;
+"#,
 ];
 
 /// The failed logins of a username key. (Nothing to lock: the write transaction holds the database.)
