@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use watchword::pb::auth::v1 as pb;
 use watchword_db::{DatabaseUrl, postgres::tokio_postgres::NoTls};
 
-use crate::helpers::{Options, PASSWORD, bearer, spawn_app, spawn_app_with};
+use crate::helpers::{PASSWORD, TestApp, bearer, spawn_app};
 
 const MARK: &str = auth_svc::sealing::SEALED_MARK;
 
@@ -30,13 +30,15 @@ fn write_kek(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-fn with_kek() -> Options {
-    Options {
-        auth: Box::new(|settings, dir| {
-            settings.key_encryption_key_file = Some(write_kek(dir.path(), "kek"));
-        }),
-        ..Options::default()
-    }
+/// The app with its keys sealed under a key-encryption key kept in the returned directory.
+async fn app_with_kek() -> (TestApp, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let kek = write_kek(keys.path(), "kek");
+    let app = TestApp::builder()
+        .auth(move |settings| settings.key_encryption_key_file = Some(kek))
+        .start()
+        .await;
+    (app, keys)
 }
 
 /// A signing key row as stored: (kid, private key column, public key column).
@@ -141,7 +143,7 @@ async fn refused_start(settings: auth_svc::Settings) -> String {
 
 #[tokio::test]
 async fn with_a_key_encryption_key_keys_and_the_pepper_are_stored_sealed_through_rotation_and_revocation() {
-    let app = spawn_app_with(with_kek()).await;
+    let (app, _keys) = app_with_kek().await;
     let root = app.admin_token("root").await;
     app.register("alice").await.unwrap();
     let first = app.login("alice", PASSWORD).await.unwrap();
@@ -235,7 +237,7 @@ async fn an_unsealed_database_is_sealed_at_the_first_start_with_a_key_encryption
 
 #[tokio::test]
 async fn a_wrong_or_missing_key_encryption_key_stops_auth_svc_at_start_and_changes_nothing() {
-    let mut app = spawn_app_with(with_kek()).await;
+    let (mut app, _keys) = app_with_kek().await;
     app.register("alice").await.unwrap();
     let addr = app.stop_auth().await;
     let url = app.auth_settings.database_url.clone();
