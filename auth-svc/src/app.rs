@@ -33,6 +33,8 @@ pub struct App {
     pub keys: Arc<KeyRing>,
     pub hub: Arc<RevocationHub>,
     pub store: Store,
+    /// The newest revocation log row when the hub's snapshot was loaded: the relay reads from after it.
+    relay_from: i64,
 }
 
 impl App {
@@ -58,6 +60,9 @@ impl App {
             remember_live,
             window: keys.revocation_window(),
         }));
+        // The log position first, then the snapshot: a revocation committed in between is in one or both
+        // (a repeat is harmless), never in neither.
+        let relay_from = store.last_revocation_id().await?;
         hub.load(&store).await?;
         let mut candidate = [0u8; 32];
         getrandom::fill(&mut candidate).map_err(|e| AuthError::Internal(format!("randomness: {e}")))?;
@@ -91,19 +96,20 @@ impl App {
             keys,
             hub,
             store,
+            relay_from,
         })
     }
 
     /// Starts the background work: key reloads, purging, and (with a shared database) the revocation
     /// relay. The tasks run until the returned handle is dropped.
-    pub async fn start_background(&self) -> Result<Background, AuthError> {
+    pub fn start_background(&self) -> Background {
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&self.keys).keep_reloading()),
             tokio::spawn(purge(self.store.clone(), self.keys.revocation_window())),
         ];
         if self.store.is_shared() {
-            // Relay what others store from now on; what was stored before is in the hub's snapshot already.
-            let last_id = self.store.last_revocation_id().await?;
+            // Relay what others store from the snapshot on.
+            let last_id = self.relay_from;
             let keys = Arc::clone(&self.keys);
             tasks.push(tokio::spawn(revocations::relay(
                 self.store.clone(),
@@ -119,7 +125,7 @@ impl App {
                 },
             )));
         }
-        Ok(Background(tasks))
+        Background(tasks)
     }
 }
 

@@ -62,7 +62,7 @@ pub async fn serve(
     // and then Validate reads session state from storage every time.
     let claim = settings.database_url.claim_exclusive()?;
     let app = Arc::new(App::build(&settings, claim.is_some()).await?);
-    let background = app.start_background().await?;
+    let background = app.start_background();
 
     let store = app.store.clone();
     let (health, health_task) = server::health_service(
