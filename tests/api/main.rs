@@ -12,3 +12,4 @@ mod lifecycle;
 mod posts;
 mod replicas;
 mod schema;
+mod tls;
