@@ -189,6 +189,16 @@ impl GuardBuilder {
 
     /// The guard, with its background tasks started. Must be called within a Tokio runtime.
     pub fn build(self) -> Result<Guard, GuardBuildError> {
+        if self.tls.is_some() && !matches!(self.auth, AuthService::Url(_)) {
+            // The endpoint or channel given is used as it is: TLS set here would be silently ignored.
+            return Err(GuardBuildError::Tls {
+                url: String::new(),
+                cause: Box::new(TlsError::Config(
+                    "GuardBuilder::tls applies to Guard::builder's URL only; configure the endpoint or channel itself"
+                        .to_owned(),
+                )),
+            });
+        }
         let channel = match self.auth {
             AuthService::Url(url) => auth_channel(url, self.tls, self.timeout)?,
             AuthService::Endpoint(endpoint) => endpoint.connect_lazy(),
@@ -391,6 +401,30 @@ mod tests {
             assert_eq!(status(&guard, Some("Bearer abc.def.ghi")).await, "14", "{mode:?}");
             assert_eq!(status(&guard, None).await, "16", "{mode:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn tls_is_refused_where_it_would_go_unused() {
+        let tls = || {
+            ClientTls::from_config(
+                rustls::ClientConfig::builder_with_provider(crate::transport::provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        };
+        let plaintext = Guard::builder(NOBODY).tls(tls()).build().err().expect("refused");
+        assert!(matches!(plaintext, GuardBuildError::Tls { .. }), "{plaintext}");
+        let endpoint = Endpoint::from_static("https://127.0.0.1:1");
+        let error = Guard::builder_with_endpoint(endpoint)
+            .tls(tls())
+            .build()
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("URL only"), "{error}");
+        // An https URL with TLS is accepted (connecting happens on first use).
+        assert!(Guard::builder("https://127.0.0.1:1").tls(tls()).build().is_ok());
     }
 
     #[tokio::test]
