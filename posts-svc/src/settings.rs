@@ -454,6 +454,20 @@ mod tests {
         assert!(parse(&["--tls-cert", cert, "--tls-key", key, "--listen", "0.0.0.0:0"]).is_ok());
     }
 
+    /// The flags' defaults are the library's (`Transport::plaintext`), so a service and an embedder of
+    /// `watchword::transport` get the same limits.
+    #[test]
+    fn connection_flag_defaults_are_the_transport_defaults() {
+        let settings = Settings::defaults();
+        assert_eq!(
+            settings.tls_handshake_timeout,
+            transport::DEFAULT_TLS_HANDSHAKE_TIMEOUT
+        );
+        assert_eq!(settings.max_connections, transport::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(settings.max_connection_age, transport::DEFAULT_MAX_CONNECTION_AGE);
+        assert!(settings.tls_cert.is_none() && !settings.insecure_listen);
+    }
+
     /// Set in the child process that [`new_never_reads_the_environment`] starts.
     const CHILD: &str = "WATCHWORD_SETTINGS_TEST_CHILD";
 
