@@ -8,6 +8,14 @@
 //! cargo run --example guarded_service -- --listen 127.0.0.1:50053 --auth-url http://127.0.0.1:50051
 //! ```
 //!
+//! Against auth-svc over mutual TLS (as `cargo run -p watchword-dev -- --tls` runs it), name the CA and a
+//! client certificate auth-svc admits to Validate:
+//!
+//! ```text
+//! cargo run --example guarded_service -- --auth-url https://127.0.0.1:50051 --auth-ca data/tls/ca.pem \
+//!   --auth-client-cert data/tls/posts-svc.pem --auth-client-key data/tls/posts-svc.key
+//! ```
+//!
 //! Any posts.v1 client works against it, e.g. `examples/python/client.py --posts 127.0.0.1:50053`.
 
 use std::{
@@ -24,6 +32,7 @@ use watchword::{
         self as pb,
         posts_service_server::{PostsService, PostsServiceServer},
     },
+    transport::ClientTls,
 };
 
 /// Posts by id. Ids are UUIDv7, so id order is creation order.
@@ -109,15 +118,26 @@ impl PostsService for MemoryPosts {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    watchword::transport::install_crypto_provider();
     watchword::telemetry::init();
     let (mut listen, mut auth_url) = ("127.0.0.1:50053".to_owned(), "http://127.0.0.1:50051".to_owned());
+    let (mut auth_ca, mut client_cert, mut client_key) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--listen" => listen = value,
             "--auth-url" => auth_url = value,
-            _ => return Err(format!("unknown flag {flag}; use --listen ADDR --auth-url URL").into()),
+            "--auth-ca" => auth_ca = Some(value),
+            "--auth-client-cert" => client_cert = Some(value),
+            "--auth-client-key" => client_key = Some(value),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}; use --listen ADDR --auth-url URL [--auth-ca PATH] \
+                     [--auth-client-cert PATH --auth-client-key PATH]"
+                )
+                .into());
+            }
         }
     }
     let listener = TcpListener::bind(&listen)
@@ -126,10 +146,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The guard: ask auth-svc about each token (connecting on first use), reuse its verdict for up to 5 s
     // while auth-svc's revocation feed is live, and wrap only this service.
-    let guard = Guard::builder(&auth_url)
+    let mut guard = Guard::builder(&auth_url)
         .timeout(Duration::from_secs(2))
-        .cached(Duration::from_secs(5), 100_000)
-        .build()?;
+        .cached(Duration::from_secs(5), 100_000);
+    // An https:// auth-svc: trust --auth-ca (else the system's roots) and present a client certificate,
+    // which auth-svc may require for Validate and its revocation stream (mutual TLS).
+    if auth_url.starts_with("https://") {
+        let mut tls = ClientTls::builder();
+        if let Some(ca) = &auth_ca {
+            tls = tls.ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&client_cert, &client_key) {
+            tls = tls.identity_files(cert, key);
+        }
+        guard = guard.tls(tls.build()?);
+    }
+    let guard = guard.build()?;
     let posts = guard.layer(PostsServiceServer::new(MemoryPosts::default()));
 
     // Unguarded neighbours: health (reported under the wrapped service's name) and reflection.

@@ -3,7 +3,7 @@
 //! service quietly running with a value it cannot honour. The flags both services have share their ranges
 //! here, so the two cannot drift.
 
-use std::{ops::RangeInclusive, time::Duration};
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 /// `--shutdown-grace`: some drain, and no stalled client holding the process for long.
 pub const SHUTDOWN_GRACE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(600);
@@ -72,6 +72,35 @@ fn show(duration: Duration) -> String {
         _ if secs.is_multiple_of(3_600) => format!("{}h", secs / 3_600),
         _ if secs.is_multiple_of(60) => format!("{}m", secs / 60),
         _ => format!("{secs}s"),
+    }
+}
+
+/// `--tls-cert`, `--auth-client-cert`: a PEM file with at least one certificate.
+pub fn certificate_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    crate::transport::tls::check_certificate_file(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// `--tls-key`, `--auth-client-key`: a PEM private key in a file no group or other may access.
+pub fn private_key_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    crate::transport::tls::check_private_key_file(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// `--tls-client-ca`, `--auth-ca`: a PEM file of CA certificates usable as trust anchors.
+pub fn ca_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    crate::transport::tls::check_ca(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// `--internal-clients`: a DNS name, as a certificate would carry it.
+pub fn dns_name(value: &str) -> Result<String, String> {
+    match rustls::pki_types::DnsName::try_from(value) {
+        Ok(_) => Ok(value.to_owned()),
+        Err(_) => Err("must be a DNS name, e.g. posts-svc.internal".to_owned()),
     }
 }
 

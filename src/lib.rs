@@ -10,6 +10,8 @@
 //! - [`token`]: access-token verification shared by auth-svc and the guard's local mode;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
+//! - [`transport`]: how connections are accepted (TLS that reloads its certificate, connection cap and
+//!   age) and how a client reaches a TLS service ([`transport::ClientTls`]);
 //! - [`telemetry`]: log set-up for the binaries.
 
 pub mod credentials;
@@ -21,3 +23,4 @@ pub mod reason;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod transport;

@@ -68,6 +68,11 @@ reasons! {
     RateLimited => "RATE_LIMITED",
     /// The server is at capacity for this kind of work: retry after the RetryInfo delay.
     Overloaded => "OVERLOADED",
+    /// The call is one services make to each other (Validate, WatchRevocations) and needs a client
+    /// certificate (mutual TLS). Configure the calling service's client certificate.
+    ClientCertRequired => "CLIENT_CERT_REQUIRED",
+    /// The client certificate is valid, but names no service allowed to make this call.
+    CallerNotAllowed => "CALLER_NOT_ALLOWED",
 }
 
 impl std::fmt::Display for Reason {

@@ -1,5 +1,6 @@
 //! Server plumbing shared by both services: explicit transport limits, one log line per call, and a
-//! graceful shutdown whose drain is bounded.
+//! graceful shutdown whose drain is bounded. How connections are accepted (TLS, connection limits and
+//! age) is [`crate::transport`].
 
 use std::{
     future::Future,
@@ -10,8 +11,10 @@ use std::{
 
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpListener;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tower::{Layer, Service, layer::util::Stack};
+
+use crate::transport::Transport;
 
 /// Largest request message a service decodes. Our messages are small (a post body is at most 10 000
 /// characters, i.e. at most 40 KB of UTF-8); tonic's default of 4 MiB would let one call buffer 4 MiB.
@@ -50,20 +53,52 @@ pub fn builder() -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::u
         .layer(CallLogLayer)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets in-flight calls
-/// finish, and gives up on stragglers after `grace` (a stalled client must not hold the process open).
+/// [`builder`] for a service served with `transport`: connections get HTTP/2 GOAWAY at its maximum
+/// connection age (the transport closes those that linger past the drain). Serve the router with the same
+/// transport.
+pub fn builder_for(
+    transport: &Transport,
+) -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::util::Identity>> {
+    builder().max_connection_age(transport.connection_age())
+}
+
+/// Serves `router` on `listener` over `transport` until `shutdown` completes, then stops accepting, lets
+/// in-flight calls finish, and gives up on stragglers after `grace` (a stalled client must not hold the
+/// process open).
 pub async fn serve(
     router: ServiceRouter,
     listener: TcpListener,
+    transport: &Transport,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving");
+        tracing::info!(%addr, tls = transport.is_tls(), "serving");
     }
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
+    if transport.is_tls() {
+        let incoming = transport.tls_incoming(listener);
+        drain(router, incoming, shutdown, grace).await
+    } else {
+        let incoming = transport.plaintext_incoming(listener);
+        drain(router, incoming, shutdown, grace).await
+    }
+}
+
+/// Serves `incoming` until `shutdown`, then drains for at most `grace`.
+async fn drain<IO>(
+    router: ServiceRouter,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>>,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;

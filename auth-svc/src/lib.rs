@@ -13,6 +13,7 @@ mod app;
 mod domain;
 mod error;
 mod grpc;
+pub mod internal;
 pub mod keys;
 mod opaque;
 mod password;
@@ -35,7 +36,7 @@ use watchword::{
 pub use settings::Settings;
 pub use store::MIGRATIONS;
 
-use crate::{app::App, error::AuthError, grpc::AuthApi};
+use crate::{app::App, error::AuthError, grpc::AuthApi, internal::InternalCallers};
 
 /// Why auth-svc could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Tls(#[from] watchword::transport::TlsError),
+    #[error("{0}")]
+    Listen(String),
 }
 
 /// Runs auth-svc on `listener` until `shutdown` resolves, then drains in-flight calls for at most
@@ -57,6 +62,20 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let transport = settings.transport()?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Listen(e.to_string()))?;
+    watchword::transport::check_listen(addr, transport.is_tls(), settings.insecure_listen)
+        .map_err(ServeError::Listen)?;
+    let internal = InternalCallers::new(settings.tls_client_ca.is_some(), &settings.internal_clients);
+    if matches!(internal, InternalCallers::Anyone) && !watchword::transport::is_loopback(addr.ip()) {
+        tracing::warn!(
+            "Validate and WatchRevocations are open to any client that reaches {addr}: give --tls-client-ca \
+             (and --internal-clients) so only your services can call them"
+        );
+    }
+
     // On SQLite, this process must see every revocation (Validate remembers live sessions): claim the file
     // before touching it, and hold the claim until serving ends. A shared PostgreSQL database is not claimed,
     // and then Validate reads session state from storage every time.
@@ -77,7 +96,8 @@ pub async fn serve(
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let auth = AuthServiceServer::new(AuthApi::new(app, stopping_rx))
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
-    let router = server::builder()
+    let auth = internal.layer(auth);
+    let router = server::builder_for(&transport)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -88,7 +108,7 @@ pub async fn serve(
         // End the endless streams (WatchRevocations) so the drain does not wait out the grace period.
         let _ = stopping_tx.send(true);
     };
-    let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
+    let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     drop(background);
     drop(claim);

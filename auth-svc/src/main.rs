@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = auth_svc::Settings::parse();
+    watchword::transport::install_crypto_provider();
+    let settings = auth_svc::Settings::from_command_line();
     watchword::telemetry::init();
     if let Some(username) = settings.bootstrap_admin.clone() {
         return bootstrap_admin(&settings, &username).await;

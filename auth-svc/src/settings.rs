@@ -10,7 +10,10 @@ use std::{
 };
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
-use watchword::flags::{self, duration_within};
+use watchword::{
+    flags::{self, duration_within},
+    transport::{self, ServerTls, TlsError, Transport},
+};
 use watchword_db::DatabaseUrl;
 
 /// Registers users, logs them in and issues EdDSA-signed access tokens (JWTs); validates them for
@@ -137,6 +140,54 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_SHUTDOWN_GRACE", default_value = "10s",
           value_parser = |v: &str| duration_within(v, flags::SHUTDOWN_GRACE))]
     pub shutdown_grace: Duration,
+
+    /// PEM certificate (chain) to serve TLS with, with --tls-key: the port then speaks only TLS 1.2 and
+    /// 1.3 (ALPN h2). Both files are read again when they change (checked every 5 s, and on SIGHUP).
+    #[arg(long, env = "AUTH_SVC_TLS_CERT", value_name = "PATH", requires = "tls_key",
+          value_parser = flags::certificate_file)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Must be a file that neither group nor others may access
+    /// (`chmod 600`).
+    #[arg(long, env = "AUTH_SVC_TLS_KEY", value_name = "PATH", requires = "tls_cert",
+          value_parser = flags::private_key_file)]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that client certificates must chain to (needs --tls-cert). Clients may still
+    /// call without a certificate, except the internal RPCs (Validate, WatchRevocations), which then need
+    /// one (UNAUTHENTICATED, reason CLIENT_CERT_REQUIRED).
+    #[arg(long, env = "AUTH_SVC_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert",
+          value_parser = flags::ca_file)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// DNS names (comma-separated) of the services allowed to call the internal RPCs: their client
+    /// certificate must be valid for one of them (PERMISSION_DENIED, reason CALLER_NOT_ALLOWED, otherwise).
+    /// Needs --tls-client-ca; without this flag any certificate from that CA will do.
+    #[arg(long, env = "AUTH_SVC_INTERNAL_CLIENTS", value_name = "NAME[,NAME...]", value_delimiter = ',',
+          requires = "tls_client_ca", value_parser = flags::dns_name)]
+    pub internal_clients: Vec<String>,
+
+    /// A TLS handshake not finished within this is dropped. Between 100ms and 1m.
+    #[arg(long, env = "AUTH_SVC_TLS_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = |v: &str| duration_within(v, transport::TLS_HANDSHAKE_TIMEOUT))]
+    pub tls_handshake_timeout: Duration,
+
+    /// Most connections open at once (TLS or not, handshakes included); more are closed as they arrive.
+    /// Between 1 and 1000000.
+    #[arg(long, env = "AUTH_SVC_MAX_CONNECTIONS", default_value_t = transport::DEFAULT_MAX_CONNECTIONS,
+          value_parser = RangedU64ValueParser::<usize>::new().range(transport::MAX_CONNECTIONS))]
+    pub max_connections: usize,
+
+    /// A connection this old is asked to go away (HTTP/2 GOAWAY; calls in flight finish, within 30 s) and
+    /// its client reconnects, perhaps to another replica. Between 10s and 30days.
+    #[arg(long, env = "AUTH_SVC_MAX_CONNECTION_AGE", default_value = "30m",
+          value_parser = |v: &str| duration_within(v, transport::MAX_CONNECTION_AGE))]
+    pub max_connection_age: Duration,
+
+    /// Serve plaintext on an address that is not loopback, e.g. behind a TLS-terminating sidecar or mesh.
+    /// Without it (or --tls-cert), such a --listen is refused.
+    #[arg(long, env = "AUTH_SVC_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
 }
 
 const ACCESS_TOKEN_TTL: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
@@ -259,7 +310,45 @@ impl Settings {
         let matches = Self::command()
             .mut_args(|arg| arg.env(None::<&'static str>))
             .try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
+        Self::from_arg_matches(&matches)?.checked()
+    }
+
+    /// The settings from the command line and the environment, as the binary takes them: a value out of
+    /// range, or flags that cannot be served together, end the process with a usage error (exit status 2).
+    pub fn from_command_line() -> Self {
+        match Self::parse().checked() {
+            Ok(settings) => settings,
+            Err(error) => error.exit(),
+        }
+    }
+
+    /// Checks what no single flag's parser can: plaintext off loopback, a certificate and key that are no
+    /// pair.
+    fn checked(self) -> Result<Self, clap::Error> {
+        let usage =
+            |message: String| Self::command().error(clap::error::ErrorKind::ArgumentConflict, message);
+        transport::check_listen(self.listen, self.tls_cert.is_some(), self.insecure_listen)
+            .map_err(|message| usage(format!("--listen: {message}")))?;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            transport::tls::check_key_pair(cert, key)
+                .map_err(|error| usage(format!("--tls-cert, --tls-key: {error}")))?;
+        }
+        Ok(self)
+    }
+
+    /// How the port is served, from the TLS and connection flags; loads the certificate and starts
+    /// watching it. Must be called within a Tokio runtime.
+    pub fn transport(&self) -> Result<Transport, TlsError> {
+        let transport = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Transport::tls(ServerTls::from_files(cert, key, self.tls_client_ca.as_deref())?)
+            }
+            _ => Transport::plaintext(),
+        };
+        Ok(transport
+            .handshake_timeout(self.tls_handshake_timeout)
+            .max_connections(self.max_connections)
+            .max_connection_age(self.max_connection_age))
     }
 
     /// The PostgreSQL pool limits from the flags.
@@ -313,6 +402,12 @@ mod tests {
             ["--db-acquire-timeout", "30s"],
             ["--shutdown-grace", "100ms"],
             ["--shutdown-grace", "10m"],
+            ["--tls-handshake-timeout", "100ms"],
+            ["--tls-handshake-timeout", "1m"],
+            ["--max-connections", "1"],
+            ["--max-connections", "1000000"],
+            ["--max-connection-age", "10s"],
+            ["--max-connection-age", "30days"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -333,6 +428,16 @@ mod tests {
             ["--db-acquire-timeout", "31s"],
             ["--shutdown-grace", "99ms"],
             ["--shutdown-grace", "11m"],
+            ["--tls-handshake-timeout", "99ms"],
+            ["--tls-handshake-timeout", "61s"],
+            ["--max-connections", "0"],
+            ["--max-connections", "1000001"],
+            ["--max-connection-age", "9s"],
+            ["--max-connection-age", "31days"],
+            ["--tls-cert", "/nonexistent/cert.pem"],
+            ["--tls-key", "/nonexistent/key.pem"],
+            ["--tls-client-ca", "/nonexistent/ca.pem"],
+            ["--internal-clients", "not a name"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["auth-svc", flag, value]);
@@ -369,6 +474,20 @@ mod tests {
             read_signing_key_file(dir.path()).is_err(),
             "a directory is no key file"
         );
+    }
+
+    /// The flags' defaults are the library's (`Transport::plaintext`), so a service and an embedder of
+    /// `watchword::transport` get the same limits.
+    #[test]
+    fn connection_flag_defaults_are_the_transport_defaults() {
+        let settings = Settings::defaults();
+        assert_eq!(
+            settings.tls_handshake_timeout,
+            transport::DEFAULT_TLS_HANDSHAKE_TIMEOUT
+        );
+        assert_eq!(settings.max_connections, transport::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(settings.max_connection_age, transport::DEFAULT_MAX_CONNECTION_AGE);
+        assert!(settings.tls_cert.is_none() && !settings.insecure_listen);
     }
 
     #[test]

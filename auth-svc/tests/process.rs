@@ -370,6 +370,18 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             &["--max-revocation-subscribers", "0"],
             "--max-revocation-subscribers",
         ),
+        // Plaintext served off loopback.
+        bad(&["--listen", "0.0.0.0:0"], "--insecure-listen"),
+        bad(&["--listen", "[::]:0"], "--insecure-listen"),
+        bad(&["--tls-cert", "/nonexistent/cert.pem"], "--tls-cert"),
+        bad(&["--tls-cert", "/etc/hostname"], "--tls-cert"),
+        bad(&["--tls-key", "/nonexistent/key.pem"], "--tls-key"),
+        bad(&["--tls-client-ca", "/nonexistent/ca.pem"], "--tls-client-ca"),
+        // Without a client CA there is no certificate to check a name on.
+        bad(&["--internal-clients", "posts-svc"], "--tls-client-ca"),
+        bad(&["--tls-handshake-timeout", "0s"], "--tls-handshake-timeout"),
+        bad(&["--max-connections", "0"], "--max-connections"),
+        bad(&["--max-connection-age", "1s"], "--max-connection-age"),
         // The environment goes through the same checks, and the refusal still names the flag.
         BadStart {
             args: &[],
@@ -380,6 +392,11 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             args: &[],
             env: &[("AUTH_SVC_REFRESH_TOKEN_TTL", "100years")],
             flag: "--refresh-token-ttl",
+        },
+        BadStart {
+            args: &[],
+            env: &[("AUTH_SVC_MAX_CONNECTIONS", "0")],
+            flag: "--max-connections",
         },
     ];
     let dir = tempfile::tempdir().unwrap();

@@ -30,8 +30,8 @@ const POSTS_HEALTH: &str = "posts.v1.PostsService";
 
 /// Benchmark harness for Watchword (issue 7). Starts both services on loopback with temporary SQLite
 /// storage (or targets running ones with --auth-addr/--posts-*-addr), seeds users, tokens and posts, then
-/// runs every scenario: health, validate, list-noauth, list-cached, list-remote, create, login and
-/// validate-under-login-flood. Writes results.md, results.json and chart.svg to --out.
+/// runs every scenario: health, validate, list-noauth, list-cached, list-cached-tls, list-remote, create,
+/// login and validate-under-login-flood. Writes results.md, results.json and chart.svg to --out.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
 struct Cli {
@@ -155,11 +155,12 @@ impl Params {
     }
 }
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "health",
     "validate",
     "list-noauth",
     "list-cached",
+    "list-cached-tls",
     "list-remote",
     "create",
     "login",
@@ -174,6 +175,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    watchword::transport::install_crypto_provider();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("serve-unguarded") {
         return runtime.block_on(serve_unguarded(&args[2..]));
@@ -220,6 +222,8 @@ struct Servers {
     posts: Option<Server>,
     posts_remote: Option<Server>,
     posts_noauth: Option<Server>,
+    /// posts-svc as `posts`, serving TLS (list-cached-tls).
+    posts_tls: Option<Server>,
 }
 
 impl Servers {
@@ -228,11 +232,12 @@ impl Servers {
             .chain(self.posts.as_ref())
             .chain(self.posts_remote.as_ref())
             .chain(self.posts_noauth.as_ref())
+            .chain(self.posts_tls.as_ref())
     }
 
     async fn stop(self) {
         self.auth.stop().await;
-        for s in [self.posts, self.posts_remote, self.posts_noauth]
+        for s in [self.posts, self.posts_remote, self.posts_noauth, self.posts_tls]
             .into_iter()
             .flatten()
         {
@@ -309,7 +314,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             set_restart(&mut server_reports, "auth", s.startup);
             let auth_url = format!("http://{}", s.addr);
             if let Ok(p) =
-                servers::spawn_child(posts_spec(&cli, &bin, dir.path(), &auth_url, "posts", "5s")).await
+                servers::spawn_child(posts_spec(&cli, &bin, dir.path(), &auth_url, "posts", "5s", None)).await
             {
                 set_restart(&mut server_reports, "posts", p.startup);
                 p.stop().await;
@@ -450,6 +455,34 @@ fn auth_spec(cli: &Cli, bin: &std::path::Path, dir: &std::path::Path) -> ChildSp
         ],
         rust_log: cli.server_log.clone(),
         health_service: AUTH_HEALTH,
+        tls: None,
+    }
+}
+
+/// A throwaway CA and a certificate for `localhost` and 127.0.0.1 in `dir` (for `posts-tls`), and how
+/// the load clients reach a server using it.
+struct BenchTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client: watchword::transport::ClientTls,
+}
+
+impl BenchTls {
+    fn create(dir: &std::path::Path) -> Result<Self, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("TLS certificates: {e}");
+        let ca = watchword::transport::tls::dev::Ca::new("bench CA").map_err(|e| fail(&e))?;
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| fail(&e))?;
+        let (cert, key) = (dir.join("posts-tls.pem"), dir.join("posts-tls.key"));
+        ca.issue(&["localhost", "127.0.0.1"])
+            .map_err(|e| fail(&e))?
+            .write(&cert, &key)
+            .map_err(|e| fail(&e))?;
+        let client = watchword::transport::ClientTls::builder()
+            .ca_file(&ca_path)
+            .build()
+            .map_err(|e| fail(&e))?;
+        Ok(Self { cert, key, client })
     }
 }
 
@@ -460,6 +493,7 @@ fn posts_spec(
     auth_url: &str,
     label: &'static str,
     cache_ttl: &str,
+    tls: Option<&BenchTls>,
 ) -> ChildSpec {
     let mut args = vec![
         "--listen".into(),
@@ -471,6 +505,14 @@ fn posts_spec(
         "--validate-cache-ttl".into(),
         cache_ttl.to_owned(),
     ];
+    if let Some(tls) = tls {
+        args.extend([
+            "--tls-cert".into(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.display().to_string(),
+        ]);
+    }
     let program = if label == "posts-noauth" {
         args.insert(0, "serve-unguarded".into());
         std::env::current_exe().unwrap_or_else(|_| bin.join("bench"))
@@ -483,6 +525,7 @@ fn posts_spec(
         args,
         rust_log: cli.server_log.clone(),
         health_service: POSTS_HEALTH,
+        tls: tls.map(|tls| tls.client.clone()),
     }
 }
 
@@ -493,13 +536,14 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
             posts: cli.posts_addr.map(|a| Server::external("posts", a)),
             posts_remote: cli.posts_remote_addr.map(|a| Server::external("posts-remote", a)),
             posts_noauth: cli.posts_noauth_addr.map(|a| Server::external("posts-noauth", a)),
+            posts_tls: None,
         }),
         "in-process" => {
             let mut auth_settings =
                 auth_svc::Settings::for_database(servers::sqlite_url(&dir.join("auth.db")));
             auth_settings.peer_rate = 0.0;
             auth_settings.lockout_threshold = 1_000_000;
-            let auth = servers::start_in_process("auth", AUTH_HEALTH, move |l, rx| {
+            let auth = servers::start_in_process("auth", AUTH_HEALTH, None, move |l, rx| {
                 auth_svc::serve(l, auth_settings, async {
                     let _ = rx.await;
                 })
@@ -507,19 +551,30 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
             .await?;
             let auth_url = format!("http://{}", auth.addr);
             let posts_db = servers::sqlite_url(&dir.join("posts.db"));
+            let tls = BenchTls::create(dir)?;
             let mut start = Vec::new();
-            for (label, ttl) in [("posts", 5u64), ("posts-remote", 0), ("posts-noauth", 0)] {
+            for (label, ttl) in [
+                ("posts", 5u64),
+                ("posts-remote", 0),
+                ("posts-noauth", 0),
+                ("posts-tls", 5),
+            ] {
                 let mut settings = posts_svc::Settings::new(posts_db.clone(), auth_url.clone());
                 settings.validate_cache_ttl = Duration::from_secs(ttl);
+                let client_tls = (label == "posts-tls").then(|| {
+                    settings.tls_cert = Some(tls.cert.clone());
+                    settings.tls_key = Some(tls.key.clone());
+                    tls.client.clone()
+                });
                 let server = if label == "posts-noauth" {
-                    servers::start_in_process(label, POSTS_HEALTH, move |l, rx| {
+                    servers::start_in_process(label, POSTS_HEALTH, None, move |l, rx| {
                         posts_svc::serve_unguarded(l, settings, async {
                             let _ = rx.await;
                         })
                     })
                     .await?
                 } else {
-                    servers::start_in_process(label, POSTS_HEALTH, move |l, rx| {
+                    servers::start_in_process(label, POSTS_HEALTH, client_tls, move |l, rx| {
                         posts_svc::serve(l, settings, async {
                             let _ = rx.await;
                         })
@@ -528,6 +583,7 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 };
                 start.push(server);
             }
+            let posts_tls = start.pop();
             let noauth = start.pop();
             let remote = start.pop();
             let posts = start.pop();
@@ -536,6 +592,7 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 posts,
                 posts_remote: remote,
                 posts_noauth: noauth,
+                posts_tls,
             })
         }
         _ => {
@@ -551,16 +608,32 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
             let auth = servers::spawn_child(auth_spec(cli, &bin, dir)).await?;
             let auth_url = format!("http://{}", auth.addr);
             // One at a time: the first posts server creates the shared database.
-            let posts = servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts", "5s")).await?;
+            let posts =
+                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts", "5s", None)).await?;
             let remote =
-                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-remote", "0")).await?;
+                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-remote", "0", None))
+                    .await?;
             let noauth =
-                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-noauth", "0")).await?;
+                servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-noauth", "0", None))
+                    .await?;
+            // The same as `posts`, serving TLS; its link to auth-svc stays plaintext (loopback).
+            let tls = BenchTls::create(dir)?;
+            let posts_tls = servers::spawn_child(posts_spec(
+                cli,
+                &bin,
+                dir,
+                &auth_url,
+                "posts-tls",
+                "5s",
+                Some(&tls),
+            ))
+            .await?;
             Ok(Servers {
                 auth,
                 posts: Some(posts),
                 posts_remote: Some(remote),
                 posts_noauth: Some(noauth),
+                posts_tls: Some(posts_tls),
             })
         }
     }
@@ -703,6 +776,10 @@ async fn run_scenarios(
                     None => continue,
                 },
                 "list-cached" => match &servers.posts {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "list-cached-tls" => match &servers.posts_tls {
                     Some(p) => (load(Op::List, p, c), None, Some(p)),
                     None => continue,
                 },

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use watchword::transport::ClientTls;
 use watchword_db::DatabaseUrl;
 
 /// How long a server may take to report SERVING before the harness gives up.
@@ -77,6 +78,8 @@ pub struct ChildSpec {
     pub args: Vec<String>,
     pub rust_log: String,
     pub health_service: &'static str,
+    /// How to reach it if it serves TLS.
+    pub tls: Option<ClientTls>,
 }
 
 /// Spawns `spec`, reads the `serving addr=IP:PORT` line from its stderr (then discards the rest of its
@@ -132,6 +135,9 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
             return Err(e);
         }
     };
+    if let Some(tls) = spec.tls {
+        register_tls(addr, tls);
+    }
     if let Err(e) = wait_serving(addr, spec.health_service).await {
         let _ = child.kill();
         let _ = child.wait();
@@ -159,6 +165,7 @@ fn serving_addr(line: &str) -> Option<SocketAddr> {
 pub async fn start_in_process<F, Fut, E>(
     label: &'static str,
     health_service: &'static str,
+    tls: Option<ClientTls>,
     serve: F,
 ) -> Result<Server, String>
 where
@@ -174,6 +181,9 @@ where
     let (tx, rx) = oneshot::channel();
     let fut = serve(listener, rx);
     let task = tokio::spawn(async move { fut.await.map_err(|e| e.to_string()) });
+    if let Some(tls) = tls {
+        register_tls(addr, tls);
+    }
     wait_serving(addr, health_service)
         .await
         .map_err(|e| format!("{label}: {e}"))?;
@@ -212,14 +222,36 @@ pub async fn wait_serving(addr: SocketAddr, service: &str) -> Result<(), String>
     Err(format!("not SERVING within {START_TIMEOUT:?} (last: {last})"))
 }
 
-/// One HTTP/2 connection to `addr`.
-pub async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid uri")
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
+/// The servers under test that serve TLS, and how to reach each.
+static TLS_SERVERS: Mutex<Vec<(SocketAddr, ClientTls)>> = Mutex::new(Vec::new());
+
+/// From now on [`connect`] reaches `addr` over TLS with `tls`.
+pub fn register_tls(addr: SocketAddr, tls: ClientTls) {
+    TLS_SERVERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((addr, tls));
+}
+
+/// One HTTP/2 connection to `addr`: over TLS if it was registered as a TLS server (connected on first
+/// use: each channel is one connection either way).
+pub async fn connect(addr: SocketAddr) -> Result<Channel, String> {
+    let configure = |endpoint: Endpoint| endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+    let tls = TLS_SERVERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, tls)| tls.clone());
+    match tls {
+        Some(tls) => tls
+            .connect_lazy(&format!("https://localhost:{}", addr.port()), configure)
+            .map_err(|e| e.to_string()),
+        None => configure(Endpoint::from_shared(format!("http://{addr}")).expect("valid uri"))
+            .connect()
+            .await
+            .map_err(|e| e.to_string()),
+    }
 }
 
 pub fn sqlite_url(path: &Path) -> DatabaseUrl {

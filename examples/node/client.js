@@ -7,11 +7,15 @@
 //   npm ci --prefix examples/node
 //   node examples/node/client.js --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
 //
-// The addresses may also come from the AUTH_ADDR and POSTS_ADDR environment variables.
+// The addresses may also come from the AUTH_ADDR and POSTS_ADDR environment variables. Over TLS, name the CA
+// certificate to trust with --ca (or WATCHWORD_CA), e.g. data/tls/ca.pem of `cargo run -p watchword-dev -- --tls`:
+//
+//   node examples/node/client.js --ca data/tls/ca.pem
 'use strict';
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs, promisify } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -54,8 +58,13 @@ function ok(what) {
   console.log(`ok - ${what}`);
 }
 
-async function run(authAddr, postsAddr) {
-  const credentials = grpc.credentials.createInsecure();
+// TLS trusting the CA certificate in the file `ca`, or plaintext without one.
+function channelCredentials(ca) {
+  return ca ? grpc.credentials.createSsl(fs.readFileSync(ca)) : grpc.credentials.createInsecure();
+}
+
+async function run(authAddr, postsAddr, ca) {
+  const credentials = channelCredentials(ca);
   const auth = new proto.auth.v1.AuthService(authAddr, credentials);
   const posts = new proto.posts.v1.PostsService(postsAddr, credentials);
   try {
@@ -114,9 +123,10 @@ const { values } = parseArgs({
   options: {
     auth: { type: 'string', default: process.env.AUTH_ADDR || '127.0.0.1:50051' },
     posts: { type: 'string', default: process.env.POSTS_ADDR || '127.0.0.1:50052' },
+    ca: { type: 'string', default: process.env.WATCHWORD_CA },
   },
 });
-run(values.auth, values.posts).catch((error) => {
+run(values.auth, values.posts, values.ca).catch((error) => {
   console.error(`node client failed: ${error.stack || error}`);
   process.exitCode = 1;
 });

@@ -8,7 +8,10 @@ calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the fir
     pip install -r examples/python/requirements.txt
     python examples/python/client.py --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
 
-The addresses may also come from the AUTH_ADDR and POSTS_ADDR environment variables.
+The addresses may also come from the AUTH_ADDR and POSTS_ADDR environment variables. Over TLS, name the CA
+certificate to trust with --ca (or WATCHWORD_CA), e.g. data/tls/ca.pem of `cargo run -p watchword-dev -- --tls`:
+
+    python examples/python/client.py --ca data/tls/ca.pem
 """
 
 import argparse
@@ -65,14 +68,22 @@ def check(condition, what):
     print(f"ok - {what}")
 
 
-def run(auth_addr, posts_addr):
+def channel(addr, ca):
+    """A channel to addr: TLS trusting the CA certificate in the file ca, or plaintext without one."""
+    if ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+        return grpc.secure_channel(addr, credentials)
+    return grpc.insecure_channel(addr)
+
+
+def run(auth_addr, posts_addr, ca=None):
     # Imported here because the modules exist only once generate_stubs has run.
     auth_pb2 = importlib.import_module("auth.v1.auth_pb2")
     auth_pb2_grpc = importlib.import_module("auth.v1.auth_pb2_grpc")
     posts_pb2 = importlib.import_module("posts.v1.posts_pb2")
     posts_pb2_grpc = importlib.import_module("posts.v1.posts_pb2_grpc")
 
-    with grpc.insecure_channel(auth_addr) as auth_channel, grpc.insecure_channel(posts_addr) as posts_channel:
+    with channel(auth_addr, ca) as auth_channel, channel(posts_addr, ca) as posts_channel:
         auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
         posts = posts_pb2_grpc.PostsServiceStub(posts_channel)
 
@@ -132,10 +143,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--auth", default=os.environ.get("AUTH_ADDR", "127.0.0.1:50051"), help="auth-svc host:port")
     parser.add_argument("--posts", default=os.environ.get("POSTS_ADDR", "127.0.0.1:50052"), help="posts-svc host:port")
+    parser.add_argument("--ca", default=os.environ.get("WATCHWORD_CA"), help="PEM CA certificate: call over TLS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="watchword-stubs-") as out_dir:
         generate_stubs(out_dir)
-        run(args.auth, args.posts)
+        run(args.auth, args.posts, args.ca)
 
 
 if __name__ == "__main__":

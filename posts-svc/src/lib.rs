@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use watchword::{
     guard::{Guard, GuardBuildError, Identity, Policy},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
-    server,
+    server, transport as server_transport,
 };
 
 pub use settings::{Settings, VerifyMode};
@@ -45,6 +45,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Tls(#[from] watchword::transport::TlsError),
+    #[error("{0}")]
+    Listen(String),
 }
 
 /// Runs posts-svc on `listener` until `shutdown` resolves, then drains in-flight calls for at most
@@ -54,9 +58,14 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let transport = transport(&listener, &settings)?;
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
     // Connects to auth-svc lazily: posts-svc starts (and keeps running) while auth-svc is down.
-    let guard = Guard::builder(&settings.auth_url)
+    let mut guard = Guard::builder(&settings.auth_url);
+    if let Some(tls) = settings.auth_tls()? {
+        guard = guard.tls(tls);
+    }
+    let guard = guard
         .timeout(settings.auth_timeout)
         .mode(settings.guard_mode())
         .policy(POLICY)
@@ -66,13 +75,13 @@ pub async fn serve(
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
-    let router = server::builder()
+    let router = server::builder_for(&transport)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(guard.layer(posts));
 
-    let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
+    let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     Ok(result?)
 }
@@ -85,6 +94,7 @@ pub async fn serve_unguarded(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let transport = transport(&listener, &settings)?;
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
     let (health, health_task) = health(&store).await;
     let now = std::time::SystemTime::now();
@@ -105,10 +115,23 @@ pub async fn serve_unguarded(
             request.extensions_mut().insert(caller.clone());
             Ok(request)
         });
-    let router = server::builder().add_service(health).add_service(posts);
-    let result = server::serve(router, listener, shutdown, settings.shutdown_grace).await;
+    let router = server::builder_for(&transport)
+        .add_service(health)
+        .add_service(posts);
+    let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
     Ok(result?)
+}
+
+/// How `listener` is served, refusing plaintext off loopback unless --insecure-listen.
+fn transport(listener: &TcpListener, settings: &Settings) -> Result<server_transport::Transport, ServeError> {
+    let transport = settings.transport()?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Listen(e.to_string()))?;
+    server_transport::check_listen(addr, transport.is_tls(), settings.insecure_listen)
+        .map_err(ServeError::Listen)?;
+    Ok(transport)
 }
 
 /// `grpc.health.v1` for PostsService, SERVING while storage answers.

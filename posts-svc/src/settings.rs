@@ -1,11 +1,12 @@
 //! Everything posts-svc can be told at start-up, folded from flags and env vars into one value.
 
-use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
 use watchword::{
     flags::{self, duration_within},
     guard::Mode,
+    transport::{self, ClientTls, ServerTls, TlsError, Transport},
 };
 use watchword_db::DatabaseUrl;
 
@@ -27,9 +28,34 @@ pub struct Settings {
           value_parser = flags::Unechoed(database_url))]
     pub database_url: DatabaseUrl,
 
-    /// auth-svc's address, an `http://` URL with a host; every call's token is validated there.
+    /// auth-svc's address, where every call's token is validated: an `https://` URL (TLS; see --auth-ca and
+    /// --auth-client-cert) or an `http://` one, with a host. Plain `http://` is refused for a host that is
+    /// not loopback, unless --allow-insecure-auth-url.
     #[arg(long, env = "POSTS_SVC_AUTH_URL", default_value = "http://127.0.0.1:50051", value_parser = auth_url)]
     pub auth_url: String,
+
+    /// PEM CA certificate(s) that auth-svc's certificate must chain to (an `https://` --auth-url). Without
+    /// it, the system's trust anchors.
+    #[arg(long, env = "POSTS_SVC_AUTH_CA", value_name = "PATH", value_parser = flags::ca_file)]
+    pub auth_ca: Option<PathBuf>,
+
+    /// PEM client certificate to present to auth-svc (mutual TLS), with --auth-client-key. auth-svc needs
+    /// one for Validate and WatchRevocations when it has --tls-client-ca. Both files are read again when
+    /// they change (checked every 5 s, and on SIGHUP).
+    #[arg(long, env = "POSTS_SVC_AUTH_CLIENT_CERT", value_name = "PATH", requires = "auth_client_key",
+          value_parser = flags::certificate_file)]
+    pub auth_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --auth-client-cert. Must be a file that neither group nor others may access
+    /// (`chmod 600`).
+    #[arg(long, env = "POSTS_SVC_AUTH_CLIENT_KEY", value_name = "PATH", requires = "auth_client_cert",
+          value_parser = flags::private_key_file)]
+    pub auth_client_key: Option<PathBuf>,
+
+    /// Accept a plain `http://` --auth-url to a host that is not loopback (whoever answers there decides
+    /// which tokens are valid), e.g. through a mesh that adds TLS.
+    #[arg(long, env = "POSTS_SVC_ALLOW_INSECURE_AUTH_URL")]
+    pub allow_insecure_auth_url: bool,
 
     /// How long to wait for auth-svc's verdict (connect included) before failing a call with UNAVAILABLE.
     /// Between 50ms and 30s.
@@ -76,6 +102,40 @@ pub struct Settings {
     #[arg(long, env = "POSTS_SVC_SHUTDOWN_GRACE", default_value = "10s",
           value_parser = |v: &str| duration_within(v, flags::SHUTDOWN_GRACE))]
     pub shutdown_grace: Duration,
+
+    /// PEM certificate (chain) to serve TLS with, with --tls-key: the port then speaks only TLS 1.2 and
+    /// 1.3 (ALPN h2). Both files are read again when they change (checked every 5 s, and on SIGHUP).
+    #[arg(long, env = "POSTS_SVC_TLS_CERT", value_name = "PATH", requires = "tls_key",
+          value_parser = flags::certificate_file)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Must be a file that neither group nor others may access
+    /// (`chmod 600`).
+    #[arg(long, env = "POSTS_SVC_TLS_KEY", value_name = "PATH", requires = "tls_cert",
+          value_parser = flags::private_key_file)]
+    pub tls_key: Option<PathBuf>,
+
+    /// A TLS handshake not finished within this is dropped. Between 100ms and 1m.
+    #[arg(long, env = "POSTS_SVC_TLS_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = |v: &str| duration_within(v, transport::TLS_HANDSHAKE_TIMEOUT))]
+    pub tls_handshake_timeout: Duration,
+
+    /// Most connections open at once (TLS or not, handshakes included); more are closed as they arrive.
+    /// Between 1 and 1000000.
+    #[arg(long, env = "POSTS_SVC_MAX_CONNECTIONS", default_value_t = transport::DEFAULT_MAX_CONNECTIONS,
+          value_parser = RangedU64ValueParser::<usize>::new().range(transport::MAX_CONNECTIONS))]
+    pub max_connections: usize,
+
+    /// A connection this old is asked to go away (HTTP/2 GOAWAY; calls in flight finish, within 30 s) and
+    /// its client reconnects, perhaps to another replica. Between 10s and 30days.
+    #[arg(long, env = "POSTS_SVC_MAX_CONNECTION_AGE", default_value = "30m",
+          value_parser = |v: &str| duration_within(v, transport::MAX_CONNECTION_AGE))]
+    pub max_connection_age: Duration,
+
+    /// Serve plaintext on an address that is not loopback, e.g. behind a TLS-terminating sidecar or mesh.
+    /// Without it (or --tls-cert), such a --listen is refused.
+    #[arg(long, env = "POSTS_SVC_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
 }
 
 /// A verdict slower than a call may live (30 s) is no verdict; below 50 ms even a healthy auth-svc on
@@ -91,16 +151,29 @@ const VALIDATE_CACHE_SIZE: RangeInclusive<u64> = 1..=10_000_000;
 const JWKS_REFETCH_INTERVAL: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
 
 /// The guard connects to auth-svc lazily, so a URL it cannot use would otherwise show only as every call
-/// failing: check here what it will parse, and that it names a host. Plain `http://` only: this build has
-/// no TLS client, so an `https://` URL could never connect.
+/// failing: check here what it will parse, and that it names a host.
 fn auth_url(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "must be an http:// URL with a host, e.g. http://127.0.0.1:50051";
+    const EXPECTED: &str = "must be an https:// or http:// URL with a host, e.g. https://auth.internal:50051 or http://127.0.0.1:50051";
     let endpoint = tonic::transport::Endpoint::from_shared(value.to_owned()).map_err(|_| EXPECTED)?;
     let uri = endpoint.uri();
-    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
         return Err(EXPECTED.to_owned());
     }
     Ok(value.to_owned())
+}
+
+/// Whether `--auth-url` is `https://` (the parser has checked it is one or `http://`).
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The host of a URL `auth_url` accepted.
+fn host(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// How the guard checks tokens.
@@ -133,7 +206,78 @@ impl Settings {
         let matches = Self::command()
             .mut_args(|arg| arg.env(None::<&'static str>))
             .try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
+        Self::from_arg_matches(&matches)?.checked()
+    }
+
+    /// The settings from the command line and the environment, as the binary takes them: a value out of
+    /// range, or flags that cannot be served together, end the process with a usage error (exit status 2).
+    pub fn from_command_line() -> Self {
+        match Self::parse().checked() {
+            Ok(settings) => settings,
+            Err(error) => error.exit(),
+        }
+    }
+
+    /// Checks what no single flag's parser can: plaintext off loopback (served, or to auth-svc), TLS files
+    /// that are no pair, TLS options for a plaintext auth-svc URL.
+    fn checked(self) -> Result<Self, clap::Error> {
+        let usage =
+            |message: String| Self::command().error(clap::error::ErrorKind::ArgumentConflict, message);
+        transport::check_listen(self.listen, self.tls_cert.is_some(), self.insecure_listen)
+            .map_err(|message| usage(format!("--listen: {message}")))?;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            transport::tls::check_key_pair(cert, key)
+                .map_err(|error| usage(format!("--tls-cert, --tls-key: {error}")))?;
+        }
+        if let (Some(cert), Some(key)) = (&self.auth_client_cert, &self.auth_client_key) {
+            transport::tls::check_key_pair(cert, key)
+                .map_err(|error| usage(format!("--auth-client-cert, --auth-client-key: {error}")))?;
+        }
+        if !is_https(&self.auth_url) {
+            if self.auth_ca.is_some() || self.auth_client_cert.is_some() {
+                return Err(usage(
+                    "--auth-ca and --auth-client-cert need an https:// --auth-url".to_owned(),
+                ));
+            }
+            let host = host(&self.auth_url);
+            if !self.allow_insecure_auth_url && !transport::is_loopback_host(&host) {
+                return Err(usage(format!(
+                    "--auth-url: refusing plaintext http:// to {host}, which is not loopback: whoever answers \
+                     there decides which tokens are valid. Use https:// (with --auth-ca and \
+                     --auth-client-cert), or --allow-insecure-auth-url if a mesh adds TLS"
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// How the port is served, from the TLS and connection flags; loads the certificate and starts
+    /// watching it. Must be called within a Tokio runtime.
+    pub fn transport(&self) -> Result<Transport, TlsError> {
+        let transport = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Transport::tls(ServerTls::from_files(cert, key, None)?),
+            _ => Transport::plaintext(),
+        };
+        Ok(transport
+            .handshake_timeout(self.tls_handshake_timeout)
+            .max_connections(self.max_connections)
+            .max_connection_age(self.max_connection_age))
+    }
+
+    /// TLS to auth-svc for an `https://` --auth-url: --auth-ca (or the system's roots) and the client
+    /// certificate, watched for changes. `None` for `http://`. Must be called within a Tokio runtime.
+    pub fn auth_tls(&self) -> Result<Option<ClientTls>, TlsError> {
+        if !is_https(&self.auth_url) {
+            return Ok(None);
+        }
+        let mut tls = ClientTls::builder();
+        if let Some(ca) = &self.auth_ca {
+            tls = tls.ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.auth_client_cert, &self.auth_client_key) {
+            tls = tls.identity_files(cert, key);
+        }
+        tls.build().map(Some)
     }
 
     /// How the guard checks tokens, from `--verify` and the flags of that mode.
@@ -177,8 +321,9 @@ mod tests {
     #[test]
     fn each_flag_accepts_the_ends_of_its_range_and_nothing_past_them() {
         let inside = [
-            ["--auth-url", "http://auth.internal:50051"],
+            ["--auth-url", "https://auth.internal:50051"],
             ["--auth-url", "http://[::1]:50051"],
+            ["--auth-url", "http://localhost:50051"],
             ["--auth-timeout", "50ms"],
             ["--auth-timeout", "30s"],
             ["--verify", "local"],
@@ -194,10 +339,16 @@ mod tests {
             ["--db-acquire-timeout", "30s"],
             ["--shutdown-grace", "100ms"],
             ["--shutdown-grace", "10m"],
+            ["--tls-handshake-timeout", "100ms"],
+            ["--tls-handshake-timeout", "1m"],
+            ["--max-connections", "1"],
+            ["--max-connections", "1000000"],
+            ["--max-connection-age", "10s"],
+            ["--max-connection-age", "30days"],
         ];
         let outside = [
             ["--auth-url", "http://"],
-            ["--auth-url", "https://auth.internal:50051"],
+            ["--auth-url", "ftp://auth.internal:50051"],
             ["--auth-timeout", "49ms"],
             ["--auth-timeout", "31s"],
             ["--validate-cache-ttl", "1h 1s"],
@@ -209,6 +360,17 @@ mod tests {
             ["--db-acquire-timeout", "31s"],
             ["--shutdown-grace", "99ms"],
             ["--shutdown-grace", "11m"],
+            ["--tls-handshake-timeout", "99ms"],
+            ["--tls-handshake-timeout", "61s"],
+            ["--max-connections", "0"],
+            ["--max-connections", "1000001"],
+            ["--max-connection-age", "9s"],
+            ["--max-connection-age", "31days"],
+            ["--tls-cert", "/nonexistent/cert.pem"],
+            ["--tls-key", "/nonexistent/key.pem"],
+            ["--auth-ca", "/nonexistent/ca.pem"],
+            ["--auth-client-cert", "/nonexistent/cert.pem"],
+            ["--auth-client-key", "/nonexistent/key.pem"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["posts-svc", flag, value]);
@@ -223,6 +385,90 @@ mod tests {
             );
             assert!(error.to_string().contains(flag), "{error}");
         }
+    }
+
+    #[test]
+    fn tls_files_and_auth_urls_are_checked_together() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = watchword::transport::tls::dev::Ca::new("test CA").unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+        ca.issue(&["posts-svc"]).unwrap().write(&cert, &key).unwrap();
+        let (ca_path, cert, key) = (
+            ca_path.to_str().unwrap(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+        );
+        let parse = |args: &[&str]| {
+            let mut all = vec!["posts-svc"];
+            all.extend_from_slice(args);
+            let matches = Settings::command()
+                .mut_args(|arg| arg.env(None::<&'static str>))
+                .try_get_matches_from(all)?;
+            Settings::from_arg_matches(&matches)?.checked()
+        };
+        let https = ["--auth-url", "https://auth.internal:50051", "--auth-ca", ca_path];
+        let mutual = [
+            &https[..],
+            &["--auth-client-cert", cert, "--auth-client-key", key],
+        ]
+        .concat();
+        assert!(parse(&https).is_ok());
+        assert!(parse(&mutual).is_ok());
+        let error = parse(&["--auth-url", "http://127.0.0.1:1", "--auth-ca", ca_path]).unwrap_err();
+        assert!(error.to_string().contains("need an https://"), "{error}");
+        assert_eq!(error.exit_code(), 2);
+        let error = parse(&["--auth-url", "http://auth.internal:50051"]).unwrap_err();
+        assert!(error.to_string().contains("--allow-insecure-auth-url"), "{error}");
+        assert!(
+            parse(&[
+                "--auth-url",
+                "http://auth.internal:50051",
+                "--allow-insecure-auth-url"
+            ])
+            .is_ok()
+        );
+        let error = parse(&["--auth-url", "https://a:1", "--auth-client-cert", cert]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "{error}"
+        );
+
+        // A client key others may read is refused, naming the flag and the fix.
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = parse(&mutual).unwrap_err().to_string();
+        assert!(
+            error.contains("--auth-client-key") && error.contains("chmod 600"),
+            "{error}"
+        );
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        // A certificate with another's key is no pair.
+        let (other_cert, other_key) = (dir.path().join("o.pem"), dir.path().join("o.key"));
+        ca.issue(&["other"])
+            .unwrap()
+            .write(&other_cert, &other_key)
+            .unwrap();
+        let error = parse(&["--tls-cert", cert, "--tls-key", other_key.to_str().unwrap()]).unwrap_err();
+        assert!(error.to_string().contains("--tls-cert, --tls-key"), "{error}");
+        assert!(parse(&["--tls-cert", cert, "--tls-key", key, "--listen", "0.0.0.0:0"]).is_ok());
+    }
+
+    /// The flags' defaults are the library's (`Transport::plaintext`), so a service and an embedder of
+    /// `watchword::transport` get the same limits.
+    #[test]
+    fn connection_flag_defaults_are_the_transport_defaults() {
+        let settings = Settings::defaults();
+        assert_eq!(
+            settings.tls_handshake_timeout,
+            transport::DEFAULT_TLS_HANDSHAKE_TIMEOUT
+        );
+        assert_eq!(settings.max_connections, transport::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(settings.max_connection_age, transport::DEFAULT_MAX_CONNECTION_AGE);
+        assert!(settings.tls_cert.is_none() && !settings.insecure_listen);
     }
 
     /// Set in the child process that [`new_never_reads_the_environment`] starts.

@@ -186,8 +186,14 @@ struct Outcome {
     code: Code,
 }
 
+/// The drills that load both cores or measure memory take turns: run side by side on a 2-core machine, the
+/// memory drill's frozen auth-svc outlived the revocation feed's heartbeat deadline, and the load drills
+/// measured each other. Every other test still runs in parallel.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
+    let _turn = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let auth = start_auth(dir.path(), "127.0.0.1:0");
     let auth_addr = auth.addr;
@@ -304,6 +310,7 @@ async fn auth_svc_killed_under_load_means_unavailable_never_ok_then_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_auth_svc_fails_every_call_within_the_guard_timeout() {
+    let _turn = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let auth = start_auth(dir.path(), "127.0.0.1:0");
     // Validation cache off: every call needs auth-svc, so every call must fail closed, in time.
@@ -535,9 +542,11 @@ async fn freeze_with_live_cache(auth: &Service, client: &PostsServiceClient<Chan
     panic!("the guard never answered from its cache: is the revocation feed live?");
 }
 
-/// One freeze of auth-svc: `calls` ListPosts calls, each with a bearer token never seen before and each
+/// `calls` ListPosts calls while auth-svc is frozen, each with a bearer token never seen before and each
 /// abandoned after 50 ms (by deadline or by the client), 384 at a time over the `clients` connections.
-/// Ends with auth-svc thawed and answering again.
+/// A freeze lasts at most [`LONGEST_FREEZE`] (so the revocation feed, whose heartbeat deadline is 15 s,
+/// stays live on a slow machine): a round that needs longer thaws and freezes again. Ends with auth-svc
+/// thawed and answering again.
 async fn abandoned_calls_while_frozen(
     auth: &Service,
     clients: &[PostsServiceClient<Channel>],
@@ -546,45 +555,55 @@ async fn abandoned_calls_while_frozen(
     calls: usize,
 ) {
     const PARALLEL: usize = 384;
-    freeze_with_live_cache(auth, &clients[0], cached).await;
-    let frozen = Instant::now();
+    const LONGEST_FREEZE: Duration = Duration::from_secs(5);
     let padding = "A".repeat(300);
-    for batch in 0..calls.div_ceil(PARALLEL) {
-        let tasks: Vec<_> = (batch * PARALLEL..((batch + 1) * PARALLEL).min(calls))
-            .map(|i| {
-                let client = clients[i % clients.len()].clone();
-                // Shaped like a JWT, distinct per call, so each call is a cache miss with its own flight.
-                let token = format!("eyJhbGciOiJFZERTQSJ9.{round}x{i:07}.{padding}");
-                tokio::spawn(async move {
-                    list_within(&client, &token, Duration::from_millis(50), i % 2 == 0).await
+    let started = Instant::now();
+    let (mut done, mut freezes) = (0, 0);
+    while done < calls {
+        freeze_with_live_cache(auth, &clients[0], cached).await;
+        freezes += 1;
+        let frozen = Instant::now();
+        while done < calls && frozen.elapsed() < LONGEST_FREEZE {
+            let tasks: Vec<_> = (done..(done + PARALLEL).min(calls))
+                .map(|i| {
+                    let client = clients[i % clients.len()].clone();
+                    // Shaped like a JWT, distinct per call, so each call is a cache miss with its own flight.
+                    let token = format!("eyJhbGciOiJFZERTQSJ9.{round}x{i:07}.{padding}");
+                    tokio::spawn(async move {
+                        list_within(&client, &token, Duration::from_millis(50), i % 2 == 0).await
+                    })
                 })
-            })
-            .collect();
-        for task in tasks {
-            let result = task.await.unwrap();
-            assert!(result.is_err(), "a call with a bogus token succeeded");
+                .collect();
+            done += tasks.len();
+            for task in tasks {
+                let result = task.await.unwrap();
+                assert!(result.is_err(), "a call with a bogus token succeeded");
+            }
         }
+        // The revocation feed must still have been live (three missed heartbeats end it): otherwise the
+        // calls bypassed the cache and this drill proved nothing.
+        let still_cached = answered_from_cache(&clients[0], cached).await;
+        assert_eq!(
+            still_cached,
+            Ok(()),
+            "the cache was no longer in use after {:?} frozen (the feed missed three heartbeats?)",
+            frozen.elapsed()
+        );
+        signal(auth, "CONT");
+        // auth-svc answers again (a never-seen token is refused by auth-svc itself, not UNAVAILABLE).
+        wait_until_async(
+            || async {
+                list_within(&clients[0], "never.seen.before", Duration::from_secs(2), true).await
+                    == Err(Code::Unauthenticated)
+            },
+            "auth-svc to answer again",
+        )
+        .await;
     }
-    // The revocation feed must still have been live (three missed heartbeats end it): otherwise the calls
-    // bypassed the cache and this drill proved nothing.
-    let still_cached = answered_from_cache(&clients[0], cached).await;
-    assert_eq!(
-        still_cached,
-        Ok(()),
-        "the cache was no longer in use after {:?} frozen (the feed missed three heartbeats?)",
-        frozen.elapsed()
+    println!(
+        "round {round}: {calls} abandoned calls in {:?}, over {freezes} freeze(s)",
+        started.elapsed()
     );
-    println!("round {round}: {calls} abandoned calls in {:?}", frozen.elapsed());
-    signal(auth, "CONT");
-    // auth-svc answers again (a never-seen token is refused by auth-svc itself, not UNAVAILABLE).
-    wait_until_async(
-        || async {
-            list_within(&clients[0], "never.seen.before", Duration::from_secs(2), true).await
-                == Err(Code::Unauthenticated)
-        },
-        "auth-svc to answer again",
-    )
-    .await;
 }
 
 /// Abandoned validations leave nothing behind (issue 12): with auth-svc frozen, so no verdict ever comes,
@@ -593,6 +612,7 @@ async fn abandoned_calls_while_frozen(
 /// RSS grew 23 to 25 MiB over the measured rounds here; since, it moves by about 3 MiB at most.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_validations_leave_no_memory_behind() {
+    let _turn = HEAVY.lock().await;
     const WARM_UP_ROUNDS: usize = 3;
     const ROUNDS: usize = 3;
     const CALLS_PER_ROUND: usize = 12_000;

@@ -57,8 +57,29 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         bad(&["--auth-url", "127.0.0.1:50051"], "--auth-url"),
         bad(&["--auth-url", "ftp://127.0.0.1:50051"], "--auth-url"),
         bad(&["--auth-url", ""], "--auth-url"),
-        // No TLS client in this build: it could never connect.
-        bad(&["--auth-url", "https://127.0.0.1:50051"], "--auth-url"),
+        // Plaintext to an auth-svc that is not on this machine: whoever answers decides which tokens pass.
+        bad(
+            &["--auth-url", "http://10.0.0.1:50051"],
+            "--allow-insecure-auth-url",
+        ),
+        bad(
+            &["--auth-url", "http://auth.internal:50051"],
+            "--allow-insecure-auth-url",
+        ),
+        // TLS options for a plaintext URL would be silently unused.
+        bad(&["--auth-ca", "/etc/hostname"], "--auth-ca"),
+        bad(
+            &["--auth-client-cert", "/nonexistent/cert.pem"],
+            "--auth-client-cert",
+        ),
+        // Plaintext served off loopback.
+        bad(&["--listen", "0.0.0.0:0"], "--insecure-listen"),
+        bad(&["--listen", "[::]:0"], "--insecure-listen"),
+        bad(&["--tls-cert", "/nonexistent/cert.pem"], "--tls-cert"),
+        bad(&["--tls-key", "/nonexistent/key.pem"], "--tls-key"),
+        bad(&["--tls-handshake-timeout", "0s"], "--tls-handshake-timeout"),
+        bad(&["--max-connections", "0"], "--max-connections"),
+        bad(&["--max-connection-age", "1s"], "--max-connection-age"),
         bad(&["--auth-timeout", "0s"], "--auth-timeout"),
         bad(&["--auth-timeout", "1h"], "--auth-timeout"),
         bad(&["--verify", "sometimes"], "--verify"),
@@ -87,6 +108,11 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             args: &[],
             env: &[("POSTS_SVC_VALIDATE_CACHE_SIZE", "0")],
             flag: "--validate-cache-size",
+        },
+        BadStart {
+            args: &[],
+            env: &[("POSTS_SVC_MAX_CONNECTIONS", "0")],
+            flag: "--max-connections",
         },
     ];
     let dir = tempfile::tempdir().unwrap();

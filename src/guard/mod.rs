@@ -41,6 +41,8 @@ use std::{future::Future, time::Duration};
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::transport::{ClientTls, TlsError};
+
 pub use identity::{GuardError, Identity, identity};
 pub use layer::{AuthLayer, Policy, RequireAuth};
 pub use remote::RemoteValidator;
@@ -83,6 +85,8 @@ pub struct Guard {
 impl Guard {
     /// A guard that reaches auth-svc at `auth_url` (e.g. `http://127.0.0.1:50051`), connecting on first use
     /// and reconnecting by itself, so a service can start (and keep running) while auth-svc is down.
+    /// An `https://` URL is reached over TLS: with the system's trust anchors, or as
+    /// [`GuardBuilder::tls`] says.
     pub fn builder(auth_url: impl Into<String>) -> GuardBuilder {
         GuardBuilder::new(AuthService::Url(auth_url.into()))
     }
@@ -123,6 +127,7 @@ enum AuthService {
 #[must_use]
 pub struct GuardBuilder {
     auth: AuthService,
+    tls: Option<ClientTls>,
     timeout: Duration,
     mode: Mode,
     policy: Policy,
@@ -132,6 +137,7 @@ impl GuardBuilder {
     fn new(auth: AuthService) -> Self {
         Self {
             auth,
+            tls: None,
             timeout: DEFAULT_TIMEOUT,
             mode: Mode::Remote,
             policy: Policy::AnyAuthenticated,
@@ -166,6 +172,15 @@ impl GuardBuilder {
         self.mode(Mode::Local { refetch_interval })
     }
 
+    /// How to reach an `https://` auth-svc URL: which CAs to trust and the client certificate to present
+    /// (mutual TLS; auth-svc may require one for Validate and WatchRevocations). Without it an `https://`
+    /// URL trusts the system's roots and presents no certificate. Only for [`Guard::builder`]'s URL; an
+    /// `http://` URL with TLS is refused at [`GuardBuilder::build`].
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Which roles may call which methods; [`Policy::AnyAuthenticated`] unless set.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
@@ -174,10 +189,18 @@ impl GuardBuilder {
 
     /// The guard, with its background tasks started. Must be called within a Tokio runtime.
     pub fn build(self) -> Result<Guard, GuardBuildError> {
+        if self.tls.is_some() && !matches!(self.auth, AuthService::Url(_)) {
+            // The endpoint or channel given is used as it is: TLS set here would be silently ignored.
+            return Err(GuardBuildError::Tls {
+                url: String::new(),
+                cause: Box::new(TlsError::Config(
+                    "GuardBuilder::tls applies to Guard::builder's URL only; configure the endpoint or channel itself"
+                        .to_owned(),
+                )),
+            });
+        }
         let channel = match self.auth {
-            AuthService::Url(url) => remote::endpoint(&url, self.timeout)
-                .map_err(|cause| GuardBuildError::AuthUrl { url, cause })?
-                .connect_lazy(),
+            AuthService::Url(url) => auth_channel(url, self.tls, self.timeout)?,
             AuthService::Endpoint(endpoint) => endpoint.connect_lazy(),
             AuthService::Channel(channel) => channel,
         };
@@ -214,6 +237,42 @@ impl GuardBuilder {
     }
 }
 
+/// The channel to auth-svc at `url`: TLS for `https://` (as `tls` says, or the system's roots), plain
+/// HTTP/2 for `http://`.
+fn auth_channel(url: String, tls: Option<ClientTls>, timeout: Duration) -> Result<Channel, GuardBuildError> {
+    let is_https = url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    if !is_https {
+        if tls.is_some() {
+            return Err(GuardBuildError::Tls {
+                url,
+                cause: Box::new(TlsError::Config(
+                    "TLS is configured, so the auth-svc URL must be https://".to_owned(),
+                )),
+            });
+        }
+        return match remote::endpoint(&url, timeout) {
+            Ok(endpoint) => Ok(endpoint.connect_lazy()),
+            Err(cause) => Err(GuardBuildError::AuthUrl { url, cause }),
+        };
+    }
+    let tls = match tls {
+        Some(tls) => tls,
+        None => ClientTls::builder()
+            .build()
+            .map_err(|cause| GuardBuildError::Tls {
+                url: url.clone(),
+                cause: Box::new(cause),
+            })?,
+    };
+    tls.connect_lazy(&url, |endpoint| remote::configure(endpoint, timeout))
+        .map_err(|cause| GuardBuildError::Tls {
+            url,
+            cause: Box::new(cause),
+        })
+}
+
 /// Why a [`Guard`] could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -223,6 +282,8 @@ pub enum GuardBuildError {
         url: String,
         cause: tonic::transport::Error,
     },
+    #[error("auth-svc url {url:?}: {cause}")]
+    Tls { url: String, cause: Box<TlsError> },
 }
 
 /// The validator a [`Guard`] was built with: one of the [`Mode`]s, with the background tasks it needs.
@@ -340,6 +401,30 @@ mod tests {
             assert_eq!(status(&guard, Some("Bearer abc.def.ghi")).await, "14", "{mode:?}");
             assert_eq!(status(&guard, None).await, "16", "{mode:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn tls_is_refused_where_it_would_go_unused() {
+        let tls = || {
+            ClientTls::from_config(
+                rustls::ClientConfig::builder_with_provider(crate::transport::provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        };
+        let plaintext = Guard::builder(NOBODY).tls(tls()).build().err().expect("refused");
+        assert!(matches!(plaintext, GuardBuildError::Tls { .. }), "{plaintext}");
+        let endpoint = Endpoint::from_static("https://127.0.0.1:1");
+        let error = Guard::builder_with_endpoint(endpoint)
+            .tls(tls())
+            .build()
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("URL only"), "{error}");
+        // An https URL with TLS is accepted (connecting happens on first use).
+        assert!(Guard::builder("https://127.0.0.1:1").tls(tls()).build().is_ok());
     }
 
     #[tokio::test]

@@ -15,12 +15,17 @@ use crate::{
 
 /// How the guard reaches auth-svc at `url`: connect within `timeout`, and keep the connection checked.
 pub(crate) fn endpoint(url: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+    Ok(configure(Endpoint::from_shared(url.to_owned())?, timeout))
+}
+
+/// The guard's options for its channel to auth-svc, plaintext or TLS.
+pub(crate) fn configure(endpoint: Endpoint, timeout: Duration) -> Endpoint {
+    endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         // Notice a dead auth-svc between calls instead of on the next one.
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
 }
 
 /// Asks auth-svc's `Validate` RPC about every token, over one shared HTTP/2 channel.
@@ -46,6 +51,14 @@ impl RemoteValidator {
     }
 }
 
+/// auth-svc refused *this service* (mutual TLS), not the token it asked about.
+fn is_refused_service(status: &tonic::Status) -> bool {
+    matches!(
+        reason::of(status),
+        Some(Reason::ClientCertRequired | Reason::CallerNotAllowed)
+    )
+}
+
 impl Validator for RemoteValidator {
     async fn validate(&self, token: &str) -> Result<Identity, GuardError> {
         let mut request = tonic::Request::new(ValidateRequest {
@@ -57,6 +70,16 @@ impl Validator for RemoteValidator {
         let response = tokio::time::timeout(self.timeout, client.validate(request)).await;
         let claims = match response {
             Ok(Ok(response)) => response.into_inner().claims,
+            Ok(Err(status)) if is_refused_service(&status) => {
+                // Not the caller's fault: auth-svc does not take this service for one of its clients.
+                tracing::error!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "auth-svc refused this service's client certificate: check the guard's TLS identity \
+                     and auth-svc's --tls-client-ca and --internal-clients"
+                );
+                return Err(GuardError::Unavailable);
+            }
             Ok(Err(status)) if status.code() == Code::Unauthenticated => {
                 // Pass auth-svc's reason on, so the client can tell "refresh" from "log in again".
                 return Err(GuardError::Rejected {

@@ -52,24 +52,29 @@ async fn bind(addr: SocketAddr) -> TcpListener {
 
 /// Starts auth-svc and waits until it reports SERVING.
 pub async fn start_auth(listener: TcpListener, settings: auth_svc::Settings) -> Server {
+    let tls = settings.tls_cert.is_some();
     let server = spawn_server(listener, |listener, stop| {
         auth_svc::serve(listener, settings, stop)
     });
-    serving(server, "auth.v1.AuthService").await
+    serving(server, "auth.v1.AuthService", tls).await
 }
 
 /// Starts posts-svc and waits until it reports SERVING.
 pub async fn start_posts(listener: TcpListener, settings: posts_svc::Settings) -> Server {
+    let tls = settings.tls_cert.is_some();
     let server = spawn_server(listener, |listener, stop| {
         posts_svc::serve(listener, settings, stop)
     });
-    serving(server, "posts.v1.PostsService").await
+    serving(server, "posts.v1.PostsService", tls).await
 }
 
 /// `server` once its health service reports `service` SERVING, so a test never races start-up (a second
 /// writer on a fresh SQLite file, a call before the first health probe). A server that stops instead
-/// fails the test with its error.
-async fn serving(mut server: Server, service: &str) -> Server {
+/// fails the test with its error. A TLS server is returned at once: its tests make their own clients.
+async fn serving(mut server: Server, service: &str, tls: bool) -> Server {
+    if tls {
+        return server;
+    }
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };

@@ -13,3 +13,4 @@ mod lifecycle;
 mod posts;
 mod replicas;
 mod schema;
+mod tls;

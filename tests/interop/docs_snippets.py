@@ -9,8 +9,11 @@ checked-snippets markers (or in the whole file, if it has none) is checked, none
 - ```sh setup blocks install things: each command must appear verbatim in .ci/interop, which runs it.
 - ```python, ```js and ```rust blocks must be verbatim excerpts (indentation aside) of the example that
   CI runs or compiles.
+- ```sh tls blocks (and ```sh tls fails=CODE) are for services over TLS, as `watchword-dev --tls` runs them:
+  they run only with --tls, against TLS services, with data/tls/ (the certificates watchword-dev writes)
+  replaced by $WATCHWORD_TLS_DIR. Without --tls they are left to that run; with it, nothing else runs.
 
-Usage: AUTH_ADDR=... POSTS_ADDR=... python3 tests/interop/docs_snippets.py README.md
+Usage: AUTH_ADDR=... POSTS_ADDR=... python3 tests/interop/docs_snippets.py [--tls] README.md
 """
 
 import os
@@ -66,7 +69,7 @@ def wrap_failing(code, status):
 BEGIN, END = "<!-- checked-snippets:begin -->", "<!-- checked-snippets:end -->"
 
 
-def main(path):
+def main(path, tls=False):
     doc = Path(path).read_text()
     # In a larger document (README.md) only the marked region is checked.
     if BEGIN in doc:
@@ -75,6 +78,8 @@ def main(path):
     scripts, errors, checked = {}, [], 0
     for section, language, attributes, code, line in blocks(doc):
         where = f"{path}:{line} ({section or 'no section'})"
+        if tls != (language == "sh" and "tls" in attributes):
+            continue  # the other run's
         checked += 1
         if language == "sh" and "setup" in attributes:
             for command in stripped_lines(code):
@@ -83,6 +88,8 @@ def main(path):
                     errors.append(f"{where}: setup command not run by .ci/interop: {command}")
         elif language == "sh":
             code = code.replace("127.0.0.1:50051", "$AUTH_ADDR").replace("127.0.0.1:50052", "$POSTS_ADDR")
+            if tls:
+                code = code.replace("data/tls/", "$WATCHWORD_TLS_DIR/")
             fails = [a.split("=", 1)[1] for a in attributes if a.startswith("fails=")]
             scripts.setdefault(section, []).append(wrap_failing(code, fails[0]) if fails else code)
         elif language in EXCERPT_SOURCES:
@@ -104,8 +111,11 @@ def main(path):
         print(f"FAIL: {error}", file=sys.stderr)
     if errors or checked == 0:
         sys.exit(1)
-    print(f"docs: all {checked} snippets of {path} checked")
+    print(f"docs: all {checked} {'TLS ' if tls else ''}snippets of {path} checked")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1:2] == ["--tls"]:
+        main(sys.argv[2], tls=True)
+    else:
+        main(sys.argv[1])

@@ -2,7 +2,9 @@
 # Calls both services with grpcurl through server reflection only (no .proto files), asserting on grpcurl's
 # output and exit status. Starts its own auth-svc and posts-svc (release builds) on free loopback ports.
 #
-# Usage: tests/interop/grpcurl.sh   (after .ci/interop has installed grpcurl into .venv/ and built the binaries)
+# Usage: tests/interop/grpcurl.sh [--tls]   (after .ci/interop has installed grpcurl into .venv/ and built the
+# binaries). With --tls the services serve TLS (grpcurl -cacert) and Validate needs posts-svc's client
+# certificate (mutual TLS), which this script checks too.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,8 +19,8 @@ fail() {
   exit 1
 }
 
-# grpcurl with the flags every call here shares.
-gc() { "$GRPCURL" -plaintext -max-time 10 "$@"; }
+# grpcurl with the flags every call here shares (-plaintext, or -cacert over TLS).
+gc() { "$GRPCURL" "${INTEROP_GRPCURL_TRANSPORT[@]}" -max-time 10 "$@"; }
 
 # call ADDR METHOD JSON [GRPCURL FLAGS...]: runs a unary call that must succeed; prints its JSON response.
 call() {
@@ -29,7 +31,7 @@ call() {
 }
 
 # grpcurl exits with 64 + the gRPC status code when a call fails.
-declare -A STATUS_NUMBER=([NotFound]=5 [AlreadyExists]=6 [Unauthenticated]=16)
+declare -A STATUS_NUMBER=([NotFound]=5 [AlreadyExists]=6 [PermissionDenied]=7 [Unauthenticated]=16)
 
 # expect_status WHAT CODE ADDR METHOD JSON [GRPCURL FLAGS...]: the call must fail with gRPC status CODE:
 # grpcurl prints "Code: CODE" on stderr and exits with 64 + CODE's number.
@@ -52,7 +54,14 @@ expect() {
   ok "$3"
 }
 
-interop_start_services
+# Validate is an internal RPC: over TLS it needs posts-svc's client certificate.
+INTERNAL=()
+if [[ "${1:-}" == --tls ]]; then
+  interop_start_services_tls
+  INTERNAL=(-cert "$WATCHWORD_TLS_DIR/posts-svc.pem" -key "$WATCHWORD_TLS_DIR/posts-svc.key")
+else
+  interop_start_services
+fi
 AUTH="$AUTH_ADDR"
 POSTS="$POSTS_ADDR"
 
@@ -90,7 +99,7 @@ expect "Bearer" "$(py "$login" 'd["tokenType"]')" "Login returns a Bearer token"
 TOKEN="$(py "$login" 'd["accessToken"]')"
 AUTHZ=(-H "authorization: Bearer $TOKEN")
 
-validated="$(call "$AUTH" auth.v1.AuthService/Validate "{\"token\": \"$TOKEN\"}")"
+validated="$(call "$AUTH" auth.v1.AuthService/Validate "{\"token\": \"$TOKEN\"}" "${INTERNAL[@]}")"
 expect "$user_id" "$(py "$validated" 'd["claims"]["subject"]')" "Validate returns the user's id as subject"
 
 # --- Posts -------------------------------------------------------------------------------------------------
@@ -119,6 +128,18 @@ expect "$second_id" "$(py "$listed" '" ".join(p["id"] for p in d["posts"])')" "L
 expect_status "ListPosts without a token" Unauthenticated "$POSTS" posts.v1.PostsService/ListPosts '{}'
 expect_status "ListPosts with a garbage token" Unauthenticated "$POSTS" posts.v1.PostsService/ListPosts '{}' \
   -H "authorization: Bearer garbage"
+
+# --- Mutual TLS: the internal RPCs are for posts-svc's certificate only -------------------------------------
+if ((${#INTERNAL[@]})); then
+  expect_status "Validate without a client certificate (CLIENT_CERT_REQUIRED)" Unauthenticated "$AUTH" \
+    auth.v1.AuthService/Validate "{\"token\": \"$TOKEN\"}"
+  expect_status "Validate with a certificate not in --internal-clients (CALLER_NOT_ALLOWED)" PermissionDenied \
+    "$AUTH" auth.v1.AuthService/Validate "{\"token\": \"$TOKEN\"}" \
+    -cert "$WATCHWORD_TLS_DIR/developer.pem" -key "$WATCHWORD_TLS_DIR/developer.key"
+  reason="$(gc -d "{\"token\": \"$TOKEN\"}" "$AUTH" auth.v1.AuthService/Validate 2>&1 || true)"
+  grep -q CLIENT_CERT_REQUIRED <<<"$reason" || fail "the refusal names CLIENT_CERT_REQUIRED: $reason"
+  ok "the refusal's ErrorInfo reason is CLIENT_CERT_REQUIRED"
+fi
 
 # --- Health ------------------------------------------------------------------------------------------------
 for target in "$AUTH auth.v1.AuthService" "$POSTS posts.v1.PostsService" "$AUTH " "$POSTS "; do

@@ -4,10 +4,14 @@
 #
 #   source tests/interop/lib.sh   # makes $INTEROP_TMP and installs an EXIT trap
 #   interop_start_services        # sets and exports AUTH_ADDR and POSTS_ADDR (127.0.0.1:PORT)
+#   interop_start_services_tls    # the same over TLS, posts-svc -> auth-svc over mutual TLS; also exports
+#                                 # WATCHWORD_TLS_DIR (ca.pem, {auth-svc,posts-svc,developer}.{pem,key})
+#                                 # and WATCHWORD_CA (its ca.pem)
 #   ...                           # everything is stopped and removed when the script exits
 #
-# Needs the release binaries (cargo build --release -p auth-svc -p posts-svc) and grpcurl in .venv/ (see
-# .ci/interop). Override with WATCHWORD_BIN_DIR and GRPCURL. Callers use `set -euo pipefail`.
+# Needs the release binaries (cargo build --release -p auth-svc -p posts-svc -p watchword-dev) and grpcurl
+# in .venv/ (see .ci/interop). Override with WATCHWORD_BIN_DIR and GRPCURL. Callers use
+# `set -euo pipefail`.
 
 INTEROP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WATCHWORD_BIN_DIR="${WATCHWORD_BIN_DIR:-${CARGO_TARGET_DIR:-$INTEROP_ROOT/target}/release}"
@@ -15,6 +19,9 @@ GRPCURL="${GRPCURL:-$INTEROP_ROOT/.venv/bin/grpcurl}"
 # How long one process may take to report SERVING, and to exit after SIGTERM.
 INTEROP_START_TIMEOUT="${INTEROP_START_TIMEOUT:-30}"
 INTEROP_STOP_TIMEOUT="${INTEROP_STOP_TIMEOUT:-15}"
+
+# How grpcurl reaches the services: plaintext, or (after interop_start_services_tls) TLS trusting our CA.
+INTEROP_GRPCURL_TRANSPORT=(-plaintext)
 
 INTEROP_PIDS=()       # processes we started, in start order
 INTEROP_NAMES=()      # their names, for messages
@@ -35,7 +42,7 @@ interop_free_port() {
 # Prints the health status (SERVING, NOT_SERVING, ...) of `service` at `addr`, or nothing if the call fails.
 interop_health() {
   local addr="$1" service="$2" out
-  out="$("$GRPCURL" -plaintext -max-time 2 -d "{\"service\": \"$service\"}" "$addr" \
+  out="$("$GRPCURL" "${INTEROP_GRPCURL_TRANSPORT[@]}" -max-time 2 -d "{\"service\": \"$service\"}" "$addr" \
     grpc.health.v1.Health/Check 2>/dev/null)" || return 0
   python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("status", ""))' "$out"
 }
@@ -111,6 +118,29 @@ interop_start_services() {
   export AUTH_ADDR="$INTEROP_ADDR"
   interop_spawn posts-svc "$WATCHWORD_BIN_DIR/posts-svc" posts.v1.PostsService \
     --database-url "sqlite://$INTEROP_TMP/posts.db" --auth-url "http://$AUTH_ADDR"
+  export POSTS_ADDR="$INTEROP_ADDR"
+}
+
+# Like interop_start_services, over TLS: throwaway certificates from `watchword-dev --certs-only` (the
+# layout of `watchword-dev --tls`), both services serving TLS, auth-svc admitting only posts-svc's
+# certificate to Validate and WatchRevocations, and posts-svc reaching it over mutual TLS.
+interop_start_services_tls() {
+  [[ -x "$WATCHWORD_BIN_DIR/watchword-dev" ]] || interop_die "$WATCHWORD_BIN_DIR/watchword-dev not found: build it first"
+  "$WATCHWORD_BIN_DIR/watchword-dev" --certs-only --data-dir "$INTEROP_TMP" >/dev/null
+  export WATCHWORD_TLS_DIR="$INTEROP_TMP/tls"
+  export WATCHWORD_CA="$WATCHWORD_TLS_DIR/ca.pem"
+  INTEROP_GRPCURL_TRANSPORT=(-cacert "$WATCHWORD_CA")
+  local tls="$WATCHWORD_TLS_DIR"
+  interop_spawn auth-svc "$WATCHWORD_BIN_DIR/auth-svc" auth.v1.AuthService \
+    --database-url "sqlite://$INTEROP_TMP/auth.db" \
+    --tls-cert "$tls/auth-svc.pem" --tls-key "$tls/auth-svc.key" \
+    --tls-client-ca "$tls/ca.pem" --internal-clients posts-svc
+  export AUTH_ADDR="$INTEROP_ADDR"
+  interop_spawn posts-svc "$WATCHWORD_BIN_DIR/posts-svc" posts.v1.PostsService \
+    --database-url "sqlite://$INTEROP_TMP/posts.db" \
+    --tls-cert "$tls/posts-svc.pem" --tls-key "$tls/posts-svc.key" \
+    --auth-url "https://$AUTH_ADDR" --auth-ca "$tls/ca.pem" \
+    --auth-client-cert "$tls/posts-svc.pem" --auth-client-key "$tls/posts-svc.key"
   export POSTS_ADDR="$INTEROP_ADDR"
 }
 
