@@ -447,6 +447,10 @@ fn auth_spec(cli: &Cli, bin: &std::path::Path, dir: &std::path::Path) -> ChildSp
             "0".into(),
             "--lockout-threshold".into(),
             "1000000".into(),
+            // Metrics and traces off: the harness measures the service without them (and several
+            // servers at once would collide on the default admin port).
+            "--admin-listen".into(),
+            "off".into(),
         ],
         rust_log: cli.server_log.clone(),
         health_service: AUTH_HEALTH,
@@ -470,6 +474,8 @@ fn posts_spec(
         auth_url.to_owned(),
         "--validate-cache-ttl".into(),
         cache_ttl.to_owned(),
+        "--admin-listen".into(),
+        "off".into(),
     ];
     let program = if label == "posts-noauth" {
         args.insert(0, "serve-unguarded".into());
@@ -499,6 +505,7 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 auth_svc::Settings::for_database(servers::sqlite_url(&dir.join("auth.db")));
             auth_settings.peer_rate = 0.0;
             auth_settings.lockout_threshold = 1_000_000;
+            auth_settings.admin_listen = watchword::admin::AdminListen::Off;
             let auth = servers::start_in_process("auth", AUTH_HEALTH, move |l, rx| {
                 auth_svc::serve(l, auth_settings, async {
                     let _ = rx.await;
@@ -511,6 +518,7 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
             for (label, ttl) in [("posts", 5u64), ("posts-remote", 0), ("posts-noauth", 0)] {
                 let mut settings = posts_svc::Settings::new(posts_db.clone(), auth_url.clone());
                 settings.validate_cache_ttl = Duration::from_secs(ttl);
+                settings.admin_listen = watchword::admin::AdminListen::Off;
                 let server = if label == "posts-noauth" {
                     servers::start_in_process(label, POSTS_HEALTH, move |l, rx| {
                         posts_svc::serve_unguarded(l, settings, async {

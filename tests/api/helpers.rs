@@ -52,7 +52,7 @@ pub async fn start_posts(listener: TcpListener, settings: posts_svc::Settings) -
 }
 
 /// Runs `serve` on `listener` in a task, with a shutdown signal that [`Server::stop`] fires.
-fn spawn_server<F, Fut, E>(listener: TcpListener, serve: F) -> Server
+pub fn spawn_server<F, Fut, E>(listener: TcpListener, serve: F) -> Server
 where
     F: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,

@@ -9,6 +9,7 @@ mod hardening;
 mod helpers;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod posts;
 mod replicas;
 mod schema;
