@@ -5,6 +5,7 @@
 //! `posts_svc::serve_unguarded`; the harness spawns itself that way for the `list-noauth` scenario.
 
 mod load;
+mod otlp;
 mod report;
 mod servers;
 
@@ -155,7 +156,7 @@ impl Params {
     }
 }
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 10] = [
     "health",
     "validate",
     "list-noauth",
@@ -164,7 +165,12 @@ pub const SCENARIOS: [&str; 8] = [
     "create",
     "login",
     "validate-under-login-flood",
+    "validate-observed",
+    "list-cached-observed",
 ];
+
+/// The scenarios that need the observed servers (metrics on, traces exported to the harness).
+const OBSERVED_SCENARIOS: [&str; 2] = ["validate-observed", "list-cached-observed"];
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -220,6 +226,10 @@ struct Servers {
     posts: Option<Server>,
     posts_remote: Option<Server>,
     posts_noauth: Option<Server>,
+    /// The same as `auth` and `posts`, with metrics on (an admin server) and traces exported to the
+    /// harness's OTLP receiver: for the `*-observed` scenarios.
+    auth_observed: Option<Server>,
+    posts_observed: Option<Server>,
 }
 
 impl Servers {
@@ -228,13 +238,21 @@ impl Servers {
             .chain(self.posts.as_ref())
             .chain(self.posts_remote.as_ref())
             .chain(self.posts_noauth.as_ref())
+            .chain(self.auth_observed.as_ref())
+            .chain(self.posts_observed.as_ref())
     }
 
     async fn stop(self) {
         self.auth.stop().await;
-        for s in [self.posts, self.posts_remote, self.posts_noauth]
-            .into_iter()
-            .flatten()
+        for s in [
+            self.posts,
+            self.posts_remote,
+            self.posts_noauth,
+            self.posts_observed,
+            self.auth_observed,
+        ]
+        .into_iter()
+        .flatten()
         {
             s.stop().await;
         }
@@ -275,7 +293,12 @@ async fn run(cli: Cli) -> Result<bool, String> {
     };
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let servers = start_servers(&cli, &params, dir.path()).await?;
+    let receiver = if params.mode == "child-processes" && wanted.iter().any(|s| OBSERVED_SCENARIOS.contains(s)) {
+        Some(otlp::Receiver::start().await?)
+    } else {
+        None
+    };
+    let servers = start_servers(&cli, &params, dir.path(), receiver.as_ref()).await?;
     for s in servers.all() {
         progress(format!(
             "{} on {} (pid {:?}), SERVING after {:?}",
@@ -284,6 +307,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
     }
 
     let result = run_scenarios(&params, &wanted, &servers, ticks).await;
+    if let Some(receiver) = &receiver {
+        progress(format!(
+            "OTLP receiver: {} spans in {} export requests from the observed servers",
+            receiver.spans(),
+            receiver.requests()
+        ));
+    }
     // Peak RSS is read before the servers stop.
     let mut server_reports: Vec<ServerReport> = servers
         .all()
@@ -492,13 +522,20 @@ fn posts_spec(
     }
 }
 
-async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<Servers, String> {
+async fn start_servers(
+    cli: &Cli,
+    params: &Params,
+    dir: &std::path::Path,
+    receiver: Option<&otlp::Receiver>,
+) -> Result<Servers, String> {
     match params.mode {
         "external" => Ok(Servers {
             auth: Server::external("auth", cli.auth_addr.expect("external mode has --auth-addr")),
             posts: cli.posts_addr.map(|a| Server::external("posts", a)),
             posts_remote: cli.posts_remote_addr.map(|a| Server::external("posts-remote", a)),
             posts_noauth: cli.posts_noauth_addr.map(|a| Server::external("posts-noauth", a)),
+            auth_observed: None,
+            posts_observed: None,
         }),
         "in-process" => {
             let mut auth_settings =
@@ -544,6 +581,8 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 posts,
                 posts_remote: remote,
                 posts_noauth: noauth,
+                auth_observed: None,
+                posts_observed: None,
             })
         }
         _ => {
@@ -564,20 +603,67 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-remote", "0")).await?;
             let noauth =
                 servers::spawn_child(posts_spec(cli, &bin, dir, &auth_url, "posts-noauth", "0")).await?;
+            let (auth_observed, posts_observed) = match receiver {
+                Some(receiver) => {
+                    let observe = |mut spec: ChildSpec| {
+                        // As shipped with both on: an admin server (metrics counted) and OTLP export with the
+                        // SDK's defaults (batches of 512, a 2048-span queue, every 5 s), sampling everything.
+                        let at = spec.args.iter().position(|a| a == "--admin-listen");
+                        if let Some(at) = at {
+                            spec.args[at + 1] = "127.0.0.1:0".into();
+                        }
+                        spec.args.extend(["--otlp-endpoint".into(), receiver.url()]);
+                        spec
+                    };
+                    let mut auth_spec = observe(auth_spec(cli, &bin, dir));
+                    auth_spec.label = "auth-observed";
+                    // Its own database: one auth-svc per SQLite file.
+                    for arg in &mut auth_spec.args {
+                        if arg.ends_with("auth.db") {
+                            *arg = format!("sqlite://{}", dir.join("auth-observed.db").display());
+                        }
+                    }
+                    let auth = servers::spawn_child(auth_spec).await?;
+                    let url = format!("http://{}", auth.addr);
+                    let posts =
+                        servers::spawn_child(observe(posts_spec(cli, &bin, dir, &url, "posts-observed", "5s")))
+                            .await?;
+                    (Some(auth), Some(posts))
+                }
+                None => (None, None),
+            };
             Ok(Servers {
                 auth,
                 posts: Some(posts),
                 posts_remote: Some(remote),
                 posts_noauth: Some(noauth),
+                auth_observed,
+                posts_observed,
             })
         }
     }
 }
 
-/// Registers users, logs in for the token pool, and seeds posts.
-async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> {
+/// Registers users, logs in for the token pool (on each auth-svc: the observed one keeps its own
+/// database), and seeds posts. The second pool is the observed auth-svc's, if it runs.
+async fn seed(params: &Params, servers: &Servers) -> Result<(Arc<Pools>, Option<Arc<Pools>>), String> {
+    let (tokens, users) = seed_tokens(params, servers.auth.addr).await?;
+    let pools = Arc::new(Pools::new(tokens, users, params.page_size));
+    let observed = match &servers.auth_observed {
+        Some(auth) => {
+            let (tokens, users) = seed_tokens(params, auth.addr).await?;
+            Some(Arc::new(Pools::new(tokens, users, params.page_size)))
+        }
+        None => None,
+    };
+    seed_posts(params, servers, &pools).await?;
+    Ok((pools, observed))
+}
+
+/// Registers `params.users` users on the auth-svc at `auth` and logs them in for `params.tokens` tokens.
+async fn seed_tokens(params: &Params, auth: SocketAddr) -> Result<(Vec<String>, Vec<String>), String> {
     let started = Instant::now();
-    let auth_channel = servers::connect(servers.auth.addr)
+    let auth_channel = servers::connect(auth)
         .await
         .map_err(|e| format!("connect auth: {e}"))?;
     // Unique per run, so a harness pointed at running servers does not collide with earlier runs.
@@ -635,8 +721,11 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
         tokens.len(),
         started.elapsed()
     ));
-    let pools = Arc::new(Pools::new(tokens, users, params.page_size));
+    Ok((tokens, users))
+}
 
+/// Seeds `params.posts` posts through the cached posts server, with tokens from `pools`.
+async fn seed_posts(params: &Params, servers: &Servers, pools: &Arc<Pools>) -> Result<(), String> {
     if let Some(posts) = &servers.posts {
         let started = Instant::now();
         let mut channels = Vec::new();
@@ -673,7 +762,7 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
             started.elapsed()
         ));
     }
-    Ok(pools)
+    Ok(())
 }
 
 /// Every wanted scenario, slice by slice: all scenarios take a turn at their first slice, then at their
@@ -685,7 +774,7 @@ async fn run_scenarios(
     servers: &Servers,
     ticks: u64,
 ) -> Result<(Vec<Outcome>, Option<Argon2Samples>), String> {
-    let pools = seed(params, servers).await?;
+    let (pools, observed_pools) = seed(params, servers).await?;
     let window = params.duration / u32::try_from(params.slices).map_err(|_| "too many slices")?;
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut argon2: Option<Argon2Samples> = None;
@@ -699,7 +788,11 @@ async fn run_scenarios(
             };
             let c = params.concurrency;
             let lc = params.login_concurrency;
-            let auth = &servers.auth;
+            let (auth, pools) = match (OBSERVED_SCENARIOS.contains(&name), &servers.auth_observed, &observed_pools) {
+                (false, _, _) => (&servers.auth, &pools),
+                (true, Some(auth), Some(observed)) => (auth, observed),
+                (true, _, _) => continue,
+            };
             let (measured, background, posts): (Load, Option<Load>, Option<&Server>) = match name {
                 "health" => match &servers.posts {
                     Some(p) => (load(Op::Health, p, c), None, Some(p)),
@@ -726,6 +819,11 @@ async fn run_scenarios(
                 "validate-under-login-flood" => {
                     (load(Op::Validate, auth, c), Some(load(Op::Login, auth, lc)), None)
                 }
+                "validate-observed" => (load(Op::Validate, auth, c), None, None),
+                "list-cached-observed" => match &servers.posts_observed {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
                 _ => unreachable!("scenario names are checked"),
             };
             if name == "login" {
@@ -746,7 +844,7 @@ async fn run_scenarios(
                 params.slices
             ));
             let outcome = run_scenario(
-                name, params, window, measured, background, auth, posts, &pools, ticks,
+                name, params, window, measured, background, auth, posts, pools, ticks,
             )
             .await?;
             progress(format!(
