@@ -181,8 +181,12 @@ pub fn init_with(options: &Options) -> Result<Telemetry, TelemetryError> {
                 .build();
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("watchword"))
+                // Attributes nobody queries by, each a string per span.
                 .with_location(false)
                 .with_threads(false)
+                .with_target(false)
+                // Busy/idle times would cost two clock reads on every poll of every span.
+                .with_tracked_inactivity(false)
                 // Nothing here reads OpenTelemetry's current context: entering a span need not set it.
                 .with_context_activation(false)
                 .with_filter(filter_fn(|meta| {

@@ -293,11 +293,12 @@ async fn run(cli: Cli) -> Result<bool, String> {
     };
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let receiver = if params.mode == "child-processes" && wanted.iter().any(|s| OBSERVED_SCENARIOS.contains(s)) {
-        Some(otlp::Receiver::start().await?)
-    } else {
-        None
-    };
+    let receiver =
+        if params.mode == "child-processes" && wanted.iter().any(|s| OBSERVED_SCENARIOS.contains(s)) {
+            Some(otlp::Receiver::start().await?)
+        } else {
+            None
+        };
     let servers = start_servers(&cli, &params, dir.path(), receiver.as_ref()).await?;
     for s in servers.all() {
         progress(format!(
@@ -625,9 +626,15 @@ async fn start_servers(
                     }
                     let auth = servers::spawn_child(auth_spec).await?;
                     let url = format!("http://{}", auth.addr);
-                    let posts =
-                        servers::spawn_child(observe(posts_spec(cli, &bin, dir, &url, "posts-observed", "5s")))
-                            .await?;
+                    let posts = servers::spawn_child(observe(posts_spec(
+                        cli,
+                        &bin,
+                        dir,
+                        &url,
+                        "posts-observed",
+                        "5s",
+                    )))
+                    .await?;
                     (Some(auth), Some(posts))
                 }
                 None => (None, None),
@@ -788,7 +795,11 @@ async fn run_scenarios(
             };
             let c = params.concurrency;
             let lc = params.login_concurrency;
-            let (auth, pools) = match (OBSERVED_SCENARIOS.contains(&name), &servers.auth_observed, &observed_pools) {
+            let (auth, pools) = match (
+                OBSERVED_SCENARIOS.contains(&name),
+                &servers.auth_observed,
+                &observed_pools,
+            ) {
                 (false, _, _) => (&servers.auth, &pools),
                 (true, Some(auth), Some(observed)) => (auth, observed),
                 (true, _, _) => continue,

@@ -28,8 +28,10 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("OTLP receiver: {e}"))?;
-        let mut receiver = Self::default();
-        receiver.addr = listener.local_addr().ok();
+        let receiver = Self {
+            addr: listener.local_addr().ok(),
+            ..Self::default()
+        };
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
