@@ -12,11 +12,17 @@
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
 //! - [`transport`]: how connections are accepted (TLS that reloads its certificate, connection cap and
 //!   age) and how a client reaches a TLS service ([`transport::ClientTls`]);
-//! - [`telemetry`]: log set-up for the binaries.
+//! - [`observe`]: per-RPC metrics and spans, for servers and for the guard's client;
+//! - [`metrics`]: a service's Prometheus registry; [`admin`]: the HTTP server of `/metrics`, `/livez`
+//!   and `/readyz`;
+//! - [`telemetry`]: log (text or JSON) and trace (OTLP) set-up for the binaries.
 
+pub mod admin;
 pub mod credentials;
 pub mod flags;
 pub mod guard;
+pub mod metrics;
+pub mod observe;
 pub mod pagination;
 pub mod pb;
 pub mod reason;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::Router;
 use tower::{Layer, Service, layer::util::Stack};
 
+use crate::observe::ObserveLayer;
 use crate::transport::Transport;
 
 /// Largest request message a service decodes. Our messages are small (a post body is at most 10 000
@@ -36,11 +37,25 @@ pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// A router built from [`builder`].
-pub type ServiceRouter = Router<Stack<CallLogLayer, tower::layer::util::Identity>>;
+/// The layers [`builder`] installs around every service, outermost first: [`ObserveLayer`], [`CallLogLayer`].
+pub type Layers = Stack<CallLogLayer, Stack<ObserveLayer, tower::layer::util::Identity>>;
 
-/// A tonic server builder with every limit above set explicitly and per-call logging installed.
-pub fn builder() -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::util::Identity>> {
+/// A router built from [`builder`].
+pub type ServiceRouter = Router<Layers>;
+
+/// A tonic server builder with every limit above set explicitly, per-call logging installed, and calls
+/// traced but not counted; [`observed_builder`] counts them too.
+pub fn builder() -> tonic::transport::Server<Layers> {
+    observed_builder(ObserveLayer::disabled())
+}
+
+/// [`builder`], with `observe` counting and tracing every call.
+///
+/// `observe` is outermost: its span is current while the layers inside run (so the call log line joins
+/// the trace), and calls refused by the guard, shed or timed out are counted like any other. tonic's own
+/// load shedding, concurrency limit and timeout sit outside every custom layer: a shed call is never
+/// counted, and one the timeout drops is counted as `Cancelled`.
+pub fn observed_builder(observe: ObserveLayer) -> tonic::transport::Server<Layers> {
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
@@ -50,16 +65,15 @@ pub fn builder() -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::u
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT_PER_CONNECTION)
         .load_shed(true)
         .timeout(REQUEST_TIMEOUT)
+        .layer(observe)
         .layer(CallLogLayer)
 }
 
-/// [`builder`] for a service served with `transport`: connections get HTTP/2 GOAWAY at its maximum
-/// connection age (the transport closes those that linger past the drain). Serve the router with the same
-/// transport.
-pub fn builder_for(
-    transport: &Transport,
-) -> tonic::transport::Server<Stack<CallLogLayer, tower::layer::util::Identity>> {
-    builder().max_connection_age(transport.connection_age())
+/// [`observed_builder`] for a service served with `transport`: connections get HTTP/2 GOAWAY at its
+/// maximum connection age (the transport closes those that linger past the drain). Serve the router with
+/// the same transport.
+pub fn builder_for(transport: &Transport, observe: ObserveLayer) -> tonic::transport::Server<Layers> {
+    observed_builder(observe).max_connection_age(transport.connection_age())
 }
 
 /// Serves `router` on `listener` over `transport` until `shutdown` completes, then stops accepting, lets
@@ -222,6 +236,7 @@ where
             method: request.uri().path().to_owned(),
             start: Instant::now(),
             code: None,
+            span: tracing::Span::current(),
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -283,10 +298,13 @@ pub struct CallRecord {
     method: String,
     start: Instant,
     code: Option<tonic::Code>,
+    /// The call's span (from [`ObserveLayer`]), so the line joins the call's trace wherever it is logged.
+    span: tracing::Span,
 }
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
+        let _in_call = self.span.enter();
         let latency_us = self.start.elapsed().as_micros() as u64;
         match self.code {
             Some(code) => tracing::info!(method = %self.method, code = ?code, latency_us, "call"),
@@ -334,13 +352,15 @@ pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// server as a whole, `""`) SERVING only while `probe` succeeds.
 ///
 /// The first probe completes before this returns, so a health check can never see the service unknown or
-/// stale once the server accepts calls. Abort the returned task when the server stops.
+/// stale once the server accepts calls. Abort the returned task when the server stops. The returned
+/// [`Readiness`] follows the same status (the admin server's `/readyz`).
 pub async fn health_service<F, Fut>(
     service: &'static str,
     probe: F,
 ) -> (
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     tokio::task::JoinHandle<()>,
+    Readiness,
 )
 where
     F: Fn() -> Fut + Send + 'static,
@@ -348,17 +368,40 @@ where
 {
     let (reporter, server) = tonic_health::server::health_reporter();
     let mut last = report(&reporter, service, probe().await).await;
+    let (ready_tx, ready) = tokio::sync::watch::channel(last == tonic_health::ServingStatus::Serving);
     let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
             let status = report(&reporter, service, probe().await).await;
             if status != last {
                 tracing::warn!(service, ?status, "health changed");
+                // Set right after the health service's status, from the same probe.
+                ready_tx.send_replace(status == tonic_health::ServingStatus::Serving);
                 last = status;
             }
         }
     });
-    (server, task)
+    (server, task, Readiness(ready))
+}
+
+/// Whether the gRPC health status is SERVING, as [`health_service`] last reported it.
+#[derive(Debug, Clone)]
+pub struct Readiness(tokio::sync::watch::Receiver<bool>);
+
+impl Readiness {
+    /// Always ready: for a server without a health probe.
+    pub fn always() -> Self {
+        Self(tokio::sync::watch::channel(true).1)
+    }
+
+    /// Follows `status` (true: SERVING).
+    pub fn from_watch(status: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self(status)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 async fn report(

@@ -10,6 +10,7 @@ use crate::{
     domain::{NewPassword, ROLE_ADMIN, ROLE_USER, User, Username, check_max_length, parse_roles},
     error::AuthError,
     keys::{IssuedToken, KeyRing},
+    metrics::AuthMetrics,
     opaque::{Kind, OpaqueTokens},
     password::PasswordHasher,
     policy::Attempt,
@@ -64,6 +65,7 @@ pub struct Accounts {
     opaque: OpaqueTokens,
     peers: Arc<PeerLimiter>,
     rules: AccountRules,
+    metrics: AuthMetrics,
 }
 
 impl Accounts {
@@ -73,6 +75,7 @@ impl Accounts {
         keys: Arc<KeyRing>,
         opaque: OpaqueTokens,
         rules: AccountRules,
+        metrics: AuthMetrics,
     ) -> Self {
         Self {
             store,
@@ -81,6 +84,7 @@ impl Accounts {
             opaque,
             peers: Arc::new(PeerLimiter::new(rules.peer_rate, rules.peer_burst)),
             rules,
+            metrics,
         }
     }
 
@@ -138,8 +142,14 @@ impl Accounts {
     /// the presented device token's own budget when it is a live one of this account, else against the
     /// account's. An unknown username is treated exactly like a wrong password: same throttling, same
     /// argon2 work, same answer; so is a disabled account. The session and its token come from the user as
-    /// stored when the session is created, not as read before hashing.
+    /// stored when the session is created, not as read before hashing. The outcome is counted.
     pub async fn login(&self, login: Login) -> Result<LoggedIn, AuthError> {
+        let result = self.attempt_login(login).await;
+        self.metrics.login(&result);
+        result
+    }
+
+    async fn attempt_login(&self, login: Login) -> Result<LoggedIn, AuthError> {
         self.check_peer(&login.peer)?;
         let admission = self.hasher.admit()?;
         check_max_length(&login.password)?;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::{
-    domain::User, error::AuthError, keys::Claims, policy::AdminRefusal, revocations::RevocationHub,
-    store::Store,
+    domain::User, error::AuthError, keys::Claims, metrics::AuthMetrics, policy::AdminRefusal,
+    revocations::RevocationHub, store::Store,
 };
 
 /// A caller whose account is, as stored *now*, an enabled admin.
@@ -31,11 +31,12 @@ impl AdminCaller {
 pub struct Admin {
     store: Store,
     hub: Arc<RevocationHub>,
+    metrics: AuthMetrics,
 }
 
 impl Admin {
-    pub fn new(store: Store, hub: Arc<RevocationHub>) -> Self {
-        Self { store, hub }
+    pub fn new(store: Store, hub: Arc<RevocationHub>, metrics: AuthMetrics) -> Self {
+        Self { store, hub, metrics }
     }
 
     /// The caller (already authenticated) as an admin, if its account is an enabled admin *now*: roles are
@@ -55,14 +56,16 @@ impl Admin {
         roles: Vec<String>,
     ) -> Result<User, AuthError> {
         let (store, now) = (self.store.clone(), watchword_db::now());
-        let user = self
+        let (user, ended) = self
             .hub
             .record(async move {
                 // Name the sessions, not the user: a token from a login right after this must stay valid,
                 // and `iat` has only one-second resolution.
-                refused(store.set_roles(&user_id, roles, now).await?)
+                let (user, revocations) = refused(store.set_roles(&user_id, roles, now).await?)?;
+                Ok::<_, AuthError>(((user, revocations.len()), revocations))
             })
             .await?;
+        self.metrics.revoked("role_removed", ended);
         tracing::info!(admin = %admin.user_id, user_id = %user.id, roles = ?user.roles, "set roles");
         Ok(user)
     }
@@ -87,6 +90,7 @@ impl Admin {
                 Ok::<_, AuthError>((user, vec![revocation]))
             })
             .await?;
+        self.metrics.revoked("user_disabled", 1);
         tracing::info!(admin = %admin.user_id, user_id = %user.id, "disabled user");
         Ok(user)
     }

@@ -10,6 +10,7 @@ use crate::{
     admin::Admin,
     error::AuthError,
     keys::{KeyConfig, KeyRing},
+    metrics::AuthMetrics,
     opaque::OpaqueTokens,
     password::PasswordHasher,
     revocations::{self, HubConfig, RevocationHub},
@@ -35,17 +36,23 @@ pub struct App {
     pub store: Store,
     /// The newest revocation log row when the hub's snapshot was loaded: the relay reads from after it.
     relay_from: i64,
+    pub metrics: AuthMetrics,
 }
 
 impl App {
     /// Opens storage and builds everything on it.
     ///
     /// `remember_live`: whether Validate may remember live sessions, i.e. whether this process has claimed
-    /// the database and so sees every revocation as it is stored.
-    pub async fn build(settings: &Settings, remember_live: bool) -> Result<Self, AuthError> {
+    /// the database and so sees every revocation as it is stored. `metrics`: where the use cases count.
+    pub async fn build(
+        settings: &Settings,
+        remember_live: bool,
+        metrics: &watchword::metrics::Metrics,
+    ) -> Result<Self, AuthError> {
         let pool = settings.pool_options();
+        let auth_metrics = AuthMetrics::new(metrics);
         let (store, hasher) = tokio::join!(Store::open(&settings.database_url, &pool), PasswordHasher::new());
-        let (store, hasher) = (store?, hasher?);
+        let (store, hasher) = (store?, hasher?.with_metrics(auth_metrics.clone()));
         let kek = key_encryption_key(settings)?;
         let rewritten = store.keys_at_rest(kek.clone()).await??;
         if let Some(kek) = kek.as_deref().filter(|_| rewritten > 0) {
@@ -81,6 +88,7 @@ impl App {
                 Arc::clone(&keys),
                 opaque.clone(),
                 account_rules(settings),
+                auth_metrics.clone(),
             ),
             sessions: Sessions::new(
                 store.clone(),
@@ -91,12 +99,14 @@ impl App {
                     refresh_token_ttl: settings.refresh_token_ttl,
                     refresh_reuse_grace: settings.refresh_reuse_grace,
                 },
+                auth_metrics.clone(),
             ),
-            admin: Admin::new(store.clone(), Arc::clone(&hub)),
+            admin: Admin::new(store.clone(), Arc::clone(&hub), auth_metrics.clone()),
             keys,
             hub,
             store,
             relay_from,
+            metrics: auth_metrics,
         })
     }
 

@@ -215,6 +215,8 @@ impl AuthService for AuthApi {
             return Err(AuthError::invalid("kid", "required").into());
         }
         let signing_kid = self.app.keys.revoke(&admin, &self.app.hub, kid).await?;
+        // Counted here rather than in `keys`, with the other causes counted by their use cases.
+        self.app.metrics.revoked("key_revoked", 1);
         Ok(Response::new(pb::RevokeSigningKeyResponse { signing_kid }))
     }
 

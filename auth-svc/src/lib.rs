@@ -15,6 +15,7 @@ mod error;
 mod grpc;
 pub mod internal;
 pub mod keys;
+mod metrics;
 mod opaque;
 mod password;
 mod policy;
@@ -29,6 +30,9 @@ use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 use watchword::{
+    admin::AdminServer,
+    metrics::Metrics,
+    observe::{Methods, ObserveLayer},
     pb::auth::v1::{self as pb, auth_service_server::AuthServiceServer},
     server,
 };
@@ -53,15 +57,40 @@ pub enum ServeError {
     Tls(#[from] watchword::transport::TlsError),
     #[error("{0}")]
     Listen(String),
+    #[error("admin listener ({addr}): {source}")]
+    Admin {
+        addr: watchword::admin::AdminListen,
+        source: std::io::Error,
+    },
 }
 
-/// Runs auth-svc on `listener` until `shutdown` resolves, then drains in-flight calls for at most
-/// `settings.shutdown_grace`.
+/// Runs auth-svc on `listener` (and its admin server on `settings.admin_listen`) until `shutdown`
+/// resolves, then drains in-flight calls for at most `settings.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let addr = settings.admin_listen;
+    let admin = addr
+        .bind()
+        .await
+        .map_err(|source| ServeError::Admin { addr, source })?;
+    serve_with_admin(listener, admin, settings, shutdown).await
+}
+
+/// [`serve`], with the admin server on `admin` (bound by the caller, who then knows its address) instead
+/// of `settings.admin_listen`; `None`: no admin server, and nothing is counted.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = match admin {
+        Some(_) => Metrics::new(),
+        None => Metrics::disabled(),
+    };
     let transport = settings.transport()?;
     let addr = listener
         .local_addr()
@@ -80,11 +109,11 @@ pub async fn serve(
     // before touching it, and hold the claim until serving ends. A shared PostgreSQL database is not claimed,
     // and then Validate reads session state from storage every time.
     let claim = settings.database_url.claim_exclusive()?;
-    let app = Arc::new(App::build(&settings, claim.is_some()).await?);
+    let app = Arc::new(App::build(&settings, claim.is_some(), &metrics).await?);
     let background = app.start_background();
 
     let store = app.store.clone();
-    let (health, health_task) = server::health_service(
+    let (health, health_task, readiness) = server::health_service(
         <AuthServiceServer<AuthApi> as tonic::server::NamedService>::NAME,
         move || {
             let store = store.clone();
@@ -92,12 +121,19 @@ pub async fn serve(
         },
     )
     .await;
+    let store = app.store.clone();
+    watchword::metrics::report_db_connections(&metrics, move || {
+        let connections = store.connections();
+        (connections.idle, connections.busy)
+    });
+    let admin = admin.map(|listener| AdminServer::start(listener, metrics.clone(), readiness));
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let auth = AuthServiceServer::new(AuthApi::new(app, stopping_rx))
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
     let auth = internal.layer(auth);
-    let router = server::builder_for(&transport)
+    let observe = ObserveLayer::new(&metrics, &Methods::served_with(&[pb::FILE_DESCRIPTOR_SET]));
+    let router = server::builder_for(&transport, observe)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -110,6 +146,7 @@ pub async fn serve(
     };
     let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
+    drop(admin);
     drop(background);
     drop(claim);
     Ok(result?)
@@ -125,6 +162,6 @@ pub async fn bootstrap_admin(
     username: &str,
     password: String,
 ) -> Result<String, ServeError> {
-    let app = App::build(settings, false).await?;
+    let app = App::build(settings, false, &Metrics::disabled()).await?;
     Ok(app.accounts.bootstrap_admin(username, password).await?)
 }

@@ -1,10 +1,21 @@
 use std::process::ExitCode;
 
+use watchword::telemetry;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     watchword::transport::install_crypto_provider();
     let settings = auth_svc::Settings::from_command_line();
-    watchword::telemetry::init();
+    let options =
+        telemetry::Options::from_env(settings.log_format, settings.otlp_endpoint.clone(), "auth-svc");
+    // Kept to the end of `main`: dropping it flushes the spans not yet exported.
+    let _telemetry = match telemetry::init_with(&options) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("auth-svc: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(username) = settings.bootstrap_admin.clone() {
         return bootstrap_admin(&settings, &username).await;
     }

@@ -17,7 +17,7 @@ use argon2::{
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
-use crate::error::AuthError;
+use crate::{error::AuthError, metrics::AuthMetrics};
 
 /// OWASP's argon2id recommendation: 19 MiB of memory, 2 passes, 1 lane.
 const MEMORY_KIB: u32 = 19 * 1024;
@@ -40,6 +40,7 @@ pub struct PasswordHasher {
     dummy_hash: Arc<str>,
     /// Hashes computed so far (skipped jobs not counted).
     computed: Arc<AtomicU64>,
+    metrics: AuthMetrics,
 }
 
 impl PasswordHasher {
@@ -54,6 +55,7 @@ impl PasswordHasher {
             admitted: Arc::new(Semaphore::new(cores * (QUEUE_PER_CORE + 1))),
             dummy_hash: Arc::from(""),
             computed: Arc::default(),
+            metrics: AuthMetrics::default(),
         };
         let admission = hasher.admit()?;
         hasher.dummy_hash = hasher
@@ -64,6 +66,12 @@ impl PasswordHasher {
             .await?
             .into();
         Ok(hasher)
+    }
+
+    /// Counts hashing work in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
@@ -187,13 +195,21 @@ impl PasswordHasher {
     ) -> Result<T, AuthError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let computed = Arc::clone(&self.computed);
+        let in_flight = InFlight::start(self.metrics.clone());
         let job: Job = Box::new(move || {
             let _admission = admission;
+            let in_flight = in_flight;
             if done.is_closed() {
                 return;
             }
             computed.fetch_add(1, Ordering::Relaxed);
-            let _ = done.send(f());
+            let started = std::time::Instant::now();
+            let outcome = f();
+            in_flight
+                .metrics
+                .hash_seconds()
+                .record(started.elapsed().as_secs_f64());
+            let _ = done.send(outcome);
         });
         self.threads
             .jobs
@@ -206,6 +222,25 @@ impl PasswordHasher {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// One job counted in `watchword_password_hashes_in_flight` from submission until it has run, been skipped
+/// or been dropped with the queue.
+struct InFlight {
+    metrics: AuthMetrics,
+}
+
+impl InFlight {
+    fn start(metrics: AuthMetrics) -> Self {
+        metrics.hashes_in_flight().increment(1.0);
+        Self { metrics }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.hashes_in_flight().decrement(1.0);
+    }
+}
 
 /// A fixed set of threads running hashing jobs from one queue; they exit when the last sender is dropped.
 #[derive(Clone)]

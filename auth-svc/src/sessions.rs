@@ -8,6 +8,7 @@ use std::{
 use crate::{
     error::AuthError,
     keys::{Claims, IssuedToken, KeyRing, TokenError},
+    metrics::AuthMetrics,
     opaque::{Kind, OpaqueTokens},
     policy::Rotation,
     revocations::{Liveness, RevocationHub},
@@ -45,6 +46,7 @@ pub struct Sessions {
     hub: Arc<RevocationHub>,
     opaque: OpaqueTokens,
     rules: SessionRules,
+    metrics: AuthMetrics,
 }
 
 impl Sessions {
@@ -54,6 +56,7 @@ impl Sessions {
         hub: Arc<RevocationHub>,
         opaque: OpaqueTokens,
         rules: SessionRules,
+        metrics: AuthMetrics,
     ) -> Self {
         Self {
             store,
@@ -61,6 +64,7 @@ impl Sessions {
             hub,
             opaque,
             rules,
+            metrics,
         }
     }
 
@@ -137,6 +141,7 @@ impl Sessions {
             Rotation::Revoked => return Err(AuthError::Revoked),
             Rotation::UserDisabled => return Err(AuthError::UserDisabled),
             Rotation::Reused(revocation) => {
+                self.metrics.revoked("refresh_reuse", 1);
                 tracing::warn!(target = ?revocation.target, "rotated refresh token presented again: session revoked");
                 return Err(AuthError::Revoked);
             }
@@ -171,6 +176,7 @@ impl Sessions {
         self.hub
             .record(async move { Ok::<_, AuthError>(((), vec![store.revoke_session(&id, now).await?])) })
             .await?;
+        self.metrics.revoked("logout", 1);
         tracing::info!(session_id, "logged out");
         Ok(())
     }

@@ -11,7 +11,9 @@ use std::{
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
 use watchword::{
+    admin::AdminListen,
     flags::{self, duration_within},
+    telemetry::{LogFormat, otlp_endpoint},
     transport::{self, ServerTls, TlsError, Transport},
 };
 use watchword_db::DatabaseUrl;
@@ -26,6 +28,31 @@ pub struct Settings {
     /// Address to serve gRPC on (port 0: any free port, logged at start).
     #[arg(long, env = "AUTH_SVC_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server (GET /metrics, /livez, /readyz), or `off` for none (and no
+    /// metrics). Port 0: any free port, logged at start.
+    #[arg(
+        long,
+        env = "AUTH_SVC_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9051",
+        value_name = "ADDR|off"
+    )]
+    pub admin_listen: AdminListen,
+
+    /// Log lines on stderr as `text` or `json` (one object per line, with trace_id and span_id inside a
+    /// trace).
+    #[arg(
+        long,
+        env = "AUTH_SVC_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector, an http:// URL such as http://127.0.0.1:4317;
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is used when this is unset. No traces when neither is set.
+    #[arg(long, env = "AUTH_SVC_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
 
     /// Where users and signing keys are stored: `sqlite://PATH` (created on first start, private to this
     /// user) or `postgres://...`.
@@ -364,6 +391,8 @@ impl Settings {
     pub fn for_database(database_url: DatabaseUrl) -> Self {
         let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
+        // Tests run many servers at once: a fixed admin port would collide.
+        settings.admin_listen = AdminListen::At(settings.listen);
         settings.database_url = database_url;
         settings
     }
@@ -408,6 +437,10 @@ mod tests {
             ["--max-connections", "1000000"],
             ["--max-connection-age", "10s"],
             ["--max-connection-age", "30days"],
+            ["--admin-listen", "off"],
+            ["--admin-listen", "[::1]:0"],
+            ["--log-format", "json"],
+            ["--otlp-endpoint", "http://127.0.0.1:4317"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -438,6 +471,9 @@ mod tests {
             ["--tls-key", "/nonexistent/key.pem"],
             ["--tls-client-ca", "/nonexistent/ca.pem"],
             ["--internal-clients", "not a name"],
+            ["--admin-listen", "9051"],
+            ["--log-format", "yaml"],
+            ["--otlp-endpoint", "https://collector:4317"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["auth-svc", flag, value]);

@@ -33,6 +33,8 @@ fn start_with(
 ) -> (Process, SocketAddr, mpsc::Receiver<String>) {
     let child = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
         .args(["--listen", "127.0.0.1:0", "--shutdown-grace", grace])
+        // Tests run at once: the default admin port would collide.
+        .args(["--admin-listen", "127.0.0.1:0"])
         .arg("--database-url")
         .arg(format!("sqlite://{}", data_dir.join("auth.db").display()))
         .args(args)
@@ -53,7 +55,10 @@ fn start_with(
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("auth-svc logs that it is serving");
-        if let Some(addr) = line.split("addr=").nth(1) {
+        // The gRPC address, not the admin server's.
+        if !line.contains("admin serving")
+            && let Some(addr) = line.split("addr=").nth(1)
+        {
             let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
             return (process, addr, rx);
         }
@@ -230,7 +235,7 @@ fn a_second_auth_svc_on_the_same_sqlite_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (first, _addr, _log) = start(dir.path(), "5s");
     let second = Command::new(env!("CARGO_BIN_EXE_auth-svc"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
         .arg("--database-url")
         .arg(format!("sqlite://{}", dir.path().join("auth.db").display()))
         .output()
@@ -252,7 +257,7 @@ fn a_second_auth_svc_through_a_symlink_to_the_same_file_refuses_to_start() {
     std::os::unix::fs::symlink(dir.path().join("auth.db"), &alias).unwrap();
     let second = output_within(
         Command::new(env!("CARGO_BIN_EXE_auth-svc"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
             .arg("--database-url")
             .arg(format!("sqlite://{}", alias.display())),
         Duration::from_secs(10),
@@ -408,7 +413,7 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         .map(|(i, case)| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_auth-svc"));
             if !case.args.contains(&"--listen") {
-                command.args(["--listen", "127.0.0.1:0"]);
+                command.args(["--listen", "127.0.0.1:0", "--admin-listen", "off"]);
             }
             if !case.args.contains(&"--database-url") {
                 command.arg("--database-url").arg(format!(

@@ -5,6 +5,7 @@
 //! `posts_svc::serve_unguarded`; the harness spawns itself that way for the `list-noauth` scenario.
 
 mod load;
+mod otlp;
 mod report;
 mod servers;
 
@@ -155,7 +156,7 @@ impl Params {
     }
 }
 
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 11] = [
     "health",
     "validate",
     "list-noauth",
@@ -165,7 +166,12 @@ pub const SCENARIOS: [&str; 9] = [
     "create",
     "login",
     "validate-under-login-flood",
+    "validate-observed",
+    "list-cached-observed",
 ];
+
+/// The scenarios that need the observed servers (metrics on, traces exported to the harness).
+const OBSERVED_SCENARIOS: [&str; 2] = ["validate-observed", "list-cached-observed"];
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -224,6 +230,10 @@ struct Servers {
     posts_noauth: Option<Server>,
     /// posts-svc as `posts`, serving TLS (list-cached-tls).
     posts_tls: Option<Server>,
+    /// The same as `auth` and `posts`, with metrics on (an admin server) and traces exported to the
+    /// harness's OTLP receiver: for the `*-observed` scenarios.
+    auth_observed: Option<Server>,
+    posts_observed: Option<Server>,
 }
 
 impl Servers {
@@ -233,13 +243,22 @@ impl Servers {
             .chain(self.posts_remote.as_ref())
             .chain(self.posts_noauth.as_ref())
             .chain(self.posts_tls.as_ref())
+            .chain(self.auth_observed.as_ref())
+            .chain(self.posts_observed.as_ref())
     }
 
     async fn stop(self) {
         self.auth.stop().await;
-        for s in [self.posts, self.posts_remote, self.posts_noauth, self.posts_tls]
-            .into_iter()
-            .flatten()
+        for s in [
+            self.posts,
+            self.posts_remote,
+            self.posts_noauth,
+            self.posts_tls,
+            self.posts_observed,
+            self.auth_observed,
+        ]
+        .into_iter()
+        .flatten()
         {
             s.stop().await;
         }
@@ -280,7 +299,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
     };
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let servers = start_servers(&cli, &params, dir.path()).await?;
+    let receiver =
+        if params.mode == "child-processes" && wanted.iter().any(|s| OBSERVED_SCENARIOS.contains(s)) {
+            Some(otlp::Receiver::start().await?)
+        } else {
+            None
+        };
+    let servers = start_servers(&cli, &params, dir.path(), receiver.as_ref()).await?;
     for s in servers.all() {
         progress(format!(
             "{} on {} (pid {:?}), SERVING after {:?}",
@@ -289,6 +314,13 @@ async fn run(cli: Cli) -> Result<bool, String> {
     }
 
     let result = run_scenarios(&params, &wanted, &servers, ticks).await;
+    if let Some(receiver) = &receiver {
+        progress(format!(
+            "OTLP receiver: {} spans in {} export requests from the observed servers",
+            receiver.spans(),
+            receiver.requests()
+        ));
+    }
     // Peak RSS is read before the servers stop.
     let mut server_reports: Vec<ServerReport> = servers
         .all()
@@ -452,6 +484,10 @@ fn auth_spec(cli: &Cli, bin: &std::path::Path, dir: &std::path::Path) -> ChildSp
             "0".into(),
             "--lockout-threshold".into(),
             "1000000".into(),
+            // Metrics and traces off: the harness measures the service without them (and several
+            // servers at once would collide on the default admin port).
+            "--admin-listen".into(),
+            "off".into(),
         ],
         rust_log: cli.server_log.clone(),
         health_service: AUTH_HEALTH,
@@ -504,6 +540,8 @@ fn posts_spec(
         auth_url.to_owned(),
         "--validate-cache-ttl".into(),
         cache_ttl.to_owned(),
+        "--admin-listen".into(),
+        "off".into(),
     ];
     if let Some(tls) = tls {
         args.extend([
@@ -529,7 +567,12 @@ fn posts_spec(
     }
 }
 
-async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<Servers, String> {
+async fn start_servers(
+    cli: &Cli,
+    params: &Params,
+    dir: &std::path::Path,
+    receiver: Option<&otlp::Receiver>,
+) -> Result<Servers, String> {
     match params.mode {
         "external" => Ok(Servers {
             auth: Server::external("auth", cli.auth_addr.expect("external mode has --auth-addr")),
@@ -537,12 +580,15 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
             posts_remote: cli.posts_remote_addr.map(|a| Server::external("posts-remote", a)),
             posts_noauth: cli.posts_noauth_addr.map(|a| Server::external("posts-noauth", a)),
             posts_tls: None,
+            auth_observed: None,
+            posts_observed: None,
         }),
         "in-process" => {
             let mut auth_settings =
                 auth_svc::Settings::for_database(servers::sqlite_url(&dir.join("auth.db")));
             auth_settings.peer_rate = 0.0;
             auth_settings.lockout_threshold = 1_000_000;
+            auth_settings.admin_listen = watchword::admin::AdminListen::Off;
             let auth = servers::start_in_process("auth", AUTH_HEALTH, None, move |l, rx| {
                 auth_svc::serve(l, auth_settings, async {
                     let _ = rx.await;
@@ -566,6 +612,7 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                     settings.tls_key = Some(tls.key.clone());
                     tls.client.clone()
                 });
+                settings.admin_listen = watchword::admin::AdminListen::Off;
                 let server = if label == "posts-noauth" {
                     servers::start_in_process(label, POSTS_HEALTH, None, move |l, rx| {
                         posts_svc::serve_unguarded(l, settings, async {
@@ -593,6 +640,8 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 posts_remote: remote,
                 posts_noauth: noauth,
                 posts_tls,
+                auth_observed: None,
+                posts_observed: None,
             })
         }
         _ => {
@@ -628,21 +677,75 @@ async fn start_servers(cli: &Cli, params: &Params, dir: &std::path::Path) -> Res
                 Some(&tls),
             ))
             .await?;
+            let (auth_observed, posts_observed) = match receiver {
+                Some(receiver) => {
+                    let observe = |mut spec: ChildSpec| {
+                        // As shipped with both on: an admin server (metrics counted) and OTLP export with the
+                        // SDK's defaults (batches of 512, a 2048-span queue, every 5 s), sampling everything.
+                        let at = spec.args.iter().position(|a| a == "--admin-listen");
+                        if let Some(at) = at {
+                            spec.args[at + 1] = "127.0.0.1:0".into();
+                        }
+                        spec.args.extend(["--otlp-endpoint".into(), receiver.url()]);
+                        spec
+                    };
+                    let mut auth_spec = observe(auth_spec(cli, &bin, dir));
+                    auth_spec.label = "auth-observed";
+                    // Its own database: one auth-svc per SQLite file.
+                    for arg in &mut auth_spec.args {
+                        if arg.ends_with("auth.db") {
+                            *arg = format!("sqlite://{}", dir.join("auth-observed.db").display());
+                        }
+                    }
+                    let auth = servers::spawn_child(auth_spec).await?;
+                    let url = format!("http://{}", auth.addr);
+                    let posts = servers::spawn_child(observe(posts_spec(
+                        cli,
+                        &bin,
+                        dir,
+                        &url,
+                        "posts-observed",
+                        "5s",
+                        None,
+                    )))
+                    .await?;
+                    (Some(auth), Some(posts))
+                }
+                None => (None, None),
+            };
             Ok(Servers {
                 auth,
                 posts: Some(posts),
                 posts_remote: Some(remote),
                 posts_noauth: Some(noauth),
                 posts_tls: Some(posts_tls),
+                auth_observed,
+                posts_observed,
             })
         }
     }
 }
 
-/// Registers users, logs in for the token pool, and seeds posts.
-async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> {
+/// Registers users, logs in for the token pool (on each auth-svc: the observed one keeps its own
+/// database), and seeds posts. The second pool is the observed auth-svc's, if it runs.
+async fn seed(params: &Params, servers: &Servers) -> Result<(Arc<Pools>, Option<Arc<Pools>>), String> {
+    let (tokens, users) = seed_tokens(params, servers.auth.addr).await?;
+    let pools = Arc::new(Pools::new(tokens, users, params.page_size));
+    let observed = match &servers.auth_observed {
+        Some(auth) => {
+            let (tokens, users) = seed_tokens(params, auth.addr).await?;
+            Some(Arc::new(Pools::new(tokens, users, params.page_size)))
+        }
+        None => None,
+    };
+    seed_posts(params, servers, &pools).await?;
+    Ok((pools, observed))
+}
+
+/// Registers `params.users` users on the auth-svc at `auth` and logs them in for `params.tokens` tokens.
+async fn seed_tokens(params: &Params, auth: SocketAddr) -> Result<(Vec<String>, Vec<String>), String> {
     let started = Instant::now();
-    let auth_channel = servers::connect(servers.auth.addr)
+    let auth_channel = servers::connect(auth)
         .await
         .map_err(|e| format!("connect auth: {e}"))?;
     // Unique per run, so a harness pointed at running servers does not collide with earlier runs.
@@ -700,8 +803,11 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
         tokens.len(),
         started.elapsed()
     ));
-    let pools = Arc::new(Pools::new(tokens, users, params.page_size));
+    Ok((tokens, users))
+}
 
+/// Seeds `params.posts` posts through the cached posts server, with tokens from `pools`.
+async fn seed_posts(params: &Params, servers: &Servers, pools: &Arc<Pools>) -> Result<(), String> {
     if let Some(posts) = &servers.posts {
         let started = Instant::now();
         let mut channels = Vec::new();
@@ -738,7 +844,7 @@ async fn seed(params: &Params, servers: &Servers) -> Result<Arc<Pools>, String> 
             started.elapsed()
         ));
     }
-    Ok(pools)
+    Ok(())
 }
 
 /// Every wanted scenario, slice by slice: all scenarios take a turn at their first slice, then at their
@@ -750,7 +856,7 @@ async fn run_scenarios(
     servers: &Servers,
     ticks: u64,
 ) -> Result<(Vec<Outcome>, Option<Argon2Samples>), String> {
-    let pools = seed(params, servers).await?;
+    let (pools, observed_pools) = seed(params, servers).await?;
     let window = params.duration / u32::try_from(params.slices).map_err(|_| "too many slices")?;
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut argon2: Option<Argon2Samples> = None;
@@ -764,7 +870,15 @@ async fn run_scenarios(
             };
             let c = params.concurrency;
             let lc = params.login_concurrency;
-            let auth = &servers.auth;
+            let (auth, pools) = match (
+                OBSERVED_SCENARIOS.contains(&name),
+                &servers.auth_observed,
+                &observed_pools,
+            ) {
+                (false, _, _) => (&servers.auth, &pools),
+                (true, Some(auth), Some(observed)) => (auth, observed),
+                (true, _, _) => continue,
+            };
             let (measured, background, posts): (Load, Option<Load>, Option<&Server>) = match name {
                 "health" => match &servers.posts {
                     Some(p) => (load(Op::Health, p, c), None, Some(p)),
@@ -795,6 +909,11 @@ async fn run_scenarios(
                 "validate-under-login-flood" => {
                     (load(Op::Validate, auth, c), Some(load(Op::Login, auth, lc)), None)
                 }
+                "validate-observed" => (load(Op::Validate, auth, c), None, None),
+                "list-cached-observed" => match &servers.posts_observed {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
                 _ => unreachable!("scenario names are checked"),
             };
             if name == "login" {
@@ -815,7 +934,7 @@ async fn run_scenarios(
                 params.slices
             ));
             let outcome = run_scenario(
-                name, params, window, measured, background, auth, posts, &pools, ticks,
+                name, params, window, measured, background, auth, posts, pools, ticks,
             )
             .await?;
             progress(format!(

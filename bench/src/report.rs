@@ -249,6 +249,19 @@ impl Report {
                 target: Some(3.0),
                 at_least: false,
             },
+            // Issue 15: metrics and tracing on against both off.
+            Ratio {
+                name: "validate-observed / validate",
+                value: Self::div(self.rate("validate-observed"), self.rate("validate")),
+                target: Some(0.95),
+                at_least: true,
+            },
+            Ratio {
+                name: "list-cached-observed / list-cached",
+                value: Self::div(self.rate("list-cached-observed"), self.rate("list-cached")),
+                target: Some(0.95),
+                at_least: true,
+            },
         ]
     }
 

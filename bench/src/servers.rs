@@ -154,7 +154,8 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
 
 /// Parses `... serving addr=127.0.0.1:1234` (the compact log format of `watchword::telemetry`).
 fn serving_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("serving") {
+    // The gRPC address, not the admin server's (`admin serving addr=...`).
+    if !line.contains("serving") || line.contains("admin serving") {
         return None;
     }
     let rest = &line[line.find("addr=")? + "addr=".len()..];
@@ -322,6 +323,7 @@ mod tests {
         let line = "2026-11-22T15:00:00.000000Z  INFO serving addr=127.0.0.1:40123\n";
         assert_eq!(serving_addr(line), Some("127.0.0.1:40123".parse().unwrap()));
         assert_eq!(serving_addr("INFO call method=/x code=Ok"), None);
+        assert_eq!(serving_addr("INFO admin serving addr=127.0.0.1:9051"), None);
     }
 
     #[test]

@@ -255,6 +255,21 @@ impl Database {
             Self::Postgres(_) => Ok(()),
         }
     }
+
+    /// The connections open now, idle and busy (for metrics).
+    pub fn connections(&self) -> Connections {
+        match self {
+            Self::Sqlite(db) => db.connections(),
+            Self::Postgres(pg) => pg.connections(),
+        }
+    }
+}
+
+/// How many database connections a process holds, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    pub idle: usize,
+    pub busy: usize,
 }
 
 /// Runs `$rule` (an expression that may use `$tx: &impl `[`Conn`]) in one write transaction of `$db` (a
@@ -567,6 +582,19 @@ impl Sqlite {
             Ok(())
         })
         .await
+    }
+
+    /// The writer and the readers opened so far: busy while a permit is out (a reader is opened on first
+    /// use, so a busy one may still be opening), idle otherwise.
+    pub fn connections(&self) -> Connections {
+        let inner = &self.inner;
+        let writer_busy = usize::from(inner.write_permit.available_permits() == 0);
+        let readers_busy = MAX_READERS.saturating_sub(inner.read_permits.available_permits());
+        let readers_idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner).len();
+        Connections {
+            idle: (1 - writer_busy) + readers_idle,
+            busy: writer_busy + readers_busy,
+        }
     }
 }
 

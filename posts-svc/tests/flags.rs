@@ -98,6 +98,9 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         bad(&["--db-acquire-timeout", "100years"], "--db-acquire-timeout"),
         bad(&["--shutdown-grace", "0s"], "--shutdown-grace"),
         bad(&["--shutdown-grace", "100years"], "--shutdown-grace"),
+        bad(&["--admin-listen", "9052"], "--admin-listen"),
+        bad(&["--log-format", "xml"], "--log-format"),
+        bad(&["--otlp-endpoint", "https://127.0.0.1:4317"], "--otlp-endpoint"),
         // The environment goes through the same checks, and the refusal still names the flag.
         BadStart {
             args: &[],
@@ -125,6 +128,9 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             let mut command = Command::new(env!("CARGO_BIN_EXE_posts-svc"));
             if !case.args.contains(&"--listen") {
                 command.args(["--listen", "127.0.0.1:0"]);
+            }
+            if !case.args.contains(&"--admin-listen") {
+                command.args(["--admin-listen", "127.0.0.1:0"]);
             }
             if !case.args.contains(&"--database-url") {
                 command.arg("--database-url").arg(format!(

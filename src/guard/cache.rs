@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::{sync::OnceCell, time::Instant};
 
 use super::{GuardError, Identity, Validator, feed::RevocationFeed};
+use crate::metrics::Metrics;
 
 type Key = [u8; 32];
 
@@ -64,8 +65,47 @@ pub(crate) struct CachingValidator<V> {
     inner: V,
     feed: Arc<RevocationFeed>,
     limits: CacheLimits,
-    verdicts: quick_cache::sync::Cache<Key, Verdict>,
+    verdicts: Arc<quick_cache::sync::Cache<Key, Verdict>>,
     flights: Arc<Flights>,
+    requests: Requests,
+}
+
+/// `watchword_validation_cache_requests_total{result}`.
+struct Requests {
+    /// A verdict reused.
+    hit: metrics::Counter,
+    /// Asked auth-svc (including every call while the revocation feed is down).
+    miss: metrics::Counter,
+    /// Waited for another call's question to auth-svc about the same token.
+    shared: metrics::Counter,
+}
+
+impl Requests {
+    fn new(metrics: &Metrics) -> Self {
+        let result = |result| {
+            metrics.counter(
+                "watchword_validation_cache_requests_total",
+                "Validations through the guard's cache: hit (a cached verdict), miss (auth-svc asked; every \
+                 call while the revocation stream is down), shared (waited for another call's question).",
+                &[("result", result)],
+            )
+        };
+        Self {
+            hit: result("hit"),
+            miss: result("miss"),
+            shared: result("shared"),
+        }
+    }
+
+    /// Counts `result` and marks it on the guard's span (the current one).
+    fn count(&self, result: &'static str) {
+        match result {
+            "hit" => self.hit.increment(1),
+            "shared" => self.shared.increment(1),
+            _ => self.miss.increment(1),
+        }
+        tracing::Span::current().record("watchword.guard.cache", result);
+    }
 }
 
 /// The validations in flight, by token hash. Entries are `Weak`: the waiting calls own the flight.
@@ -91,12 +131,13 @@ impl Flights {
 
     /// The flight for `key` to join, starting one if there is none (or only one past its deadline);
     /// `None` when `max` flights are already under way.
-    fn join(self: &Arc<Self>, key: Key, epoch: u64, timeout: Duration) -> Option<Arc<Flight>> {
+    /// The flight comes with whether it was joined (true) or started (false).
+    fn join(self: &Arc<Self>, key: Key, epoch: u64, timeout: Duration) -> Option<(Arc<Flight>, bool)> {
         let now = Instant::now();
         let mut by_key = self.lock();
         let current = by_key.get(&key).and_then(Weak::upgrade);
         let joined = match current {
-            Some(flight) if flight.deadline > now => Some(flight),
+            Some(flight) if flight.deadline > now => Some((flight, true)),
             _ if by_key.len() >= self.max && !by_key.contains_key(&key) => None,
             _ => {
                 let flight = Arc::new(Flight {
@@ -107,7 +148,7 @@ impl Flights {
                     flights: Arc::clone(self),
                 });
                 by_key.insert(key, Arc::downgrade(&flight));
-                Some(flight)
+                Some((flight, false))
             }
         };
         // Drop the lock before any `Arc<Flight>` can be dropped: a flight's `Drop` takes it.
@@ -148,13 +189,32 @@ impl<V> CachingValidator<V> {
         Self {
             inner,
             feed,
-            verdicts: quick_cache::sync::Cache::new(limits.max_entries.max(1)),
+            verdicts: Arc::new(quick_cache::sync::Cache::new(limits.max_entries.max(1))),
             flights: Arc::new(Flights {
                 by_key: Mutex::new(HashMap::new()),
                 max: limits.max_flights.max(1),
             }),
             limits,
+            requests: Requests::new(&Metrics::disabled()),
         }
+    }
+
+    /// Counts requests in `metrics`, and reports the verdicts held (`watchword_validation_cache_entries`)
+    /// at each render.
+    pub(crate) fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.requests = Requests::new(metrics);
+        let entries = metrics.gauge(
+            "watchword_validation_cache_entries",
+            "Validation verdicts the guard's cache holds.",
+            &[],
+        );
+        let verdicts = Arc::downgrade(&self.verdicts);
+        metrics.on_render(move || {
+            if let Some(verdicts) = verdicts.upgrade() {
+                entries.set(verdicts.len() as f64);
+            }
+        });
+        self
     }
 
     /// A verdict given under the current epoch and not yet expired. Stale ones are removed on sight.
@@ -213,16 +273,19 @@ impl<V: Validator> Validator for CachingValidator<V> {
     async fn validate(&self, token: &str) -> Result<Identity, GuardError> {
         if !self.feed.is_live() {
             // Revocations may be passing us by: cached verdicts cannot be trusted, so ask every time.
+            self.requests.count("miss");
             return self.inner.validate(token).await;
         }
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let epoch = self.feed.epoch();
         if let Some(identity) = self.hit(&key, epoch) {
+            self.requests.count("hit");
             self.feed.check(&identity)?;
             return Ok(identity);
         }
         let result = match self.flights.join(key, epoch, self.limits.timeout) {
-            Some(flight) => {
+            Some((flight, joined)) => {
+                self.requests.count(if joined { "shared" } else { "miss" });
                 // If the call driving the flight is dropped, the next waiter carries on from here with
                 // the same deadline.
                 let result = flight
@@ -236,6 +299,7 @@ impl<V: Validator> Validator for CachingValidator<V> {
                 result
             }
             None => {
+                self.requests.count("miss");
                 let result = self.ask(token, Instant::now() + self.limits.timeout).await;
                 self.remember(key, &result, epoch);
                 result

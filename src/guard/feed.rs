@@ -15,10 +15,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tonic::transport::Channel;
-
 use super::{GuardError, Identity, OwnedTask};
 use crate::{
+    metrics::Metrics,
+    observe::ObservedChannel,
     pb::auth::v1::{
         WatchRevocationsRequest, WatchRevocationsResponse, auth_service_client::AuthServiceClient,
         watch_revocations_response::Target,
@@ -39,6 +39,48 @@ pub(crate) struct RevocationFeed {
     live: AtomicBool,
     epoch: AtomicU64,
     denied: Mutex<Denylist>,
+    metrics: FeedMetrics,
+}
+
+/// `watchword_revocation_stream_up` and `watchword_revocation_events_total{kind}`.
+#[derive(Debug)]
+struct FeedMetrics {
+    up: metrics::Gauge,
+    session: metrics::Counter,
+    user: metrics::Counter,
+    key: metrics::Counter,
+}
+
+impl Default for FeedMetrics {
+    fn default() -> Self {
+        Self::new(&Metrics::disabled())
+    }
+}
+
+impl FeedMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let events = |kind| {
+            metrics.counter(
+                "watchword_revocation_events_total",
+                "Revocations received on the revocation stream, by what they name (session, user or key); \
+                 a reconnection receives the snapshot again.",
+                &[("kind", kind)],
+            )
+        };
+        let up = metrics.gauge(
+            "watchword_revocation_stream_up",
+            "1 while the revocation stream is connected and caught up (cached and local verdicts are \
+             trusted only then), else 0.",
+            &[],
+        );
+        up.set(0.0);
+        Self {
+            up,
+            session: events("session"),
+            user: events("user"),
+            key: events("key"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +142,11 @@ impl RevocationFeed {
         let revoked_at = time(event.revoke_time).unwrap_or(now);
         // Without an expiry, remember for a day: longer than any access token lives.
         let until = time(event.expire_time).unwrap_or(now + Duration::from_secs(86_400));
+        match &target {
+            Target::SessionId(_) => self.metrics.session.increment(1),
+            Target::UserId(_) => self.metrics.user.increment(1),
+            Target::KeyId(_) => self.metrics.key.increment(1),
+        }
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         match target {
             Target::SessionId(id) => {
@@ -125,26 +172,31 @@ impl RevocationFeed {
 
     pub(crate) fn went_live(&self) {
         self.live.store(true, Ordering::Release);
+        self.metrics.up.set(1.0);
     }
 
     pub(crate) fn lost(&self) {
         // Order matters: stop trusting caches first, then void what they hold.
         self.live.store(false, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.metrics.up.set(0.0);
     }
 }
 
 impl RevocationFeed {
     /// Starts following auth-svc's revocation stream, reconnecting with backoff, until the returned task
     /// is dropped.
-    pub(crate) fn spawn(channel: Channel) -> (Arc<Self>, OwnedTask) {
-        let feed = Arc::new(Self::default());
+    pub(crate) fn spawn(channel: ObservedChannel, metrics: &Metrics) -> (Arc<Self>, OwnedTask) {
+        let feed = Arc::new(Self {
+            metrics: FeedMetrics::new(metrics),
+            ..Self::default()
+        });
         let task = tokio::spawn(follow(AuthServiceClient::new(channel), Arc::clone(&feed)));
         (feed, OwnedTask::new(task))
     }
 }
 
-async fn follow(mut client: AuthServiceClient<Channel>, revocations: Arc<RevocationFeed>) {
+async fn follow(mut client: AuthServiceClient<ObservedChannel>, revocations: Arc<RevocationFeed>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         if let Ok(response) = client.watch_revocations(WatchRevocationsRequest {}).await {

@@ -80,6 +80,19 @@ pub enum GuardError {
     Unavailable,
 }
 
+impl GuardError {
+    /// The `ErrorInfo` reason the refusal carries (as [`Status::from`] writes it).
+    pub fn reason(&self) -> Reason {
+        match self {
+            GuardError::Credentials(CredentialsError::Missing) => Reason::TokenMissing,
+            GuardError::Credentials(_) => Reason::TokenMalformed,
+            GuardError::Rejected { reason, .. } => *reason,
+            GuardError::RoleRequired { .. } => Reason::RoleRequired,
+            GuardError::Unavailable => Reason::AuthUnavailable,
+        }
+    }
+}
+
 impl From<GuardError> for Status {
     fn from(error: GuardError) -> Self {
         let message = error.to_string();
@@ -99,6 +112,29 @@ impl From<GuardError> for Status {
                 reason::status(Code::PermissionDenied, Reason::RoleRequired, message)
             }
             GuardError::Unavailable => reason::status(Code::Unavailable, Reason::AuthUnavailable, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_of_a_refusal_is_the_one_its_status_carries() {
+        let refusals = [
+            GuardError::Credentials(CredentialsError::Missing),
+            GuardError::Credentials(CredentialsError::Malformed),
+            GuardError::Rejected {
+                reason: Reason::TokenExpired,
+                message: "m".into(),
+            },
+            GuardError::RoleRequired { required: &["admin"] },
+            GuardError::Unavailable,
+        ];
+        for refusal in refusals {
+            let reason = refusal.reason();
+            assert_eq!(reason::of(&Status::from(refusal)), Some(reason));
         }
     }
 }

@@ -5,15 +5,74 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
+use tracing::{Instrument as _, field::Empty};
 
 use super::{GuardError, GuardValidator, Identity, Validator};
-use crate::credentials::bearer_token;
+use crate::{credentials::bearer_token, metrics::Metrics, observe::SPAN_TARGET, reason::Reason};
+
+/// `watchword_guard_decisions_total`, one series per decision and reason.
+pub(crate) struct Decisions {
+    metrics: Metrics,
+    allow: metrics::Counter,
+    /// By position in [`Reason::ALL`], registered on first use (the likely ones at once, so they show as 0).
+    refused: Vec<OnceLock<metrics::Counter>>,
+}
+
+const DECISIONS: &str = "watchword_guard_decisions_total";
+const DECISIONS_HELP: &str = "Calls the guard decided: allow (reason \"\"), deny (the ErrorInfo reason sent), or \
+     unavailable (no verdict could be had: AUTH_UNAVAILABLE).";
+
+impl Decisions {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
+        let decisions = Self {
+            metrics: metrics.clone(),
+            allow: metrics.counter(
+                DECISIONS,
+                DECISIONS_HELP,
+                &[("decision", "allow"), ("reason", "")],
+            ),
+            refused: Reason::ALL.iter().map(|_| OnceLock::new()).collect(),
+        };
+        for reason in [
+            Reason::TokenMissing,
+            Reason::TokenMalformed,
+            Reason::TokenExpired,
+            Reason::TokenRevoked,
+            Reason::TokenInvalid,
+            Reason::UserDisabled,
+            Reason::RoleRequired,
+            Reason::AuthUnavailable,
+        ] {
+            decisions.refused(reason);
+        }
+        decisions
+    }
+
+    fn refused(&self, reason: Reason) -> &metrics::Counter {
+        let index = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.refused[index].get_or_init(|| {
+            self.metrics.counter(
+                DECISIONS,
+                DECISIONS_HELP,
+                &[("decision", decision(reason)), ("reason", reason.as_str())],
+            )
+        })
+    }
+}
+
+/// The decision a refusal for `reason` is: only a missing verdict is not a denial.
+fn decision(reason: Reason) -> &'static str {
+    match reason {
+        Reason::AuthUnavailable => "unavailable",
+        _ => "deny",
+    }
+}
 
 /// Which roles may call which methods of a guarded service.
 ///
@@ -48,6 +107,7 @@ impl Policy {
 pub struct AuthLayer<V> {
     validator: Arc<V>,
     policy: Policy,
+    decisions: Arc<Decisions>,
 }
 
 impl<V> AuthLayer<V> {
@@ -56,7 +116,14 @@ impl<V> AuthLayer<V> {
         Self {
             validator: Arc::new(validator),
             policy: Policy::AnyAuthenticated,
+            decisions: Arc::new(Decisions::new(&Metrics::disabled())),
         }
+    }
+
+    /// Counts its decisions in `metrics` (`watchword_guard_decisions_total`).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.decisions = Arc::new(Decisions::new(metrics));
+        self
     }
 
     #[cfg(test)]
@@ -76,6 +143,7 @@ impl<V> Clone for AuthLayer<V> {
         Self {
             validator: Arc::clone(&self.validator),
             policy: self.policy,
+            decisions: Arc::clone(&self.decisions),
         }
     }
 }
@@ -88,6 +156,7 @@ impl<S, V> Layer<S> for AuthLayer<V> {
             inner,
             validator: Arc::clone(&self.validator),
             policy: self.policy,
+            decisions: Arc::clone(&self.decisions),
         }
     }
 }
@@ -97,6 +166,7 @@ pub struct RequireAuth<S, V = GuardValidator> {
     inner: S,
     validator: Arc<V>,
     policy: Policy,
+    decisions: Arc<Decisions>,
 }
 
 impl<S: Clone, V> Clone for RequireAuth<S, V> {
@@ -105,6 +175,7 @@ impl<S: Clone, V> Clone for RequireAuth<S, V> {
             inner: self.inner.clone(),
             validator: Arc::clone(&self.validator),
             policy: self.policy,
+            decisions: Arc::clone(&self.decisions),
         }
     }
 }
@@ -139,21 +210,42 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let validator = Arc::clone(&self.validator);
         let policy = self.policy;
+        let decisions = Arc::clone(&self.decisions);
         Box::pin(async move {
-            let verdict = match bearer_token(request.headers()) {
-                Ok(token) => validator.validate(token).await,
-                Err(e) => Err(GuardError::Credentials(e)),
-            };
+            // The decision's own span (the cache records hit, miss or shared on it), under the call's.
+            let span = tracing::info_span!(
+                target: SPAN_TARGET,
+                "guard",
+                watchword.guard.decision = Empty,
+                watchword.guard.reason = Empty,
+                watchword.guard.cache = Empty,
+            );
+            let token = bearer_token(request.headers());
+            let verdict = async {
+                match token {
+                    Ok(token) => validator.validate(token).await,
+                    Err(e) => Err(GuardError::Credentials(e)),
+                }
+            }
+            .instrument(span.clone())
+            .await;
             let verdict = verdict.and_then(|identity| {
                 policy.check(request.uri().path(), &identity)?;
                 Ok(identity)
             });
             match verdict {
                 Ok(identity) => {
+                    decisions.allow.increment(1);
+                    span.record("watchword.guard.decision", "allow");
+                    drop(span);
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
                 }
                 Err(error) => {
+                    let reason = error.reason();
+                    decisions.refused(reason).increment(1);
+                    span.record("watchword.guard.decision", decision(reason));
+                    span.record("watchword.guard.reason", reason.as_str());
                     tracing::debug!(%error, "guard refused call");
                     Ok(Status::from(error).into_http())
                 }

@@ -19,10 +19,10 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tokio::time::{Instant, MissedTickBehavior};
-use tonic::transport::Channel;
 
 use super::{GuardError, Identity, OwnedTask, RemoteValidator, Validator, feed::RevocationFeed};
 use crate::{
+    observe::ObservedChannel,
     pb::auth::v1::{GetJwksRequest, GetJwksResponse, auth_service_client::AuthServiceClient},
     token::{TokenError, Verifier},
 };
@@ -39,12 +39,12 @@ pub(crate) trait KeySource: Send + Sync + 'static {
 
 /// auth-svc's `GetJwks`, each call bounded by the guard's timeout.
 pub(crate) struct Jwks {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<ObservedChannel>,
     timeout: Duration,
 }
 
 impl Jwks {
-    pub(crate) fn new(channel: Channel, timeout: Duration) -> Self {
+    pub(crate) fn new(channel: ObservedChannel, timeout: Duration) -> Self {
         Self {
             client: AuthServiceClient::new(channel),
             timeout,

@@ -42,6 +42,10 @@ use std::{future::Future, time::Duration};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::transport::{ClientTls, TlsError};
+use crate::{
+    metrics::Metrics,
+    observe::{Methods, ObservedChannel},
+};
 
 pub use identity::{GuardError, Identity, identity};
 pub use layer::{AuthLayer, Policy, RequireAuth};
@@ -131,6 +135,7 @@ pub struct GuardBuilder {
     timeout: Duration,
     mode: Mode,
     policy: Policy,
+    metrics: Metrics,
 }
 
 impl GuardBuilder {
@@ -141,7 +146,15 @@ impl GuardBuilder {
             timeout: DEFAULT_TIMEOUT,
             mode: Mode::Remote,
             policy: Policy::AnyAuthenticated,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Where to count decisions, cache use, the revocation stream and the calls to auth-svc (see the
+    /// README's metrics table); nothing is counted unless set.
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
     }
 
     /// The longest the guard waits for auth-svc (connecting included) before failing a call with
@@ -204,13 +217,16 @@ impl GuardBuilder {
             AuthService::Endpoint(endpoint) => endpoint.connect_lazy(),
             AuthService::Channel(channel) => channel,
         };
+        // Every call to auth-svc is counted and traced (its trace context sent along) on the one channel.
+        let auth_methods = Methods::from_descriptor_sets(&[crate::pb::auth::v1::FILE_DESCRIPTOR_SET]);
+        let channel = ObservedChannel::new(channel, &self.metrics, &auth_methods);
         // Every mode asks auth-svc when it cannot decide alone; all share the one channel.
-        let remote = RemoteValidator::new(channel.clone(), self.timeout);
+        let remote = RemoteValidator::observed(channel.clone(), self.timeout);
         let validator = match self.mode {
             Mode::Remote => Modes::Remote(remote),
             Mode::Cached { ttl, .. } if ttl.is_zero() => Modes::Remote(remote),
             Mode::Cached { ttl, max_entries } => {
-                let (feed, feed_task) = RevocationFeed::spawn(channel);
+                let (feed, feed_task) = RevocationFeed::spawn(channel, &self.metrics);
                 let limits = CacheLimits {
                     ttl,
                     max_entries,
@@ -218,12 +234,12 @@ impl GuardBuilder {
                     timeout: self.timeout,
                 };
                 Modes::Cached {
-                    cache: CachingValidator::new(remote, feed, limits),
+                    cache: CachingValidator::new(remote, feed, limits).with_metrics(&self.metrics),
                     _feed: feed_task,
                 }
             }
             Mode::Local { refetch_interval } => {
-                let (feed, feed_task) = RevocationFeed::spawn(channel.clone());
+                let (feed, feed_task) = RevocationFeed::spawn(channel.clone(), &self.metrics);
                 let jwks = Jwks::new(channel, self.timeout);
                 Modes::Local {
                     local: LocalValidator::new(remote, feed, jwks, refetch_interval),
@@ -232,7 +248,9 @@ impl GuardBuilder {
             }
         };
         Ok(Guard {
-            layer: AuthLayer::new(GuardValidator(validator)).with_policy(self.policy),
+            layer: AuthLayer::new(GuardValidator(validator))
+                .with_policy(self.policy)
+                .with_metrics(&self.metrics),
         })
     }
 }

@@ -9,6 +9,7 @@ use tonic::{
 
 use super::{GuardError, Identity, Validator};
 use crate::{
+    observe::ObservedChannel,
     pb::auth::v1::{ValidateRequest, auth_service_client::AuthServiceClient},
     reason::{self, Reason},
 };
@@ -31,13 +32,18 @@ pub(crate) fn configure(endpoint: Endpoint, timeout: Duration) -> Endpoint {
 /// Asks auth-svc's `Validate` RPC about every token, over one shared HTTP/2 channel.
 #[derive(Debug, Clone)]
 pub struct RemoteValidator {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<ObservedChannel>,
     timeout: Duration,
 }
 
 impl RemoteValidator {
-    /// Uses an existing channel; `timeout` bounds each Validate call end to end.
+    /// Uses an existing channel; `timeout` bounds each Validate call end to end. Calls are traced (their
+    /// context sent to auth-svc), not counted; a [`super::Guard`] built with metrics counts them.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Self::observed(ObservedChannel::unmetered(channel), timeout)
+    }
+
+    pub(crate) fn observed(channel: ObservedChannel, timeout: Duration) -> Self {
         Self {
             client: AuthServiceClient::new(channel),
             timeout,

@@ -174,9 +174,11 @@ async fn a_login_flood_is_shed_instead_of_queued_and_validate_stays_fast() {
     );
     assert!(ok > 0, "some logins must get through");
     assert!(shed > 0, "the excess must be shed, not queued");
-    // Generous: hashing is bounded to the cores, so Validate keeps a slot. (Benchmarks hold the real target.)
+    // Generous: hashing is bounded to the cores, so Validate keeps a slot; queued behind the flood it would
+    // take seconds. The bound leaves room for a debug build on PostgreSQL sharing two cores with the rest of
+    // the suite (~0.4 s seen alone there). Benchmarks hold the real target (release, p99 ratio ≤ 3).
     assert!(
-        flood_p99 < Duration::from_millis(500),
+        flood_p99 < Duration::from_secs(1),
         "validate p99 during flood {flood_p99:?}"
     );
 }

@@ -101,7 +101,7 @@ async fn serving(mut server: Server, service: &str, tls: bool) -> Server {
 }
 
 /// Runs `serve` on `listener` in a task, with a shutdown signal that [`Server::stop`] fires.
-fn spawn_server<F, Fut, E>(listener: TcpListener, serve: F) -> Server
+pub fn spawn_server<F, Fut, E>(listener: TcpListener, serve: F) -> Server
 where
     F: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,

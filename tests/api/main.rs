@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod posts;
 mod replicas;
 mod schema;

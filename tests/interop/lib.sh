@@ -113,11 +113,12 @@ interop_spawn() {
 # Starts auth-svc, then posts-svc pointed at it, each with its own fresh SQLite file. Exports AUTH_ADDR and
 # POSTS_ADDR.
 interop_start_services() {
+  # Admin servers on free ports: the defaults (9051, 9052) may be taken on a shared machine.
   interop_spawn auth-svc "$WATCHWORD_BIN_DIR/auth-svc" auth.v1.AuthService \
-    --database-url "sqlite://$INTEROP_TMP/auth.db"
+    --database-url "sqlite://$INTEROP_TMP/auth.db" --admin-listen 127.0.0.1:0
   export AUTH_ADDR="$INTEROP_ADDR"
   interop_spawn posts-svc "$WATCHWORD_BIN_DIR/posts-svc" posts.v1.PostsService \
-    --database-url "sqlite://$INTEROP_TMP/posts.db" --auth-url "http://$AUTH_ADDR"
+    --database-url "sqlite://$INTEROP_TMP/posts.db" --auth-url "http://$AUTH_ADDR" --admin-listen 127.0.0.1:0
   export POSTS_ADDR="$INTEROP_ADDR"
 }
 

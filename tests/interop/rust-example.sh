@@ -10,7 +10,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 interop_spawn auth-svc "$WATCHWORD_BIN_DIR/auth-svc" auth.v1.AuthService \
-  --database-url "sqlite://$INTEROP_TMP/auth.db"
+  --database-url "sqlite://$INTEROP_TMP/auth.db" --admin-listen 127.0.0.1:0
 export AUTH_ADDR="$INTEROP_ADDR"
 interop_spawn guarded_service "$WATCHWORD_BIN_DIR/examples/guarded_service" posts.v1.PostsService \
   --auth-url "http://$AUTH_ADDR"

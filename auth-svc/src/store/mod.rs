@@ -102,6 +102,11 @@ impl Store {
         self.db.ping().await
     }
 
+    /// Database connections held now, idle and busy.
+    pub fn connections(&self) -> watchword_db::Connections {
+        self.db.connections()
+    }
+
     /// Inserts a new user; a unique violation if the username key is taken.
     pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), DbError> {
         transaction!(&self.db, |tx| async move {

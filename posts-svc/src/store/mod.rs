@@ -106,6 +106,11 @@ impl Store {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.db.ping().await
     }
+
+    /// Database connections held now, idle and busy.
+    pub fn connections(&self) -> watchword_db::Connections {
+        self.db.connections()
+    }
 }
 
 /// One CreatePost: the post, or the author's earlier post with the same `request_id` (maybe earlier in the
