@@ -143,6 +143,9 @@ pub const REMEMBERED_TOKENS: usize = 10_000;
 #[derive(Clone)]
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
+    /// What the claims must say (`iss`, `aud`) and the longest lifetime, kept to compare key sets.
+    issuer: String,
+    audience: String,
     max_lifetime: Duration,
     validation: Validation,
     verified: Arc<quick_cache::sync::Cache<Box<str>, Claims>>,
@@ -160,16 +163,21 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         Self {
             keys: HashMap::new(),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
             max_lifetime,
             validation,
             verified: Arc::new(quick_cache::sync::Cache::new(REMEMBERED_TOKENS)),
         }
     }
 
-    /// Takes over what `old` remembers if this verifier trusts every key `old` did (the usual case: the
-    /// same keys reloaded, or a key added). A key that is gone takes its verdicts with it.
+    /// Takes over what `old` remembers if this verifier checks the same claims and trusts every key `old`
+    /// did (the usual case: the same keys reloaded, or a key added). A key that is gone takes its verdicts
+    /// with it.
     pub fn keep_verified_from(&mut self, old: &Verifier) {
-        if old.keys.keys().all(|kid| self.keys.contains_key(kid)) {
+        let same_claims = (&self.issuer, &self.audience, self.max_lifetime)
+            == (&old.issuer, &old.audience, old.max_lifetime);
+        if same_claims && old.keys.keys().all(|kid| self.keys.contains_key(kid)) {
             self.verified = Arc::clone(&old.verified);
         }
     }

@@ -115,10 +115,15 @@ impl<K: KeySource> KeySet<K> {
                 return;
             }
         };
-        let Some(verifier) = verifier else {
+        let Some(mut verifier) = verifier else {
             tracing::warn!("JWKS response unusable; keeping the previous key set");
             return;
         };
+        // The tokens the old set verified stay verified if the new set trusts every key the old one did
+        // (the usual refetch: nothing changed); a key that is gone takes its verdicts with it.
+        if let Some(current) = self.current() {
+            verifier.keep_verified_from(&current);
+        }
         let keys = verifier.key_count();
         let previous = self
             .verifier
@@ -431,5 +436,28 @@ mod tests {
             assert!(!f.decided_locally(&forged.token()).await);
         }
         assert_eq!(f.fetches(), 1);
+    }
+
+    /// Local mode verifies a signature once per token, not once per call: the tokens a key set verified
+    /// stay remembered across refetches of the same keys, and go with a key that stops being published.
+    #[tokio::test(start_paused = true)]
+    async fn verified_tokens_are_remembered_across_refetches_until_their_key_goes() {
+        let (old, new) = (Key::new(1), Key::new(2));
+        let f = Fixture::new(vec![old.jwk(), new.jwk()]);
+        f.fetch_number(1).await;
+        let remembered = || f.local.keys.current().map_or(0, |keys| keys.remembered());
+        assert!(f.decided_locally(&old.token()).await);
+        assert!(f.decided_locally(&new.token()).await);
+        assert_eq!(remembered(), 2);
+        f.fetch_number(2).await;
+        assert_eq!(
+            remembered(),
+            2,
+            "a refetch of the same keys keeps what was verified"
+        );
+        f.jwks.publish(Ok(vec![new.jwk()]));
+        f.fetch_number(3).await;
+        assert_eq!(remembered(), 0, "a key that is gone takes its verdicts with it");
+        assert!(!f.decided_locally(&old.token()).await);
     }
 }
