@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use watchword::roles::Level;
+
 use crate::{
     domain::{NewPassword, ROLE_ADMIN, ROLE_USER, User, Username, check_max_length, parse_roles},
     error::AuthError,
@@ -31,6 +33,8 @@ pub struct AccountRules {
     pub peer_rate: f64,
     pub peer_burst: u32,
     pub trusted_proxies: TrustedProxies,
+    /// The role of a new registration (`--default-role`).
+    pub default_role: Level,
 }
 
 /// Where a call came from: the TCP peer and the `x-forwarded-for` values it sent.
@@ -94,12 +98,11 @@ impl Accounts {
             .map_err(|retry_after| AuthError::RateLimited { retry_after })
     }
 
-    /// Creates an account with the role `user`.
+    /// Creates an account with the default role (`--default-role`: `user`, or `guest`).
     pub async fn register(&self, username: &str, password: String, peer: &Peer) -> Result<User, AuthError> {
         self.check_peer(peer)?;
-        let user = self
-            .create_user(username, password, vec![ROLE_USER.to_owned()])
-            .await?;
+        let role = self.rules.default_role.as_str().to_owned();
+        let user = self.create_user(username, password, vec![role]).await?;
         tracing::info!(user_id = %user.id, "registered user");
         Ok(user)
     }

@@ -185,5 +185,6 @@ fn account_rules(settings: &Settings) -> AccountRules {
         peer_rate: settings.peer_rate,
         peer_burst: settings.peer_burst,
         trusted_proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
+        default_role: settings.default_role.level(),
     }
 }

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use unicode_normalization::UnicodeNormalization;
-use watchword::reason::Reason;
+use watchword::{reason::Reason, roles::Level};
 
 use crate::error::AuthError;
 
@@ -12,20 +12,22 @@ pub const USERNAME_MIN_CHARS: usize = 3;
 pub const USERNAME_MAX_CHARS: usize = 64;
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 
-/// The role every new account gets.
+/// The role every new account gets unless `--default-role` says `guest`.
 pub const ROLE_USER: &str = "user";
 /// The role that may call the admin RPCs (and, in posts-svc, delete any post).
 pub const ROLE_ADMIN: &str = "admin";
-const KNOWN_ROLES: &[&str] = &[ROLE_ADMIN, ROLE_USER];
-
-/// A role list from a request: only known roles, sorted, without repeats.
+/// A role list from a request: only known roles (the levels `guest` < `user` < `admin`, see
+/// `watchword::roles`), sorted, without repeats.
 pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
     let mut parsed = Vec::with_capacity(roles.len());
     for role in roles {
-        if !KNOWN_ROLES.contains(&role.as_str()) {
+        if Level::parse(&role).is_none() {
             return Err(AuthError::invalid(
                 "roles",
-                format!("unknown role {role:?}; known roles: {KNOWN_ROLES:?}"),
+                format!(
+                    "unknown role {role:?}; known roles: {:?}",
+                    Level::ALL.map(Level::as_str)
+                ),
             ));
         }
         parsed.push(role);

@@ -115,6 +115,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_revocation_subscribers: u32,
 
+    /// The role of a new registration: `user` (may read and write), or `guest` (may only read, until an
+    /// admin promotes the account with SetUserRoles).
+    #[arg(long, env = "AUTH_SVC_DEFAULT_ROLE", value_enum, default_value_t = DefaultRole::User)]
+    pub default_role: DefaultRole,
+
     /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
     /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
     /// never from a flag, so it stays out of shell history and process listings.
@@ -151,6 +156,23 @@ const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
 /// `1 / rate`); NaN, infinities and tiny rates would make that delay meaningless or overflow it.
 const PEER_RATE: RangeInclusive<f64> = 0.01..=10_000.0;
 const CLAIM_VALUE_MAX_BYTES: usize = 256;
+
+/// The role a new registration gets (`--default-role`). Never `admin`: admins come from
+/// `--bootstrap-admin` or from another admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultRole {
+    Guest,
+    User,
+}
+
+impl DefaultRole {
+    pub fn level(self) -> watchword::roles::Level {
+        match self {
+            Self::Guest => watchword::roles::Level::Guest,
+            Self::User => watchword::roles::Level::User,
+        }
+    }
+}
 
 fn peer_rate(value: &str) -> Result<f64, String> {
     let rate: f64 = value.parse().map_err(|e| format!("{e}"))?;
@@ -313,6 +335,8 @@ mod tests {
             ["--db-acquire-timeout", "30s"],
             ["--shutdown-grace", "100ms"],
             ["--shutdown-grace", "10m"],
+            ["--default-role", "guest"],
+            ["--default-role", "user"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -347,6 +371,11 @@ mod tests {
             );
             assert!(error.to_string().contains(flag), "{error}");
         }
+        // A value outside a closed list is clap's InvalidValue (also exit status 2, the flag named).
+        let error = Settings::parse_without_env(["auth-svc", "--default-role", "admin"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(error.to_string().contains("--default-role"), "{error}");
+        assert_eq!(Settings::defaults().default_role, DefaultRole::User);
     }
 
     #[test]

@@ -370,6 +370,12 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             &["--max-revocation-subscribers", "0"],
             "--max-revocation-subscribers",
         ),
+        bad(&["--default-role", "admin"], "--default-role"),
+        BadStart {
+            args: &[],
+            env: &[("AUTH_SVC_DEFAULT_ROLE", "admin")],
+            flag: "--default-role",
+        },
         // The environment goes through the same checks, and the refusal still names the flag.
         BadStart {
             args: &[],

@@ -42,7 +42,7 @@ use std::{future::Future, time::Duration};
 use tonic::transport::{Channel, Endpoint};
 
 pub use identity::{GuardError, Identity, identity};
-pub use layer::{AuthLayer, Policy, RequireAuth};
+pub use layer::{AuthLayer, Policy, Require, RequireAuth};
 pub use remote::RemoteValidator;
 
 use self::{

@@ -9,6 +9,7 @@ mod guard;
 mod hardening;
 mod helpers;
 mod hostile;
+mod levels;
 mod lifecycle;
 mod posts;
 mod replicas;
