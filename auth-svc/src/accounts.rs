@@ -9,6 +9,7 @@ use std::{
 use watchword::roles::Level;
 
 use crate::{
+    audit::Origin,
     domain::{NewPassword, ROLE_ADMIN, ROLE_USER, User, Username, check_max_length, parse_roles},
     error::AuthError,
     keys::{IssuedToken, KeyRing},
@@ -44,12 +45,25 @@ pub struct Peer {
     pub forwarded_for: Vec<String>,
 }
 
+impl Peer {
+    /// The client, for per-client limits and the audit log: the TCP peer, or, when that is one of
+    /// `proxies`, the client its `x-forwarded-for` names (see [`TrustedProxies::client`]).
+    pub fn origin(&self, proxies: &TrustedProxies) -> Origin {
+        let forwarded: Vec<&str> = self.forwarded_for.iter().map(String::as_str).collect();
+        Origin {
+            client: self.addr.map(|addr| proxies.client(addr, &forwarded)),
+        }
+    }
+}
+
 pub struct Login {
     pub username: String,
     pub password: String,
     /// The device token of an earlier successful login, if the client kept one.
     pub device_token: Option<String>,
     pub peer: Peer,
+    /// The client's `user-agent`, kept with the session (see `domain::user_agent`).
+    pub user_agent: Option<String>,
 }
 
 pub struct LoggedIn {
@@ -88,21 +102,24 @@ impl Accounts {
         }
     }
 
-    /// Applies the per-client rate limit (calls that did not come over TCP are not limited).
-    fn check_peer(&self, peer: &Peer) -> Result<(), AuthError> {
-        let Some(addr) = peer.addr else { return Ok(()) };
-        let forwarded: Vec<&str> = peer.forwarded_for.iter().map(String::as_str).collect();
-        let client = self.rules.trusted_proxies.client(addr, &forwarded);
+    /// Where `peer` says the call came from, after applying the per-client rate limit to it (calls that
+    /// did not come over TCP are not limited).
+    fn check_peer(&self, peer: &Peer) -> Result<Origin, AuthError> {
+        let origin = peer.origin(&self.rules.trusted_proxies);
+        let Some(client) = origin.client else {
+            return Ok(origin);
+        };
         self.peers
             .check(client, Instant::now())
-            .map_err(|retry_after| AuthError::RateLimited { retry_after })
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })?;
+        Ok(origin)
     }
 
     /// Creates an account with the default role (`--default-role`: `user`, or `guest`).
     pub async fn register(&self, username: &str, password: String, peer: &Peer) -> Result<User, AuthError> {
-        self.check_peer(peer)?;
+        let origin = self.check_peer(peer)?;
         let role = self.rules.default_role.as_str().to_owned();
-        let user = self.create_user(username, password, vec![role]).await?;
+        let user = self.create_user(username, password, vec![role], origin).await?;
         tracing::info!(user_id = %user.id, "registered user");
         Ok(user)
     }
@@ -113,6 +130,7 @@ impl Accounts {
         username: &str,
         password: String,
         roles: Vec<String>,
+        origin: Origin,
     ) -> Result<User, AuthError> {
         let admission = self.hasher.admit()?;
         let username = Username::parse(username)?;
@@ -126,7 +144,7 @@ impl Accounts {
             disabled: false,
         };
         self.store
-            .insert_user(user.clone(), username, hash)
+            .insert_user(user.clone(), username, hash, origin)
             .await
             .map_err(|e| match e.is_unique_violation() {
                 true => AuthError::UsernameTaken,
@@ -143,7 +161,7 @@ impl Accounts {
     /// argon2 work, same answer; so is a disabled account. The session and its token come from the user as
     /// stored when the session is created, not as read before hashing.
     pub async fn login(&self, login: Login) -> Result<LoggedIn, AuthError> {
-        self.check_peer(&login.peer)?;
+        let origin = self.check_peer(&login.peer)?;
         let admission = self.hasher.admit()?;
         check_max_length(&login.password)?;
         let now = watchword_db::now();
@@ -155,13 +173,15 @@ impl Accounts {
             .device_token
             .as_deref()
             .and_then(|token| Some((token, self.opaque.hash(Kind::Device, token).ok()?)));
-        let attempt = self
+        let reserved = self
             .store
             .begin_login_attempt(
                 &key,
                 device.as_ref().map(|(_, hash)| hash.clone()),
                 self.rules.lockout_threshold,
                 now,
+                None,
+                origin.clone(),
             )
             .await?
             .map_err(|retry_after| AuthError::AccountLocked { retry_after })?;
@@ -184,7 +204,7 @@ impl Accounts {
             .map_err(|_| shape())?;
         let refresh_expire_time = now + self.rules.refresh_token_ttl;
         // A device that presented its token keeps it; any other gets one now.
-        let (device_token, new_device) = match (&attempt, device) {
+        let (device_token, new_device) = match (&reserved.attempt, device) {
             (Attempt::Device(_), Some((token, _))) => (token.to_owned(), None),
             _ => {
                 let token = generate(Kind::Device)?;
@@ -193,13 +213,15 @@ impl Accounts {
             }
         };
         let new = NewSession {
-            attempt,
+            reserved,
             username_key: key,
             user_id,
             session_id: session_id.clone(),
             refresh_hash,
             refresh_expire_time,
             new_device: new_device.map(|hash| (hash, now + DEVICE_TOKEN_TTL)),
+            origin,
+            user_agent: login.user_agent,
         };
         // Disabled since the password check: fails like a wrong password.
         let user = self
@@ -222,7 +244,10 @@ impl Accounts {
     /// is its password, gives it the admin role. For `auth-svc --bootstrap-admin`.
     pub async fn bootstrap_admin(&self, username: &str, password: String) -> Result<String, AuthError> {
         let roles = vec![ROLE_ADMIN.to_owned(), ROLE_USER.to_owned()];
-        match self.create_user(username, password.clone(), roles).await {
+        match self
+            .create_user(username, password.clone(), roles, Origin::operator())
+            .await
+        {
             Ok(user) => return Ok(format!("created admin {} ({})", user.username, user.id)),
             Err(AuthError::UsernameTaken) => {}
             Err(e) => return Err(e),
@@ -241,7 +266,7 @@ impl Accounts {
         roles.push(ROLE_ADMIN.to_owned());
         let roles = parse_roles(roles)?;
         self.store
-            .set_roles(&existing.id, roles, watchword_db::now())
+            .set_roles(&existing.id, roles, watchword_db::now(), None, Origin::operator())
             .await?
             .map_err(|_| AuthError::UserNotFound)?;
         Ok(format!(

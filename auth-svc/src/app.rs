@@ -33,6 +33,11 @@ pub struct App {
     pub keys: Arc<KeyRing>,
     pub hub: Arc<RevocationHub>,
     pub store: Store,
+    /// Who may name the client in `x-forwarded-for` (`--trusted-proxies`), for every call's
+    /// [`Origin`](crate::audit::Origin).
+    pub proxies: TrustedProxies,
+    /// How long audit events are kept (`--audit-retention`).
+    audit_retention: Duration,
 }
 
 impl App {
@@ -91,6 +96,8 @@ impl App {
             keys,
             hub,
             store,
+            proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
+            audit_retention: settings.audit_retention,
         })
     }
 
@@ -99,7 +106,11 @@ impl App {
     pub async fn start_background(&self) -> Result<Background, AuthError> {
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&self.keys).keep_reloading()),
-            tokio::spawn(purge(self.store.clone(), self.keys.revocation_window())),
+            tokio::spawn(purge(
+                self.store.clone(),
+                self.keys.revocation_window(),
+                self.audit_retention,
+            )),
         ];
         if self.store.is_shared() {
             // Relay what others store from now on; what was stored before is in the hub's snapshot already.
@@ -135,14 +146,15 @@ impl Drop for Background {
 }
 
 /// Drops what can no longer matter, every [`PURGE_EVERY`]: expired refresh and device tokens, idle lockout
-/// records, old revocation log rows, and keys whose tokens have all expired.
-async fn purge(store: Store, window: Duration) {
+/// records, old revocation log rows, audit events past `--audit-retention`, and keys whose tokens have all
+/// expired.
+async fn purge(store: Store, window: Duration, audit_retention: Duration) {
     let mut interval = tokio::time::interval(PURGE_EVERY);
     loop {
         interval.tick().await;
         let now = std::time::SystemTime::now();
         match tokio::try_join!(
-            store.purge_expired(now, window),
+            store.purge_expired(now, window, audit_retention),
             store.drop_retired_keys(now - window)
         ) {
             Ok((0, 0)) => {}

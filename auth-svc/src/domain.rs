@@ -167,6 +167,37 @@ impl User {
     }
 }
 
+/// A session as GetMe and ListSessions show it: a login's, or an API key's (the key's id is the session's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub create_time: SystemTime,
+    /// The last Refresh (an API key: the last ExchangeApiKey).
+    pub last_refresh_time: Option<SystemTime>,
+    /// When it ends unless refreshed before (an API key: when the key expires).
+    pub expire_time: SystemTime,
+    pub api_key_id: Option<String>,
+    /// Where the Login came from, and the client it named.
+    pub client_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Longest `user-agent` kept with a session, in characters.
+const USER_AGENT_MAX_CHARS: usize = 256;
+
+/// A client's `user-agent` metadata as a session keeps it: control characters dropped, at most 256
+/// characters; `None` when nothing is left.
+pub fn user_agent(raw: &str) -> Option<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(USER_AGENT_MAX_CHARS)
+        .collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_owned())
+}
+
 /// A stored account with its password hash, as read for login.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -260,6 +291,14 @@ mod tests {
             assert!(err.to_string().starts_with("username:"), "{bad:?}: {err}");
         }
         assert!(Username::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn user_agents_are_kept_printable_and_bounded() {
+        assert_eq!(user_agent("grpc-go/1.60 "), Some("grpc-go/1.60".into()));
+        assert_eq!(user_agent("a\nb\u{7}c"), Some("abc".into()));
+        assert_eq!(user_agent(" \t"), None);
+        assert_eq!(user_agent(&"x".repeat(1000)).unwrap().len(), 256);
     }
 
     #[test]

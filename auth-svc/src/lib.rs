@@ -10,6 +10,7 @@
 mod accounts;
 mod admin;
 mod app;
+mod audit;
 mod domain;
 mod error;
 mod grpc;

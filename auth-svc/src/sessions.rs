@@ -6,6 +6,7 @@ use std::{
 };
 
 use crate::{
+    audit::Origin,
     error::AuthError,
     keys::{Claims, IssuedToken, KeyRing, TokenError},
     opaque::{Kind, OpaqueTokens},
@@ -88,7 +89,7 @@ impl Sessions {
     }
 
     /// Exchanges a refresh token for a new access token and its successor (see [`Store::rotate_refresh`]).
-    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, AuthError> {
+    pub async fn refresh(&self, presented: &str, origin: Origin) -> Result<Refreshed, AuthError> {
         if presented.is_empty() {
             return Err(TokenError::Missing.into());
         }
@@ -117,6 +118,7 @@ impl Sessions {
                         now,
                         rules.refresh_reuse_grace,
                         rules.refresh_token_ttl,
+                        origin,
                     )
                     .await?;
                 let revoked = match &rotation {
@@ -150,7 +152,7 @@ impl Sessions {
 
     /// Ends a session: its refresh tokens stop working and its access tokens stop validating at once,
     /// everywhere. Idempotent.
-    pub async fn logout(&self, by: LogoutBy<'_>) -> Result<(), AuthError> {
+    pub async fn logout(&self, by: LogoutBy<'_>, origin: Origin) -> Result<(), AuthError> {
         let now = SystemTime::now();
         let session_id = match by {
             LogoutBy::AccessToken(token) => self.keys.verify(token, now).await?.session_id,
@@ -169,7 +171,7 @@ impl Sessions {
         let store = self.store.clone();
         let id = session_id.clone();
         self.hub
-            .record(async move { Ok::<_, AuthError>(((), vec![store.revoke_session(&id, now).await?])) })
+            .record(async move { Ok::<_, AuthError>(((), vec![store.logout(&id, now, origin).await?])) })
             .await?;
         tracing::info!(session_id, "logged out");
         Ok(())

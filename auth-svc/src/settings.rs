@@ -120,6 +120,12 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_DEFAULT_ROLE", value_enum, default_value_t = DefaultRole::User)]
     pub default_role: DefaultRole,
 
+    /// How long audit events are kept (ListAuditEvents); older ones are deleted. Between 1day and
+    /// 3650days.
+    #[arg(long, env = "AUTH_SVC_AUDIT_RETENTION", default_value = "90days",
+          value_parser = |v: &str| duration_within(v, AUDIT_RETENTION))]
+    pub audit_retention: Duration,
+
     /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
     /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
     /// never from a flag, so it stays out of shell history and process listings.
@@ -156,6 +162,9 @@ const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
 /// `1 / rate`); NaN, infinities and tiny rates would make that delay meaningless or overflow it.
 const PEER_RATE: RangeInclusive<f64> = 0.01..=10_000.0;
 const CLAIM_VALUE_MAX_BYTES: usize = 256;
+/// At least a day, so the purge (hourly) never races a listing; at most ten years.
+const AUDIT_RETENTION: RangeInclusive<Duration> =
+    Duration::from_secs(24 * 3600)..=Duration::from_secs(3650 * 24 * 3600);
 
 /// The role a new registration gets (`--default-role`). Never `admin`: admins come from
 /// `--bootstrap-admin` or from another admin.
@@ -337,6 +346,8 @@ mod tests {
             ["--shutdown-grace", "10m"],
             ["--default-role", "guest"],
             ["--default-role", "user"],
+            ["--audit-retention", "1day"],
+            ["--audit-retention", "3650days"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -357,6 +368,8 @@ mod tests {
             ["--db-acquire-timeout", "31s"],
             ["--shutdown-grace", "99ms"],
             ["--shutdown-grace", "11m"],
+            ["--audit-retention", "23h"],
+            ["--audit-retention", "3651days"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["auth-svc", flag, value]);

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod at_rest;
+mod audit;
 mod auth;
 mod cache;
 mod guard;

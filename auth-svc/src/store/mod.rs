@@ -24,7 +24,8 @@ use watchword_db::{
 };
 
 use crate::{
-    domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username},
+    audit::{AuditEvent, AuditKind, AuditQuery, Origin},
+    domain::{Credentials, ROLE_ADMIN, Revocation, Session, Target, User, Username},
     policy::{AdminRefusal, Attempt, Failures, LOCK_CAP, Rotation, is_last_admin, reserve, rotation},
     sealing::{self, Change, KeyEncryptionKey, SealError},
 };
@@ -61,9 +62,17 @@ pub struct NewKey {
     pub private_key: String,
 }
 
+/// A login attempt reserved by [`Store::begin_login_attempt`]: whose budget it draws on, and the audit
+/// events recorded as though it failed, which the transaction that forgives it withdraws.
+#[derive(Debug)]
+pub struct Reserved {
+    pub attempt: Attempt,
+    pub provisional: Vec<i64>,
+}
+
 /// What a successful password check turns into, in one transaction.
 pub struct NewSession {
-    pub attempt: Attempt,
+    pub reserved: Reserved,
     pub username_key: String,
     pub user_id: String,
     pub session_id: String,
@@ -71,6 +80,8 @@ pub struct NewSession {
     pub refresh_expire_time: SystemTime,
     /// A device token to remember (its hash and expiry), when the login did not present one.
     pub new_device: Option<(Vec<u8>, SystemTime)>,
+    pub origin: Origin,
+    pub user_agent: Option<String>,
 }
 
 /// The schema, in each dialect, with the same version numbers (`tests/api/schema.rs` checks that the two
@@ -102,10 +113,22 @@ impl Store {
         self.db.ping().await
     }
 
-    /// Inserts a new user; a unique violation if the username key is taken.
-    pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), DbError> {
+    /// Inserts a new user (audited as registered from `origin`); a unique violation if the username key
+    /// is taken.
+    pub async fn insert_user(
+        &self,
+        user: User,
+        username: Username,
+        hash: String,
+        origin: Origin,
+    ) -> Result<(), DbError> {
         transaction!(&self.db, |tx| async move {
-            sql::insert_user(tx, &user, &username, &hash).await
+            sql::insert_user(tx, &user, &username, &hash).await?;
+            let event = AuditEvent::new(AuditKind::UserRegistered, user.create_time, &origin)
+                .subject(&user.id)
+                .detail("username", &user.username)
+                .detail("roles", user.roles.join(","));
+            sql::insert_audit(tx, &event).await.map(drop)
         })
     }
 
@@ -139,8 +162,10 @@ impl Store {
         user_id: &str,
         roles: Vec<String>,
         now: SystemTime,
+        actor: Option<&str>,
+        origin: Origin,
     ) -> Result<Result<(User, Vec<Revocation>), AdminRefusal>, DbError> {
-        let id = user_id.to_owned();
+        let (id, actor) = (user_id.to_owned(), actor.map(str::to_owned));
         transaction!(&self.db, |tx| async move {
             // The admins first, then the user: one lock order for every admin change, so two cannot deadlock.
             let admins = sql::enabled_admins(tx).await?;
@@ -161,6 +186,13 @@ impl Store {
                 .map(|session| Revocation::new(Target::Session(session), now, Reason::TokenRevoked))
                 .collect();
             log_all(tx, &revocations).await?;
+            let mut event = AuditEvent::new(AuditKind::RolesChanged, now, &origin)
+                .subject(&id)
+                .detail("from", user.roles.join(","))
+                .detail("to", roles.join(","))
+                .detail("sessions_ended", revocations.len());
+            event.actor_id = actor;
+            sql::insert_audit(tx, &event).await?;
             user.roles = roles;
             Ok(Ok((user, revocations)))
         })
@@ -171,8 +203,10 @@ impl Store {
         &self,
         user_id: &str,
         now: SystemTime,
+        actor: &str,
+        origin: Origin,
     ) -> Result<Result<(User, Revocation), AdminRefusal>, DbError> {
-        let id = user_id.to_owned();
+        let (id, actor) = (user_id.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             let admins = sql::enabled_admins(tx).await?;
             let Some(mut user) = sql::user_by_id(tx, &id, true).await? else {
@@ -182,7 +216,14 @@ impl Store {
                 return Ok(Err(AdminRefusal::LastAdmin));
             }
             let disabled_at = sql::disable_user(tx, &id, now).await?;
-            sql::revoke_user_sessions(tx, &id, now).await?;
+            let ended = sql::revoke_user_sessions(tx, &id, now).await?;
+            if !user.disabled {
+                let event = AuditEvent::new(AuditKind::UserDisabled, now, &origin)
+                    .actor(actor)
+                    .subject(&id)
+                    .detail("sessions_ended", ended.len());
+                sql::insert_audit(tx, &event).await?;
+            }
             let revocation = Revocation::new(Target::User(id), disabled_at, Reason::UserDisabled);
             if !user.disabled {
                 sql::log_revocation(tx, &revocation).await?;
@@ -193,12 +234,22 @@ impl Store {
     }
 
     /// Forgets a user's failed logins (and its devices'), lifting any lock.
-    pub async fn unlock_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
-        let id = user_id.to_owned();
+    pub async fn unlock_user(
+        &self,
+        user_id: &str,
+        now: SystemTime,
+        actor: &str,
+        origin: Origin,
+    ) -> Result<Option<User>, DbError> {
+        let (id, actor) = (user_id.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             let user = sql::user_by_id(tx, &id, true).await?;
             if user.is_some() {
                 sql::clear_user_failures(tx, &id).await?;
+                let event = AuditEvent::new(AuditKind::AccountUnlocked, now, &origin)
+                    .actor(actor)
+                    .subject(&id);
+                sql::insert_audit(tx, &event).await?;
             }
             Ok(user)
         })
@@ -207,54 +258,105 @@ impl Store {
     /// Reserves one login attempt: counted as a failure *before* the password is checked (and forgiven by
     /// [`Store::start_session`]), so parallel guesses cannot slip in before the first failure is recorded.
     /// A live device token of this account draws on its own budget; anything else on the account's.
+    ///
+    /// The audit log follows the count: the attempt is recorded as `LOGIN_FAILED` (and `ACCOUNT_LOCKED`
+    /// when it reaches the threshold) in this transaction, and the transaction that forgives it withdraws
+    /// those events; so a login cancelled in between leaves its failure in both. A refused attempt (the
+    /// budget is locked) is recorded as failed with reason `ACCOUNT_LOCKED`. `actor`: the caller, when the
+    /// password is checked for a signed-in user (ChangePassword).
     pub async fn begin_login_attempt(
         &self,
         username_key: &str,
         device_hash: Option<Vec<u8>>,
         threshold: u32,
         now: SystemTime,
-    ) -> Result<Result<Attempt, Duration>, DbError> {
-        let key = username_key.to_owned();
+        actor: Option<&str>,
+        origin: Origin,
+    ) -> Result<Result<Reserved, Duration>, DbError> {
+        let (key, actor) = (username_key.to_owned(), actor.map(str::to_owned));
         transaction!(&self.db, |tx| async move {
-            if let Some(hash) = device_hash
-                && let Some(failures) = sql::device_failures(tx, &hash, &key, now).await?
-            {
-                return Ok(match reserve(failures, threshold, now) {
-                    Ok(counted) => {
-                        sql::set_device_failures(tx, &hash, counted).await?;
-                        Ok(Attempt::Device(hash))
-                    }
-                    Err(wait) => Err(wait),
-                });
-            }
-            let failures = sql::account_failures(tx, &key, now).await?;
-            Ok(match reserve(failures, threshold, now) {
-                Ok(counted) => {
-                    sql::set_account_failures(tx, &key, counted, now).await?;
-                    Ok(Attempt::Account)
+            let subject = sql::user_id_by_key(tx, &key).await?;
+            let event = |kind, budget: &str| {
+                let mut event = AuditEvent::new(kind, now, &origin)
+                    .subject_opt(subject.clone())
+                    .detail("username", &key)
+                    .detail("budget", budget);
+                event.actor_id.clone_from(&actor);
+                event
+            };
+            let (budget, failures, attempt) = match device_hash {
+                Some(hash) => match sql::device_failures(tx, &hash, &key, now).await? {
+                    Some(failures) => ("device", failures, Attempt::Device(hash)),
+                    None => (
+                        "account",
+                        sql::account_failures(tx, &key, now).await?,
+                        Attempt::Account,
+                    ),
+                },
+                None => (
+                    "account",
+                    sql::account_failures(tx, &key, now).await?,
+                    Attempt::Account,
+                ),
+            };
+            let counted = match reserve(failures, threshold, now) {
+                Ok(counted) => counted,
+                Err(wait) => {
+                    let refused =
+                        event(AuditKind::LoginFailed, budget).detail("reason", Reason::AccountLocked);
+                    sql::insert_audit(tx, &refused).await?;
+                    return Ok(Err(wait));
                 }
-                Err(wait) => Err(wait),
-            })
+            };
+            match &attempt {
+                Attempt::Device(hash) => sql::set_device_failures(tx, hash, counted).await?,
+                Attempt::Account => sql::set_account_failures(tx, &key, counted, now).await?,
+            }
+            let failed = event(AuditKind::LoginFailed, budget).detail("reason", Reason::InvalidCredentials);
+            let mut provisional = vec![sql::insert_audit(tx, &failed).await?];
+            if let Some(until) = counted.locked_until {
+                let lock = until.duration_since(now).unwrap_or_default();
+                let locked = event(AuditKind::AccountLocked, budget)
+                    .detail("failures", counted.count)
+                    .detail("for", humantime::format_duration(lock));
+                provisional.push(sql::insert_audit(tx, &locked).await?);
+            }
+            Ok(Ok(Reserved { attempt, provisional }))
         })
     }
 
-    /// After a password matched: forgives the attempt and starts a session, for the user as stored *now*
-    /// (its roles, and `None` if it has been disabled meanwhile), so the token is issued from this read.
+    /// After a password matched: forgives the attempt (and withdraws its provisional audit events) and
+    /// starts a session, for the user as stored *now* (its roles, and `None` if it has been disabled
+    /// meanwhile), so the token is issued from this read.
     pub async fn start_session(&self, new: NewSession, now: SystemTime) -> Result<Option<User>, DbError> {
         transaction!(&self.db, |tx| async move {
             let user = match sql::user_by_id(tx, &new.user_id, true).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Ok(None),
             };
-            match &new.attempt {
-                Attempt::Account => sql::clear_account_failures(tx, &new.username_key).await?,
-                Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
-            }
-            sql::insert_session(tx, &new.session_id, &new.user_id, now).await?;
+            forgive(tx, &new.reserved, &new.username_key).await?;
+            let session = Session {
+                id: new.session_id.clone(),
+                user_id: new.user_id.clone(),
+                create_time: now,
+                last_refresh_time: None,
+                expire_time: new.refresh_expire_time,
+                api_key_id: None,
+                client_address: new.origin.client.map(|ip| ip.to_string()),
+                user_agent: new.user_agent.clone(),
+            };
+            sql::insert_session(tx, &session).await?;
             sql::insert_refresh(tx, &new.refresh_hash, &new.session_id, new.refresh_expire_time).await?;
             if let Some((hash, expire)) = &new.new_device {
                 sql::insert_device(tx, hash, &new.user_id, now, *expire).await?;
             }
+            let event = AuditEvent::new(AuditKind::LoginSucceeded, now, &new.origin)
+                .actor(&user.id)
+                .subject(&user.id)
+                .session(&new.session_id)
+                .detail("username", &user.username)
+                .detail("device", if new.new_device.is_some() { "new" } else { "known" });
+            sql::insert_audit(tx, &event).await?;
             Ok(Some(user))
         })
     }
@@ -282,6 +384,7 @@ impl Store {
         now: SystemTime,
         grace: Duration,
         ttl: Duration,
+        origin: Origin,
     ) -> Result<Rotation, DbError> {
         transaction!(&self.db, |tx| async move {
             let Some(presented) = sql::presented_refresh(tx, &hash).await? else {
@@ -296,11 +399,16 @@ impl Store {
                 Rotation::Rotated { expire_time, .. } if presented.rotate_time.is_none() => {
                     sql::mark_rotated(tx, &hash, now).await?;
                     sql::insert_refresh(tx, &successor_hash, &presented.session_id, *expire_time).await?;
+                    sql::refreshed_session(tx, &presented.session_id, now, *expire_time).await?;
                 }
                 // `rotation` answers Revoked for an ended session, so this one is live until now.
                 Rotation::Reused(revocation) => {
                     sql::revoke_session(tx, &presented.session_id, now).await?;
                     sql::log_revocation(tx, revocation).await?;
+                    let event = AuditEvent::new(AuditKind::RefreshReuseDetected, now, &origin)
+                        .subject(&presented.user.id)
+                        .session(&presented.session_id);
+                    sql::insert_audit(tx, &event).await?;
                 }
                 _ => {}
             }
@@ -316,14 +424,25 @@ impl Store {
         )
     }
 
-    /// Ends a session (idempotent: an ended session keeps its first revocation, and is not logged again).
-    pub async fn revoke_session(&self, session_id: &str, now: SystemTime) -> Result<Revocation, DbError> {
+    /// Ends a session at its holder's request (idempotent: an ended session keeps its first revocation,
+    /// and is not logged or audited again).
+    pub async fn logout(
+        &self,
+        session_id: &str,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Result<Revocation, DbError> {
         let revocation = Revocation::new(Target::Session(session_id.to_owned()), now, Reason::TokenRevoked);
         let logged = revocation.clone();
         let id = session_id.to_owned();
         transaction!(&self.db, |tx| async move {
-            if sql::revoke_session(tx, &id, now).await? {
+            if let Some(owner) = sql::revoke_session(tx, &id, now).await? {
                 sql::log_revocation(tx, &logged).await?;
+                let event = AuditEvent::new(AuditKind::Logout, now, &origin)
+                    .actor(&owner)
+                    .subject(owner)
+                    .session(&id);
+                sql::insert_audit(tx, &event).await?;
             }
             Ok::<_, DbError>(())
         })?;
@@ -331,12 +450,24 @@ impl Store {
     }
 
     /// Drops what can no longer matter: expired refresh and device tokens, failed-login records idle for
-    /// longer than the longest lock, and revocation log rows older than `window` (plus a margin).
-    pub async fn purge_expired(&self, now: SystemTime, window: Duration) -> Result<usize, DbError> {
-        let (idle, log_cutoff) = (now - LOCK_CAP, now - window - LOG_MARGIN);
+    /// longer than the longest lock, revocation log rows older than `window` (plus a margin), and audit
+    /// events older than `audit_retention`.
+    pub async fn purge_expired(
+        &self,
+        now: SystemTime,
+        window: Duration,
+        audit_retention: Duration,
+    ) -> Result<usize, DbError> {
+        let (idle, log_cutoff, audit_cutoff) =
+            (now - LOCK_CAP, now - window - LOG_MARGIN, now - audit_retention);
         transaction!(&self.db, |tx| async move {
-            sql::purge(tx, now, idle, log_cutoff).await
+            sql::purge(tx, now, idle, log_cutoff, audit_cutoff).await
         })
+    }
+
+    /// Audit events matching `query`, newest first, with their ids (for paging).
+    pub async fn audit_events(&self, query: AuditQuery) -> Result<Vec<(i64, AuditEvent)>, DbError> {
+        read!(&self.db, |tx| async move { sql::audit_events(tx, &query).await })
     }
 
     /// Brings the keys at rest in line with `kek`, in one transaction under the key-set lock (replicas
@@ -422,11 +553,22 @@ impl Store {
     }
 
     /// Makes `key` the signing key: the current one is retired now (and keeps verifying for a while).
-    pub async fn rotate_key(&self, key: NewKey, now: SystemTime) -> Result<(), DbError> {
+    pub async fn rotate_key(
+        &self,
+        key: NewKey,
+        now: SystemTime,
+        actor: &str,
+        origin: Origin,
+    ) -> Result<(), DbError> {
+        let actor = actor.to_owned();
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
             sql::retire_signing_key(tx, now).await?;
-            sql::insert_key(tx, &key, now).await
+            sql::insert_key(tx, &key, now).await?;
+            let event = AuditEvent::new(AuditKind::SigningKeyRotated, now, &origin)
+                .actor(actor)
+                .detail("kid", &key.kid);
+            sql::insert_audit(tx, &event).await.map(drop)
         })
     }
 
@@ -437,17 +579,30 @@ impl Store {
         kid: &str,
         replacement: NewKey,
         now: SystemTime,
+        actor: &str,
+        origin: Origin,
     ) -> Result<Option<Revocation>, DbError> {
-        let kid = kid.to_owned();
+        let (kid, actor) = (kid.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
+            // Every key not revoked yet.
             let keys = sql::keys(tx, SystemTime::UNIX_EPOCH).await?;
+            let was_live = keys.iter().any(|k| k.kid == kid);
             let was_signing = keys.iter().any(|k| k.kid == kid && !k.retired);
             if !sql::revoke_key(tx, &kid, now).await? {
                 return Ok(None);
             }
             if was_signing {
                 sql::insert_key(tx, &replacement, now).await?;
+            }
+            if was_live {
+                let mut event = AuditEvent::new(AuditKind::SigningKeyRevoked, now, &origin)
+                    .actor(actor)
+                    .detail("kid", &kid);
+                if was_signing {
+                    event = event.detail("signing_kid", &replacement.kid);
+                }
+                sql::insert_audit(tx, &event).await?;
             }
             let revocation = Revocation::new(Target::Key(kid), now, Reason::TokenRevoked);
             sql::log_revocation(tx, &revocation).await?;
@@ -479,6 +634,19 @@ impl Store {
     pub async fn last_revocation_id(&self) -> Result<i64, DbError> {
         read!(&self.db, |tx| async move { sql::last_revocation_id(tx).await })
     }
+}
+
+/// Forgives a reserved login attempt whose password matched: its failure is uncounted and its provisional
+/// audit events withdrawn.
+async fn forgive(tx: &impl Conn, reserved: &Reserved, username_key: &str) -> Result<(), DbError> {
+    match &reserved.attempt {
+        Attempt::Account => sql::clear_account_failures(tx, username_key).await?,
+        Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
+    }
+    for id in &reserved.provisional {
+        sql::delete_audit(tx, *id).await?;
+    }
+    Ok(())
 }
 
 async fn log_all(tx: &impl Conn, revocations: &[Revocation]) -> Result<(), DbError> {

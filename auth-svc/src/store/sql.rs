@@ -9,7 +9,8 @@ use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
 
 use super::{NewKey, SessionState, StoredKey, postgres, sqlite};
 use crate::{
-    domain::{Credentials, Revocation, User, Username, split_roles},
+    audit::{AuditEvent, AuditKind, AuditQuery},
+    domain::{Credentials, Revocation, Session, User, Username, split_roles},
     policy::{Failures, Presented},
     sealing::{KeyRow, SecretRow},
 };
@@ -112,9 +113,31 @@ pub async fn disable_user(tx: &impl Conn, id: &str, now: SystemTime) -> Result<S
     Ok(at.flatten().unwrap_or(now))
 }
 
-pub async fn insert_session(tx: &impl Conn, id: &str, user_id: &str, now: SystemTime) -> Result<(), DbError> {
-    let sql = "INSERT INTO sessions (id, user_id, create_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&id, &user_id, &to_micros(now)]).await.map(drop)
+pub async fn insert_session(tx: &impl Conn, s: &Session) -> Result<(), DbError> {
+    let sql = "INSERT INTO sessions (id, user_id, create_time_us, expire_time_us, client_address, user_agent)
+               VALUES ($1, $2, $3, $4, $5, $6)";
+    let params: [&dyn watchword_db::Param; 6] = [
+        &s.id,
+        &s.user_id,
+        &to_micros(s.create_time),
+        &to_micros(s.expire_time),
+        &s.client_address,
+        &s.user_agent,
+    ];
+    tx.exec(sql, &params).await.map(drop)
+}
+
+/// A refresh moved the session's end to `expire`.
+pub async fn refreshed_session(
+    tx: &impl Conn,
+    id: &str,
+    now: SystemTime,
+    expire: SystemTime,
+) -> Result<(), DbError> {
+    let sql = "UPDATE sessions SET last_refresh_time_us = $1, expire_time_us = $2 WHERE id = $3";
+    tx.exec(sql, &[&to_micros(now), &to_micros(expire), &id])
+        .await
+        .map(drop)
 }
 
 /// The session `id` of `user_id` and its user.
@@ -132,10 +155,11 @@ pub async fn session_state(tx: &impl Conn, id: &str, user_id: &str) -> Result<Op
     .await
 }
 
-/// Ends the session if it is live; `false` if there was nothing to end.
-pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result<bool, DbError> {
-    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL";
-    Ok(tx.exec(sql, &[&to_micros(now), &id]).await? == 1)
+/// Ends the session if it is live, returning its user; `None` if there was nothing to end.
+pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result<Option<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL
+               RETURNING user_id";
+    tx.one(sql, &[&to_micros(now), &id], |row| row.get(0)).await
 }
 
 /// Ends every live session of `user_id`, returning their ids.
@@ -439,13 +463,75 @@ pub async fn last_revocation_id(tx: &impl Conn) -> Result<i64, DbError> {
     Ok(id.unwrap_or(0))
 }
 
-/// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`, and
-/// revocation log rows from before `log_cutoff`.
+/// The id of the account with username key `key`, if there is one.
+pub async fn user_id_by_key(tx: &impl Conn, key: &str) -> Result<Option<String>, DbError> {
+    let sql = "SELECT id FROM users WHERE username_key = $1";
+    tx.one(sql, &[&key], |row| row.get(0)).await
+}
+
+/// Appends an audit event; its id.
+pub async fn insert_audit(tx: &impl Conn, e: &AuditEvent) -> Result<i64, DbError> {
+    let sql = "INSERT INTO audit_events (kind, time_us, actor_id, subject_id, client_address, session_id,
+                                         detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+    let params: [&dyn watchword_db::Param; 7] = [
+        &e.kind.as_str(),
+        &to_micros(e.time),
+        &e.actor_id,
+        &e.subject_id,
+        &e.client_address,
+        &e.session_id,
+        &e.detail,
+    ];
+    let id = tx.one(sql, &params, |row| row.get(0)).await?;
+    id.ok_or_else(|| DbError::Config("INSERT ... RETURNING id returned no row".into()))
+}
+
+/// Withdraws a provisional audit event (see `Store::begin_login_attempt`).
+pub async fn delete_audit(tx: &impl Conn, id: i64) -> Result<(), DbError> {
+    tx.exec("DELETE FROM audit_events WHERE id = $1", &[&id])
+        .await
+        .map(drop)
+}
+
+/// Audit events matching `q`, newest first, with their ids.
+pub async fn audit_events(tx: &impl Conn, q: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>, DbError> {
+    let sql = "SELECT id, kind, time_us, actor_id, subject_id, client_address, session_id, detail
+               FROM audit_events
+               WHERE id < $1 AND time_us >= $2 AND ($3 = '' OR kind = $3)
+                 AND ($4 = '' OR actor_id = $4 OR subject_id = $4)
+               ORDER BY id DESC LIMIT CAST($5 AS BIGINT)";
+    let before = q.before_id.unwrap_or(i64::MAX);
+    let since = q.since.map_or(i64::MIN, to_micros);
+    let kind = q.kind.map_or("", AuditKind::as_str);
+    let user = q.user_id.as_deref().unwrap_or("");
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    tx.all(sql, &[&before, &since, &kind, &user, &limit], |row| {
+        let kind: String = row.get(1)?;
+        let kind = AuditKind::parse(&kind)
+            .ok_or_else(|| DbError::Config(format!("unknown audit event kind {kind:?}")))?;
+        let event = AuditEvent {
+            kind,
+            time: from_micros(row.get(2)?),
+            actor_id: row.get(3)?,
+            subject_id: row.get(4)?,
+            client_address: row.get(5)?,
+            session_id: row.get(6)?,
+            detail: row.get(7)?,
+        };
+        Ok((row.get(0)?, event))
+    })
+    .await
+}
+
+/// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`,
+/// revocation log rows from before `log_cutoff`, and audit events from before `audit_cutoff`.
 pub async fn purge(
     tx: &impl Conn,
     now: SystemTime,
     idle: SystemTime,
     log_cutoff: SystemTime,
+    audit_cutoff: SystemTime,
 ) -> Result<usize, DbError> {
     let now = to_micros(now);
     let deleted = tx
@@ -461,6 +547,11 @@ pub async fn purge(
         + tx.exec(
             "DELETE FROM revocation WHERE revoke_time_us < $1",
             &[&to_micros(log_cutoff)],
+        )
+        .await?
+        + tx.exec(
+            "DELETE FROM audit_events WHERE time_us < $1",
+            &[&to_micros(audit_cutoff)],
         )
         .await?;
     Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
