@@ -12,11 +12,13 @@ use crate::{
     audit::Origin,
     domain::{NewPassword, ROLE_ADMIN, ROLE_USER, User, Username, check_max_length, parse_roles},
     error::AuthError,
-    keys::{IssuedToken, KeyRing},
+    keys::{Claims, IssuedToken, KeyRing},
     opaque::{Kind, OpaqueTokens},
     password::PasswordHasher,
     policy::Attempt,
-    store::{NewSession, Store},
+    revocations::RevocationHub,
+    sessions::refused,
+    store::{NewSession, PasswordChange, Store},
     throttle::{PeerLimiter, TrustedProxies},
 };
 
@@ -79,6 +81,7 @@ pub struct Accounts {
     store: Store,
     hasher: PasswordHasher,
     keys: Arc<KeyRing>,
+    hub: Arc<RevocationHub>,
     opaque: OpaqueTokens,
     peers: Arc<PeerLimiter>,
     rules: AccountRules,
@@ -89,6 +92,7 @@ impl Accounts {
         store: Store,
         hasher: PasswordHasher,
         keys: Arc<KeyRing>,
+        hub: Arc<RevocationHub>,
         opaque: OpaqueTokens,
         rules: AccountRules,
     ) -> Self {
@@ -96,6 +100,7 @@ impl Accounts {
             store,
             hasher,
             keys,
+            hub,
             opaque,
             peers: Arc::new(PeerLimiter::new(rules.peer_rate, rules.peer_burst)),
             rules,
@@ -238,6 +243,64 @@ impl Accounts {
             refresh_expire_time,
             device_token,
         })
+    }
+
+    /// Replaces the caller's password. The current password is checked as Login checks it (the attempt
+    /// reserved against the account's lockout budget first, then the same argon2 work); the new one must
+    /// meet the password policy. Every other session of the user (its API keys too: whoever knew the old
+    /// password may have made them) ends at once, everywhere; the caller's session stays live.
+    pub async fn change_password(
+        &self,
+        caller: &Claims,
+        current: String,
+        new: String,
+        origin: Origin,
+    ) -> Result<(), AuthError> {
+        let admission = self.hasher.admit()?;
+        check_max_length(&current).map_err(|e| e.for_field("current_password"))?;
+        let (credentials, username_key) = self
+            .store
+            .credentials_of(&caller.subject)
+            .await?
+            .ok_or(AuthError::Revoked)?;
+        let username = Username::parse(&credentials.user.username)?;
+        let new = NewPassword::parse(new, self.rules.min_password_length, &username)
+            .map_err(|e| e.for_field("new_password"))?;
+        let now = watchword_db::now();
+        let reserved = self
+            .store
+            .begin_login_attempt(
+                &username_key,
+                None,
+                self.rules.lockout_threshold,
+                now,
+                Some(&caller.subject),
+                origin.clone(),
+            )
+            .await?
+            .map_err(|retry_after| AuthError::AccountLocked { retry_after })?;
+        let stored = Some(credentials.password_hash);
+        if !self.hasher.verify(admission, current, stored).await? {
+            return Err(AuthError::BadCredentials);
+        }
+        let hash = self.hasher.hash(self.hasher.admit()?, new.into_inner()).await?;
+        let change = PasswordChange {
+            user_id: caller.subject.clone(),
+            session_id: caller.session_id.clone(),
+            username_key,
+            hash,
+            reserved,
+            origin,
+        };
+        let store = self.store.clone();
+        self.hub
+            .record(async move {
+                let ended = store.change_password(change, now).await?.map_err(refused)?;
+                Ok::<_, AuthError>(((), ended))
+            })
+            .await?;
+        tracing::info!(user_id = %caller.subject, session_id = %caller.session_id, "changed password");
+        Ok(())
     }
 
     /// Creates `username` as an admin (roles admin and user), or, when the account exists and `password`

@@ -79,6 +79,7 @@ impl App {
                 store.clone(),
                 hasher,
                 Arc::clone(&keys),
+                Arc::clone(&hub),
                 opaque.clone(),
                 account_rules(settings),
             ),

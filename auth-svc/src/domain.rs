@@ -39,9 +39,14 @@ pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
 
 /// A user id from a request: a UUID, in canonical form.
 pub fn parse_user_id(raw: &str) -> Result<String, AuthError> {
+    parse_id("user_id", raw)
+}
+
+/// An id (of a user, a session, an API key) from request field `field`: a UUID, in canonical form.
+pub fn parse_id(field: &'static str, raw: &str) -> Result<String, AuthError> {
     uuid::Uuid::parse_str(raw)
         .map(|id| id.hyphenated().to_string())
-        .map_err(|_| AuthError::invalid("user_id", "must be a UUID"))
+        .map_err(|_| AuthError::invalid(field, "must be a UUID"))
 }
 
 /// A username: NFKC-normalised for display, with a case-folded key for uniqueness and lookup, so that

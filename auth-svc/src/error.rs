@@ -35,6 +35,9 @@ pub enum AuthError {
     UserNotFound,
     #[error("no signing key with that kid")]
     KeyNotFound,
+    /// No such session, or one the caller may not see.
+    #[error("session not found")]
+    SessionNotFound,
     #[error("this would leave no enabled admin; make another user an admin first")]
     LastAdmin,
     #[error("too many failed attempts for this account; retry later")]
@@ -70,6 +73,15 @@ impl AuthError {
             reason: reason.into(),
         }
     }
+
+    /// The same error, naming request field `field` if it names one: a rule written for one field
+    /// (`password`) applied to another (`new_password`).
+    pub(crate) fn for_field(self, field: &'static str) -> Self {
+        match self {
+            Self::InvalidArgument { reason, .. } => Self::InvalidArgument { field, reason },
+            other => other,
+        }
+    }
 }
 
 impl From<crate::keys::KeyError> for AuthError {
@@ -84,7 +96,9 @@ impl From<AuthError> for Status {
         match error {
             AuthError::InvalidArgument { .. } => Status::invalid_argument(message),
             AuthError::UsernameTaken => Status::already_exists(message),
-            AuthError::UserNotFound | AuthError::KeyNotFound => Status::not_found(message),
+            AuthError::UserNotFound | AuthError::KeyNotFound | AuthError::SessionNotFound => {
+                Status::not_found(message)
+            }
             AuthError::KeyManagedByFile | AuthError::LastAdmin | AuthError::BootstrapPasswordMismatch => {
                 Status::failed_precondition(message)
             }

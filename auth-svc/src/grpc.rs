@@ -17,7 +17,7 @@ use crate::{
     admin::AdminCaller,
     app::App,
     audit::{AuditEvent, AuditKind, AuditQuery, Origin},
-    domain::{Revocation, Target, User, parse_roles, parse_user_id, user_agent},
+    domain::{Revocation, Session, Target, User, parse_id, parse_roles, parse_user_id, user_agent},
     error::AuthError,
     keys::{Claims, IssuedToken, Jwks, TokenError},
     revocations::Event,
@@ -39,6 +39,11 @@ impl AuthApi {
     async fn admin(&self, metadata: &MetadataMap) -> Result<AdminCaller, AuthError> {
         let caller = self.app.sessions.authenticate(bearer(metadata)?).await?;
         self.app.admin.require_admin(&caller).await
+    }
+
+    /// The caller: a valid bearer token (signature and claims, a live session, an enabled user).
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Claims, AuthError> {
+        self.app.sessions.authenticate(bearer(metadata)?).await
     }
 
     /// Where the call came from, for the audit log.
@@ -295,6 +300,73 @@ impl AuthService for AuthApi {
             next_page_token,
         }))
     }
+
+    async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let (user, session) = self.app.sessions.me(&caller).await?;
+        Ok(Response::new(pb::GetMeResponse {
+            user: Some(user_to_pb(user)),
+            session: Some(session_to_pb(session, true)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Reply<pb::ChangePasswordResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let origin = self.origin(&request);
+        let pb::ChangePasswordRequest {
+            current_password,
+            new_password,
+        } = request.into_inner();
+        self.app
+            .accounts
+            .change_password(&caller, current_password, new_password, origin)
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Reply<pb::ListSessionsResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let pb::ListSessionsRequest {
+            page_size,
+            page_token,
+            user_id,
+        } = request.into_inner();
+        let size = pagination::page_size(page_size)
+            .ok_or_else(|| AuthError::invalid("page_size", "must not be negative"))?;
+        let user_id = optional_user_id(&user_id)?;
+        let filter = user_id.clone().unwrap_or_default();
+        let after = decode_page_token(SESSIONS_PAGE, &page_token, &filter)?;
+        let mut sessions = self.app.sessions.list(&caller, user_id, after, size + 1).await?;
+        let next_page_token = next_page(&mut sessions, size, |(session, _)| {
+            encode_page_token(SESSIONS_PAGE, &session.id, &filter)
+        });
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|(session, current)| session_to_pb(session, current))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Reply<pb::RevokeSessionResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let origin = self.origin(&request);
+        let session_id = parse_id("session_id", &request.get_ref().session_id)?;
+        self.app.sessions.revoke(&caller, session_id, origin).await?;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
+    }
 }
 
 impl AuthApi {
@@ -367,6 +439,7 @@ fn decode_user_page_token(token: &str) -> Result<Option<String>, AuthError> {
 
 /// What a page token's position belongs to: a token of one listing is no token of another.
 const AUDIT_PAGE: &str = "audit";
+const SESSIONS_PAGE: &str = "sessions";
 
 /// A page token: where the next page starts, bound to the filter it was issued for (AIP-158: a token
 /// replayed with another filter is INVALID_ARGUMENT). Opaque to clients.
@@ -437,6 +510,19 @@ fn audit_event_to_pb(event: AuditEvent) -> pb::AuditEvent {
         client_address: event.client_address.unwrap_or_default(),
         session_id: event.session_id.unwrap_or_default(),
         detail: event.detail,
+    }
+}
+
+fn session_to_pb(session: Session, current: bool) -> pb::Session {
+    pb::Session {
+        id: session.id,
+        create_time: Some(session.create_time.into()),
+        last_refresh_time: session.last_refresh_time.map(Into::into),
+        expire_time: Some(session.expire_time.into()),
+        api_key_id: session.api_key_id.unwrap_or_default(),
+        client_address: session.client_address.unwrap_or_default(),
+        user_agent: session.user_agent.unwrap_or_default(),
+        current,
     }
 }
 

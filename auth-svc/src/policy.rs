@@ -62,6 +62,24 @@ pub enum AdminRefusal {
     LastAdmin,
 }
 
+/// Why a change a signed-in user asked for was not made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallerRefusal {
+    /// There is no such thing, or it is not the caller's and the caller is no admin (the two look alike, so
+    /// nobody learns what others have).
+    NotFound,
+    /// The caller's own session ended meanwhile.
+    Revoked,
+    /// The caller's account was disabled meanwhile.
+    UserDisabled,
+}
+
+/// Whether `caller` (as stored now, `None` if gone) may manage what `owner_id` owns (a session, an API
+/// key): its owner may, and so may an enabled admin. A disabled account may manage nothing.
+pub fn may_manage(caller: Option<&User>, owner_id: &str) -> bool {
+    caller.is_some_and(|caller| !caller.disabled && (caller.id == owner_id || caller.is_admin()))
+}
+
 /// Whether `user_id` is the only enabled admin, so taking admin away from it would leave none.
 pub fn is_last_admin(enabled_admins: &[String], user_id: &str) -> bool {
     enabled_admins.iter().all(|admin| admin == user_id) && enabled_admins.iter().any(|a| a == user_id)
@@ -171,6 +189,27 @@ mod tests {
             "not an admin: nothing to lose"
         );
         assert!(!is_last_admin(&admins(&[]), "a"));
+    }
+
+    fn user(id: &str, roles: &[&str], disabled: bool) -> User {
+        User {
+            id: id.into(),
+            username: id.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            create_time: at(0),
+            disabled,
+        }
+    }
+
+    #[test]
+    fn owners_and_enabled_admins_manage_what_a_user_owns() {
+        assert!(may_manage(Some(&user("a", &["user"], false)), "a"));
+        assert!(may_manage(Some(&user("a", &["guest"], false)), "a"));
+        assert!(!may_manage(Some(&user("a", &["user"], false)), "b"));
+        assert!(may_manage(Some(&user("r", &["admin"], false)), "b"));
+        assert!(!may_manage(Some(&user("r", &["admin"], true)), "b"));
+        assert!(!may_manage(Some(&user("a", &["user"], true)), "a"));
+        assert!(!may_manage(None, "a"));
     }
 
     fn presented(rotate_time: Option<SystemTime>) -> Presented {

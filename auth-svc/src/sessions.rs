@@ -1,4 +1,5 @@
-//! Session use cases: Validate (is this token good *now*?), Refresh (rotation) and Logout.
+//! Session use cases: Validate (is this token good *now*?), Refresh (rotation), Logout, and a user's view
+//! of their sessions: GetMe, ListSessions, RevokeSession.
 
 use std::{
     sync::Arc,
@@ -7,10 +8,11 @@ use std::{
 
 use crate::{
     audit::Origin,
+    domain::{Session, User},
     error::AuthError,
     keys::{Claims, IssuedToken, KeyRing, TokenError},
     opaque::{Kind, OpaqueTokens},
-    policy::Rotation,
+    policy::{CallerRefusal, Rotation, may_manage},
     revocations::{Liveness, RevocationHub},
     store::Store,
 };
@@ -175,6 +177,91 @@ impl Sessions {
             .await?;
         tracing::info!(session_id, "logged out");
         Ok(())
+    }
+}
+
+impl Sessions {
+    /// The caller's account as stored now (its current roles, not the token's), and the session of their
+    /// token.
+    pub async fn me(&self, caller: &Claims) -> Result<(User, Session), AuthError> {
+        self.store
+            .me(&caller.subject, &caller.session_id)
+            .await?
+            .ok_or(AuthError::Revoked)
+    }
+
+    /// Whose sessions (or keys) `caller` asks about: its own, or, for an enabled admin, `user_id`'s.
+    pub async fn owner(&self, caller: &Claims, user_id: Option<String>) -> Result<String, AuthError> {
+        match user_id {
+            Some(id) if id != caller.subject => {
+                let stored = self.store.find_user(&caller.subject).await?;
+                match may_manage(stored.as_ref(), &id) {
+                    true => Ok(id),
+                    false => Err(AuthError::AdminRequired),
+                }
+            }
+            _ => Ok(caller.subject.clone()),
+        }
+    }
+
+    /// The live sessions (API keys' too) of the caller, or of `user_id` for an admin, in creation order,
+    /// after `after`; each with whether it is the caller's own.
+    pub async fn list(
+        &self,
+        caller: &Claims,
+        user_id: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(Session, bool)>, AuthError> {
+        let owner = self.owner(caller, user_id).await?;
+        let sessions = self
+            .store
+            .live_sessions(&owner, after, limit, SystemTime::now())
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| {
+                let current = session.id == caller.session_id;
+                (session, current)
+            })
+            .collect())
+    }
+
+    /// Ends session `session_id` (the caller's, or anyone's for an admin) at once, everywhere.
+    /// Idempotent. An API key's session is the key: ending it revokes the key.
+    pub async fn revoke(&self, caller: &Claims, session_id: String, origin: Origin) -> Result<(), AuthError> {
+        self.end(caller, session_id, false, origin).await
+    }
+
+    /// Ends a session, or with `only_api_key` only an API key's, for `caller` (see [`Store::end_session`]).
+    pub async fn end(
+        &self,
+        caller: &Claims,
+        session_id: String,
+        only_api_key: bool,
+        origin: Origin,
+    ) -> Result<(), AuthError> {
+        let (store, now, caller_id) = (self.store.clone(), SystemTime::now(), caller.subject.clone());
+        self.hub
+            .record(async move {
+                let ended = store
+                    .end_session(&caller_id, &session_id, only_api_key, now, origin)
+                    .await?
+                    .map_err(refused)?;
+                Ok::<_, AuthError>(((), ended.into_iter().collect()))
+            })
+            .await?;
+        tracing::info!(caller = %caller.subject, "ended a session");
+        Ok(())
+    }
+}
+
+/// A refused change of a signed-in user's, as the error the caller gets.
+pub fn refused(refusal: CallerRefusal) -> AuthError {
+    match refusal {
+        CallerRefusal::NotFound => AuthError::SessionNotFound,
+        CallerRefusal::Revoked => AuthError::Revoked,
+        CallerRefusal::UserDisabled => AuthError::UserDisabled,
     }
 }
 

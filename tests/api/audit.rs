@@ -443,3 +443,78 @@ async fn audit_events_older_than_the_retention_are_purged() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn self_service_events_name_the_caller_and_the_session() {
+    let app = TestApp::builder().no_peer_limit().start().await;
+    let root = app.admin_token("root").await;
+    let alice = app.register("alice").await.unwrap();
+    let mine = app.login("alice", PASSWORD).await.unwrap();
+    let other = app.login("alice", PASSWORD).await.unwrap();
+    let third = app.login("alice", PASSWORD).await.unwrap();
+
+    app.revoke_session(&mine.access_token, &third.session_id)
+        .await
+        .unwrap();
+    let revoked = the_event(&app, &root, Kind::SessionRevoked, &alice.id).await;
+    assert_eq!(
+        (revoked.actor_id.as_str(), revoked.session_id.as_str()),
+        (alice.id.as_str(), third.session_id.as_str())
+    );
+
+    // A wrong current password is a failed login by the signed-in user.
+    assert_code(
+        app.change_password(&mine.access_token, "not my password", "a new passphrase")
+            .await,
+        Code::Unauthenticated,
+    );
+    let failed = the_event(&app, &root, Kind::LoginFailed, &alice.id).await;
+    assert_eq!(failed.actor_id, alice.id);
+    assert!(
+        events_of(&app, &root, Kind::PasswordChanged, &alice.id)
+            .await
+            .is_empty()
+    );
+
+    app.change_password(&mine.access_token, PASSWORD, "a new passphrase")
+        .await
+        .unwrap();
+    let changed = the_event(&app, &root, Kind::PasswordChanged, &alice.id).await;
+    assert_eq!(changed.actor_id, alice.id);
+    assert_eq!(changed.session_id, mine.session_id, "the session that stays");
+    assert!(detail_has(&changed, "sessions_ended=1"), "{changed:?}");
+    assert_code(app.validate(&other.access_token).await, Code::Unauthenticated);
+    assert_eq!(
+        events_of(&app, &root, Kind::LoginFailed, &alice.id).await.len(),
+        1,
+        "the successful check withdrew its provisional failure"
+    );
+}
+
+#[tokio::test]
+async fn a_self_service_change_whose_event_cannot_be_stored_does_not_happen() {
+    let app = TestApp::builder().no_peer_limit().start().await;
+    app.register("alice").await.unwrap();
+    let mine = app.login("alice", PASSWORD).await.unwrap();
+    let other = app.login("alice", PASSWORD).await.unwrap();
+
+    app.refuse_audit(Kind::SessionRevoked).await;
+    assert_code(
+        app.revoke_session(&mine.access_token, &other.session_id).await,
+        Code::Unavailable,
+    );
+    app.allow_audit().await;
+    app.validate(&other.access_token).await.expect("not revoked");
+
+    app.refuse_audit(Kind::PasswordChanged).await;
+    assert_code(
+        app.change_password(&mine.access_token, PASSWORD, "a new passphrase")
+            .await,
+        Code::Unavailable,
+    );
+    app.allow_audit().await;
+    app.validate(&other.access_token).await.expect("no session ended");
+    app.login("alice", PASSWORD)
+        .await
+        .expect("the old password stands");
+}

@@ -754,3 +754,40 @@ impl TestApp {
         .await;
     }
 }
+
+impl TestApp {
+    pub async fn get_me(&self, token: &str) -> Result<auth_pb::GetMeResponse, Status> {
+        let response = self
+            .auth
+            .clone()
+            .get_me(bearer(auth_pb::GetMeRequest {}, token))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn change_password(&self, token: &str, current: &str, new: &str) -> Result<(), Status> {
+        let request = auth_pb::ChangePasswordRequest {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        self.auth.clone().change_password(bearer(request, token)).await?;
+        Ok(())
+    }
+
+    pub async fn list_sessions(
+        &self,
+        token: &str,
+        request: auth_pb::ListSessionsRequest,
+    ) -> Result<auth_pb::ListSessionsResponse, Status> {
+        let response = self.auth.clone().list_sessions(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn revoke_session(&self, token: &str, session_id: &str) -> Result<(), Status> {
+        let request = auth_pb::RevokeSessionRequest {
+            session_id: session_id.into(),
+        };
+        self.auth.clone().revoke_session(bearer(request, token)).await?;
+        Ok(())
+    }
+}

@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod levels;
 mod lifecycle;
+mod me;
 mod posts;
 mod replicas;
 mod schema;

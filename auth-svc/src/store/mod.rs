@@ -26,7 +26,10 @@ use watchword_db::{
 use crate::{
     audit::{AuditEvent, AuditKind, AuditQuery, Origin},
     domain::{Credentials, ROLE_ADMIN, Revocation, Session, Target, User, Username},
-    policy::{AdminRefusal, Attempt, Failures, LOCK_CAP, Rotation, is_last_admin, reserve, rotation},
+    policy::{
+        AdminRefusal, Attempt, CallerRefusal, Failures, LOCK_CAP, Rotation, is_last_admin, may_manage,
+        reserve, rotation,
+    },
     sealing::{self, Change, KeyEncryptionKey, SealError},
 };
 
@@ -84,6 +87,19 @@ pub struct NewSession {
     pub user_agent: Option<String>,
 }
 
+/// A password change that passed the checks, as [`Store::change_password`] applies it.
+pub struct PasswordChange {
+    pub user_id: String,
+    /// The caller's session, which stays live; every other session of the user ends.
+    pub session_id: String,
+    pub username_key: String,
+    /// The new password's hash.
+    pub hash: String,
+    /// The attempt the current password was checked under, forgiven with the change.
+    pub reserved: Reserved,
+    pub origin: Origin,
+}
+
 /// The schema, in each dialect, with the same version numbers (`tests/api/schema.rs` checks that the two
 /// arrive at the same tables and columns).
 pub const MIGRATIONS: Migrations = Migrations {
@@ -136,6 +152,121 @@ impl Store {
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<Credentials>, DbError> {
         let key = username.key().to_owned();
         read!(&self.db, |tx| async move { sql::credentials(tx, &key).await })
+    }
+
+    /// The account `user_id` with its password hash and username key.
+    pub async fn credentials_of(&self, user_id: &str) -> Result<Option<(Credentials, String)>, DbError> {
+        let id = user_id.to_owned();
+        read!(
+            &self.db,
+            |tx| async move { sql::credentials_by_id(tx, &id).await }
+        )
+    }
+
+    /// The user `user_id` as stored and its session `session_id`, if the session is that user's.
+    pub async fn me(&self, user_id: &str, session_id: &str) -> Result<Option<(User, Session)>, DbError> {
+        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
+        read!(&self.db, |tx| async move {
+            let Some(user) = sql::user_by_id(tx, &user_id, false).await? else {
+                return Ok(None);
+            };
+            Ok(sql::session_by_id(tx, &session_id, false)
+                .await?
+                .filter(|(session, _)| session.user_id == user_id)
+                .map(|(session, _)| (user, session)))
+        })
+    }
+
+    /// The live sessions of `user_id` (neither revoked nor expired at `now`), in creation order (ids are
+    /// UUIDv7), after `after`.
+    pub async fn live_sessions(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Session>, DbError> {
+        let (user_id, after) = (user_id.to_owned(), after.unwrap_or_default());
+        read!(&self.db, |tx| async move {
+            sql::live_sessions(tx, &user_id, &after, now, limit).await
+        })
+    }
+
+    /// Ends session `session_id` for `caller_id`, who must own it or be an enabled admin (otherwise, as
+    /// when there is no such session, `NotFound`). With `only_api_key`, only an API key's session (the key)
+    /// may be ended this way. Audited as `API_KEY_REVOKED` for a key, else `SESSION_REVOKED`. `None` when
+    /// it had ended already (idempotent: nothing is logged or audited again).
+    pub async fn end_session(
+        &self,
+        caller_id: &str,
+        session_id: &str,
+        only_api_key: bool,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Result<Result<Option<Revocation>, CallerRefusal>, DbError> {
+        let (caller_id, id) = (caller_id.to_owned(), session_id.to_owned());
+        transaction!(&self.db, |tx| async move {
+            let caller = sql::user_by_id(tx, &caller_id, false).await?;
+            let Some((session, revoked)) = sql::session_by_id(tx, &id, true).await? else {
+                return Ok(Err(CallerRefusal::NotFound));
+            };
+            if (only_api_key && session.api_key_id.is_none())
+                || !may_manage(caller.as_ref(), &session.user_id)
+            {
+                return Ok(Err(CallerRefusal::NotFound));
+            }
+            if revoked {
+                return Ok(Ok(None));
+            }
+            sql::revoke_session(tx, &id, now).await?;
+            let revocation = Revocation::new(Target::Session(id.clone()), now, Reason::TokenRevoked);
+            sql::log_revocation(tx, &revocation).await?;
+            let kind = match session.api_key_id {
+                Some(_) => AuditKind::ApiKeyRevoked,
+                None => AuditKind::SessionRevoked,
+            };
+            let event = AuditEvent::new(kind, now, &origin)
+                .actor(caller_id)
+                .subject(session.user_id)
+                .session(id);
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(Some(revocation)))
+        })
+    }
+
+    /// Sets a new password hash, forgiving the attempt the current password was checked under, and ends
+    /// every other session of the user (its API keys too): their revocations are returned, logged in the
+    /// same transaction. Refused when the caller's own session or account has ended meanwhile.
+    pub async fn change_password(
+        &self,
+        change: PasswordChange,
+        now: SystemTime,
+    ) -> Result<Result<Vec<Revocation>, CallerRefusal>, DbError> {
+        transaction!(&self.db, |tx| async move {
+            match sql::user_by_id(tx, &change.user_id, true).await? {
+                Some(user) if !user.disabled => {}
+                _ => return Ok(Err(CallerRefusal::UserDisabled)),
+            }
+            match sql::session_by_id(tx, &change.session_id, true).await? {
+                Some((session, false)) if session.user_id == change.user_id => {}
+                _ => return Ok(Err(CallerRefusal::Revoked)),
+            }
+            forgive(tx, &change.reserved, &change.username_key).await?;
+            sql::set_password(tx, &change.user_id, &change.hash).await?;
+            let ended = sql::revoke_other_sessions(tx, &change.user_id, &change.session_id, now).await?;
+            let revocations: Vec<Revocation> = ended
+                .into_iter()
+                .map(|session| Revocation::new(Target::Session(session), now, Reason::TokenRevoked))
+                .collect();
+            log_all(tx, &revocations).await?;
+            let event = AuditEvent::new(AuditKind::PasswordChanged, now, &change.origin)
+                .actor(&change.user_id)
+                .subject(&change.user_id)
+                .session(&change.session_id)
+                .detail("sessions_ended", revocations.len());
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(revocations))
+        })
     }
 
     pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {

@@ -72,6 +72,19 @@ pub async fn credentials(tx: &impl Conn, username_key: &str) -> Result<Option<Cr
     .await
 }
 
+/// The account `id` with its password hash and username key.
+pub async fn credentials_by_id(tx: &impl Conn, id: &str) -> Result<Option<(Credentials, String)>, DbError> {
+    let sql = format!("SELECT {USER}, u.password_hash, u.username_key FROM users u WHERE u.id = $1");
+    tx.one(&sql, &[&id], |row| {
+        let credentials = Credentials {
+            user: user(row)?,
+            password_hash: row.get(5)?,
+        };
+        Ok((credentials, row.get(6)?))
+    })
+    .await
+}
+
 /// With `lock`, the row stays locked until the transaction ends.
 pub async fn user_by_id(tx: &impl Conn, id: &str, lock: bool) -> Result<Option<User>, DbError> {
     let lock = if lock { tx.locking("FOR UPDATE") } else { "" };
@@ -127,6 +140,57 @@ pub async fn insert_session(tx: &impl Conn, s: &Session) -> Result<(), DbError> 
     tx.exec(sql, &params).await.map(drop)
 }
 
+/// A session's columns, for [`session`]: `s` is the session, `k` its API key (if it is one's).
+const SESSION: &str = "s.id, s.user_id, s.create_time_us, s.last_refresh_time_us, s.expire_time_us, k.id,
+                       s.client_address, s.user_agent";
+
+fn session(row: &Row<'_>, first: usize) -> Result<Session, DbError> {
+    Ok(Session {
+        id: row.get(first)?,
+        user_id: row.get(first + 1)?,
+        create_time: from_micros(row.get(first + 2)?),
+        last_refresh_time: time(row, first + 3)?,
+        expire_time: from_micros(row.get(first + 4)?),
+        api_key_id: row.get(first + 5)?,
+        client_address: row.get(first + 6)?,
+        user_agent: row.get(first + 7)?,
+    })
+}
+
+/// Session `id` and whether it has been revoked; with `lock`, its row stays locked until the transaction
+/// ends.
+pub async fn session_by_id(tx: &impl Conn, id: &str, lock: bool) -> Result<Option<(Session, bool)>, DbError> {
+    let lock = if lock { tx.locking("FOR UPDATE OF s") } else { "" };
+    let sql = format!(
+        "SELECT {SESSION}, s.revoke_time_us FROM sessions s LEFT JOIN api_keys k ON k.id = s.id
+         WHERE s.id = $1 {lock}"
+    );
+    tx.one(&sql, &[&id], |row| {
+        Ok((session(row, 0)?, time(row, 8)?.is_some()))
+    })
+    .await
+}
+
+/// The live sessions of `user_id` (not revoked, not expired at `now`) in creation order, after `after`.
+pub async fn live_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    after: &str,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<Session>, DbError> {
+    let sql = format!(
+        "SELECT {SESSION} FROM sessions s LEFT JOIN api_keys k ON k.id = s.id
+         WHERE s.user_id = $1 AND s.id > $2 AND s.revoke_time_us IS NULL AND s.expire_time_us > $3
+         ORDER BY s.id LIMIT CAST($4 AS BIGINT)"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.all(&sql, &[&user_id, &after, &to_micros(now), &limit], |row| {
+        session(row, 0)
+    })
+    .await
+}
+
 /// A refresh moved the session's end to `expire`.
 pub async fn refreshed_session(
     tx: &impl Conn,
@@ -160,6 +224,25 @@ pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result
     let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL
                RETURNING user_id";
     tx.one(sql, &[&to_micros(now), &id], |row| row.get(0)).await
+}
+
+/// Ends every live session of `user_id` but `keep`, returning their ids.
+pub async fn revoke_other_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    keep: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1
+               WHERE user_id = $2 AND id <> $3 AND revoke_time_us IS NULL RETURNING id";
+    tx.all(sql, &[&to_micros(now), &user_id, &keep], |row| row.get(0))
+        .await
+}
+
+pub async fn set_password(tx: &impl Conn, id: &str, hash: &str) -> Result<(), DbError> {
+    tx.exec("UPDATE users SET password_hash = $1 WHERE id = $2", &[&hash, &id])
+        .await
+        .map(drop)
 }
 
 /// Ends every live session of `user_id`, returning their ids.
