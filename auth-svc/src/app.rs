@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use crate::{
     accounts::{AccountRules, Accounts},
     admin::Admin,
+    apikeys::{ApiKeyRules, ApiKeys},
     error::AuthError,
     keys::{KeyConfig, KeyRing},
     opaque::OpaqueTokens,
@@ -29,6 +30,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub struct App {
     pub accounts: Accounts,
     pub sessions: Sessions,
+    pub api_keys: ApiKeys,
     pub admin: Admin,
     pub keys: Arc<KeyRing>,
     pub hub: Arc<RevocationHub>,
@@ -74,6 +76,16 @@ impl App {
             .try_into()
             .map_err(|_| AuthError::Internal("stored refresh_token_pepper is not 32 bytes".into()))?;
         let opaque = OpaqueTokens::new(pepper);
+        let sessions = Sessions::new(
+            store.clone(),
+            Arc::clone(&keys),
+            Arc::clone(&hub),
+            opaque.clone(),
+            SessionRules {
+                refresh_token_ttl: settings.refresh_token_ttl,
+                refresh_reuse_grace: settings.refresh_reuse_grace,
+            },
+        );
         Ok(Self {
             accounts: Accounts::new(
                 store.clone(),
@@ -83,16 +95,16 @@ impl App {
                 opaque.clone(),
                 account_rules(settings),
             ),
-            sessions: Sessions::new(
+            api_keys: ApiKeys::new(
                 store.clone(),
                 Arc::clone(&keys),
-                Arc::clone(&hub),
+                sessions.clone(),
                 opaque,
-                SessionRules {
-                    refresh_token_ttl: settings.refresh_token_ttl,
-                    refresh_reuse_grace: settings.refresh_reuse_grace,
+                ApiKeyRules {
+                    max_ttl: settings.api_key_max_ttl,
                 },
             ),
+            sessions,
             admin: Admin::new(store.clone(), Arc::clone(&hub)),
             keys,
             hub,

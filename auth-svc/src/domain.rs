@@ -188,6 +188,35 @@ pub struct Session {
     pub user_agent: Option<String>,
 }
 
+/// An API key as its owner sees it (never its secret). It is a session of its own, with the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub create_time: SystemTime,
+    pub expire_time: SystemTime,
+    /// The last ExchangeApiKey.
+    pub last_exchange_time: Option<SystemTime>,
+}
+
+pub const API_KEY_NAME_MAX_CHARS: usize = 100;
+
+/// An API key's name from a request: what its owner calls it, 1 to 100 characters after trimming, no
+/// control characters.
+pub fn parse_api_key_name(raw: &str) -> Result<String, AuthError> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if !(1..=API_KEY_NAME_MAX_CHARS).contains(&chars) || name.chars().any(char::is_control) {
+        return Err(AuthError::invalid(
+            "name",
+            format!("must be 1 to {API_KEY_NAME_MAX_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// Longest `user-agent` kept with a session, in characters.
 const USER_AGENT_MAX_CHARS: usize = 256;
 
@@ -296,6 +325,16 @@ mod tests {
             assert!(err.to_string().starts_with("username:"), "{bad:?}: {err}");
         }
         assert!(Username::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn api_key_names_are_trimmed_printable_and_bounded() {
+        assert_eq!(parse_api_key_name("  ci deploy ").unwrap(), "ci deploy");
+        assert!(parse_api_key_name("é".repeat(100).as_str()).is_ok());
+        for bad in ["", "   ", "a\nb", &"x".repeat(101)] {
+            let err = parse_api_key_name(bad).unwrap_err();
+            assert!(err.to_string().starts_with("name:"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

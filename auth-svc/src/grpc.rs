@@ -15,9 +15,13 @@ use watchword::{
 use crate::{
     accounts::{Login, Peer},
     admin::AdminCaller,
+    apikeys::CreateKey,
     app::App,
     audit::{AuditEvent, AuditKind, AuditQuery, Origin},
-    domain::{Revocation, Session, Target, User, parse_id, parse_roles, parse_user_id, user_agent},
+    domain::{
+        ApiKey, Revocation, Session, Target, User, parse_api_key_name, parse_id, parse_roles, parse_user_id,
+        user_agent,
+    },
     error::AuthError,
     keys::{Claims, IssuedToken, Jwks, TokenError},
     revocations::Event,
@@ -69,11 +73,7 @@ impl AuthService for AuthApi {
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
         let peer = peer(&request);
-        let user_agent = request
-            .metadata()
-            .get("user-agent")
-            .and_then(|value| value.to_str().ok())
-            .and_then(user_agent);
+        let user_agent = user_agent_of(request.metadata());
         let (username, password, device_token) = login_credentials(request)?;
         let login = Login {
             username,
@@ -367,6 +367,82 @@ impl AuthService for AuthApi {
         self.app.sessions.revoke(&caller, session_id, origin).await?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Reply<pb::CreateApiKeyResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let origin = self.origin(&request);
+        let user_agent = user_agent_of(request.metadata());
+        let pb::CreateApiKeyRequest { name, roles, ttl } = request.into_inner();
+        let ttl = ttl
+            .map(|ttl| Duration::try_from(ttl).map_err(|_| AuthError::invalid("ttl", "must be positive")))
+            .transpose()?;
+        let create = CreateKey {
+            name: parse_api_key_name(&name)?,
+            roles: parse_roles(roles)?,
+            ttl,
+            user_agent,
+        };
+        let (key, secret) = self.app.api_keys.create(&caller, create, origin).await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(api_key_to_pb(key)),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Reply<pb::ListApiKeysResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let pb::ListApiKeysRequest {
+            page_size,
+            page_token,
+            user_id,
+        } = request.into_inner();
+        let size = pagination::page_size(page_size)
+            .ok_or_else(|| AuthError::invalid("page_size", "must not be negative"))?;
+        let user_id = optional_user_id(&user_id)?;
+        let filter = user_id.clone().unwrap_or_default();
+        let after = decode_page_token(API_KEYS_PAGE, &page_token, &filter)?;
+        let mut keys = self.app.api_keys.list(&caller, user_id, after, size + 1).await?;
+        let next_page_token = next_page(&mut keys, size, |key| {
+            encode_page_token(API_KEYS_PAGE, &key.id, &filter)
+        });
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: keys.into_iter().map(api_key_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Reply<pb::RevokeApiKeyResponse> {
+        let caller = self.caller(request.metadata()).await?;
+        let origin = self.origin(&request);
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.app.api_keys.revoke(&caller, id, origin).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn exchange_api_key(
+        &self,
+        request: Request<pb::ExchangeApiKeyRequest>,
+    ) -> Reply<pb::ExchangeApiKeyResponse> {
+        let IssuedToken { token, claims } = self.app.api_keys.exchange(&request.get_ref().api_key).await?;
+        Ok(Response::new(pb::ExchangeApiKeyResponse {
+            access_token: token,
+            expires_in: self.expires_in(),
+            token_type: "Bearer".to_owned(),
+            expire_time: Some(claims.expire_time.into()),
+        }))
+    }
 }
 
 impl AuthApi {
@@ -386,6 +462,14 @@ fn peer<T>(request: &Request<T>) -> Peer {
             .filter_map(|value| value.to_str().ok().map(str::to_owned))
             .collect(),
     }
+}
+
+/// The client's `user-agent`, as a session keeps it.
+fn user_agent_of(metadata: &MetadataMap) -> Option<String> {
+    metadata
+        .get("user-agent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(user_agent)
 }
 
 /// The bearer token of `metadata`, with credential problems as token errors.
@@ -440,6 +524,7 @@ fn decode_user_page_token(token: &str) -> Result<Option<String>, AuthError> {
 /// What a page token's position belongs to: a token of one listing is no token of another.
 const AUDIT_PAGE: &str = "audit";
 const SESSIONS_PAGE: &str = "sessions";
+const API_KEYS_PAGE: &str = "api_keys";
 
 /// A page token: where the next page starts, bound to the filter it was issued for (AIP-158: a token
 /// replayed with another filter is INVALID_ARGUMENT). Opaque to clients.
@@ -510,6 +595,18 @@ fn audit_event_to_pb(event: AuditEvent) -> pb::AuditEvent {
         client_address: event.client_address.unwrap_or_default(),
         session_id: event.session_id.unwrap_or_default(),
         detail: event.detail,
+    }
+}
+
+fn api_key_to_pb(key: ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: key.id,
+        name: key.name,
+        roles: key.roles,
+        create_time: Some(key.create_time.into()),
+        expire_time: Some(key.expire_time.into()),
+        user_id: key.user_id,
+        last_exchange_time: key.last_exchange_time.map(Into::into),
     }
 }
 

@@ -173,7 +173,10 @@ impl Sessions {
         let store = self.store.clone();
         let id = session_id.clone();
         self.hub
-            .record(async move { Ok::<_, AuthError>(((), vec![store.logout(&id, now, origin).await?])) })
+            .record(async move {
+                let revocation = store.logout(&id, now, origin).await?.map_err(refused)?;
+                Ok::<_, AuthError>(((), vec![revocation]))
+            })
             .await?;
         tracing::info!(session_id, "logged out");
         Ok(())
@@ -262,6 +265,7 @@ pub fn refused(refusal: CallerRefusal) -> AuthError {
         CallerRefusal::NotFound => AuthError::SessionNotFound,
         CallerRefusal::Revoked => AuthError::Revoked,
         CallerRefusal::UserDisabled => AuthError::UserDisabled,
+        CallerRefusal::ApiKeySession => AuthError::ApiKeyLogout,
     }
 }
 

@@ -120,6 +120,12 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_DEFAULT_ROLE", value_enum, default_value_t = DefaultRole::User)]
     pub default_role: DefaultRole,
 
+    /// Longest lifetime an API key may be given (CreateApiKey's `ttl`; a key without one lives 365 days,
+    /// or this long if that is shorter). Between 1h and 3650days.
+    #[arg(long, env = "AUTH_SVC_API_KEY_MAX_TTL", default_value = "365days",
+          value_parser = |v: &str| duration_within(v, API_KEY_MAX_TTL))]
+    pub api_key_max_ttl: Duration,
+
     /// How long audit events are kept (ListAuditEvents); older ones are deleted. Between 1day and
     /// 3650days.
     #[arg(long, env = "AUTH_SVC_AUDIT_RETENTION", default_value = "90days",
@@ -162,6 +168,8 @@ const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
 /// `1 / rate`); NaN, infinities and tiny rates would make that delay meaningless or overflow it.
 const PEER_RATE: RangeInclusive<f64> = 0.01..=10_000.0;
 const CLAIM_VALUE_MAX_BYTES: usize = 256;
+const API_KEY_MAX_TTL: RangeInclusive<Duration> =
+    Duration::from_secs(3600)..=Duration::from_secs(3650 * 24 * 3600);
 /// At least a day, so the purge (hourly) never races a listing; at most ten years.
 const AUDIT_RETENTION: RangeInclusive<Duration> =
     Duration::from_secs(24 * 3600)..=Duration::from_secs(3650 * 24 * 3600);
@@ -346,6 +354,8 @@ mod tests {
             ["--shutdown-grace", "10m"],
             ["--default-role", "guest"],
             ["--default-role", "user"],
+            ["--api-key-max-ttl", "1h"],
+            ["--api-key-max-ttl", "3650days"],
             ["--audit-retention", "1day"],
             ["--audit-retention", "3650days"],
         ];
@@ -368,6 +378,8 @@ mod tests {
             ["--db-acquire-timeout", "31s"],
             ["--shutdown-grace", "99ms"],
             ["--shutdown-grace", "11m"],
+            ["--api-key-max-ttl", "59m"],
+            ["--api-key-max-ttl", "3651days"],
             ["--audit-retention", "23h"],
             ["--audit-retention", "3651days"],
         ];

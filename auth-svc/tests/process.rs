@@ -371,6 +371,8 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
             "--max-revocation-subscribers",
         ),
         bad(&["--default-role", "admin"], "--default-role"),
+        bad(&["--api-key-max-ttl", "0s"], "--api-key-max-ttl"),
+        bad(&["--api-key-max-ttl", "100years"], "--api-key-max-ttl"),
         bad(&["--audit-retention", "1h"], "--audit-retention"),
         bad(&["--audit-retention", "100years"], "--audit-retention"),
         BadStart {

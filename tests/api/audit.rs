@@ -518,3 +518,96 @@ async fn a_self_service_change_whose_event_cannot_be_stored_does_not_happen() {
         .await
         .expect("the old password stands");
 }
+
+#[tokio::test]
+async fn api_key_events_name_the_key_and_a_failed_or_unstorable_change_leaves_none() {
+    let app = spawn_app().await;
+    let root = app.admin_token("root").await;
+    let root_id = app.validate(&root).await.unwrap().subject;
+    let alice = app.register("alice").await.unwrap();
+    let token = app.login("alice", PASSWORD).await.unwrap().access_token;
+
+    // Refused (a role alice may not give): no key, no event.
+    assert_code(
+        app.create_api_key(&token, "x", &["admin"], None).await,
+        Code::PermissionDenied,
+    );
+    assert!(
+        events_of(&app, &root, Kind::ApiKeyCreated, &alice.id)
+            .await
+            .is_empty()
+    );
+    // Its event cannot be stored: no key either.
+    app.refuse_audit(Kind::ApiKeyCreated).await;
+    assert_code(
+        app.create_api_key(&token, "x", &[], None).await,
+        Code::Unavailable,
+    );
+    app.allow_audit().await;
+    assert!(
+        app.list_api_keys(&token, Default::default())
+            .await
+            .unwrap()
+            .api_keys
+            .is_empty()
+    );
+
+    let key = app
+        .create_api_key(&token, "bot", &[], None)
+        .await
+        .unwrap()
+        .api_key
+        .unwrap();
+    let created = the_event(&app, &root, Kind::ApiKeyCreated, &alice.id).await;
+    assert_eq!(
+        (created.actor_id.as_str(), created.session_id.as_str()),
+        (alice.id.as_str(), key.id.as_str())
+    );
+    assert!(detail_has(&created, "roles=user"), "{created:?}");
+
+    app.refuse_audit(Kind::ApiKeyRevoked).await;
+    assert_code(app.revoke_api_key(&token, &key.id).await, Code::Unavailable);
+    app.allow_audit().await;
+    assert_eq!(
+        app.list_api_keys(&token, Default::default())
+            .await
+            .unwrap()
+            .api_keys
+            .len(),
+        1,
+        "not revoked"
+    );
+    app.revoke_api_key(&root, &key.id).await.unwrap();
+    app.revoke_api_key(&root, &key.id).await.unwrap();
+    let revoked = the_event(&app, &root, Kind::ApiKeyRevoked, &alice.id).await;
+    assert_eq!(
+        (
+            revoked.actor_id.as_str(),
+            revoked.subject_id.as_str(),
+            revoked.session_id.as_str()
+        ),
+        (root_id.as_str(), alice.id.as_str(), key.id.as_str())
+    );
+
+    // A role change that ends a key records its revocation too, by the admin who made it.
+    let kept = app
+        .create_api_key(&token, "reader", &["guest"], None)
+        .await
+        .unwrap()
+        .api_key
+        .unwrap();
+    let demote = pb::SetUserRolesRequest {
+        user_id: alice.id.clone(),
+        roles: vec![],
+    };
+    app.auth
+        .clone()
+        .set_user_roles(bearer(demote, &root))
+        .await
+        .unwrap();
+    let revoked = events_of(&app, &root, Kind::ApiKeyRevoked, &alice.id).await;
+    assert_eq!(revoked.len(), 2, "{revoked:#?}");
+    assert_eq!(revoked[0].session_id, kept.id);
+    assert!(detail_has(&revoked[0], "reason=roles_changed"), "{revoked:?}");
+    assert_eq!(revoked[0].actor_id, root_id);
+}

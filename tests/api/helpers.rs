@@ -791,3 +791,45 @@ impl TestApp {
         Ok(())
     }
 }
+
+impl TestApp {
+    /// Creates an API key named `name` with `roles` (none: the caller's) for the caller of `token`.
+    pub async fn create_api_key(
+        &self,
+        token: &str,
+        name: &str,
+        roles: &[&str],
+        ttl: Option<Duration>,
+    ) -> Result<auth_pb::CreateApiKeyResponse, Status> {
+        let request = auth_pb::CreateApiKeyRequest {
+            name: name.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ttl: ttl.map(|ttl| prost_types::Duration::try_from(ttl).unwrap()),
+        };
+        let response = self.auth.clone().create_api_key(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    /// An access token for API key `secret`.
+    pub async fn exchange_api_key(&self, secret: &str) -> Result<auth_pb::ExchangeApiKeyResponse, Status> {
+        let request = auth_pb::ExchangeApiKeyRequest {
+            api_key: secret.into(),
+        };
+        Ok(self.auth.clone().exchange_api_key(request).await?.into_inner())
+    }
+
+    pub async fn list_api_keys(
+        &self,
+        token: &str,
+        request: auth_pb::ListApiKeysRequest,
+    ) -> Result<auth_pb::ListApiKeysResponse, Status> {
+        let response = self.auth.clone().list_api_keys(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn revoke_api_key(&self, token: &str, id: &str) -> Result<(), Status> {
+        let request = auth_pb::RevokeApiKeyRequest { id: id.into() };
+        self.auth.clone().revoke_api_key(bearer(request, token)).await?;
+        Ok(())
+    }
+}

@@ -2,6 +2,7 @@
 //! binaries use, talking real gRPC over loopback.
 
 mod abuse;
+mod apikeys;
 mod at_rest;
 mod audit;
 mod auth;

@@ -25,10 +25,10 @@ use watchword_db::{
 
 use crate::{
     audit::{AuditEvent, AuditKind, AuditQuery, Origin},
-    domain::{Credentials, ROLE_ADMIN, Revocation, Session, Target, User, Username},
+    domain::{ApiKey, Credentials, ROLE_ADMIN, Revocation, Session, Target, User, Username},
     policy::{
-        AdminRefusal, Attempt, CallerRefusal, Failures, LOCK_CAP, Rotation, is_last_admin, may_manage,
-        reserve, rotation,
+        AdminRefusal, Attempt, CallerRefusal, Exchange, Failures, KeyRefusal, LOCK_CAP, Rotation, exchange,
+        is_last_admin, key_roles, keys_to_end, may_manage, reserve, rotation,
     },
     sealing::{self, Change, KeyEncryptionKey, SealError},
 };
@@ -97,6 +97,23 @@ pub struct PasswordChange {
     pub hash: String,
     /// The attempt the current password was checked under, forgiven with the change.
     pub reserved: Reserved,
+    pub origin: Origin,
+}
+
+/// An API key to create, as [`Store::create_api_key`] checks and stores it.
+pub struct NewApiKey {
+    pub id: String,
+    /// The owner: the caller, whose roles (as stored now) bound the key's.
+    pub user_id: String,
+    pub name: String,
+    /// The roles asked for; none means the owner's.
+    pub roles: Vec<String>,
+    /// The keyed hash of the secret.
+    pub hash: Vec<u8>,
+    pub expire_time: SystemTime,
+    /// The session the caller created it from.
+    pub created_in: String,
+    pub user_agent: Option<String>,
     pub origin: Origin,
 }
 
@@ -308,10 +325,26 @@ impl Store {
             }
             sql::set_roles(tx, &id, &roles).await?;
             let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
-            let ended = match removes_a_role {
-                true => sql::revoke_user_sessions(tx, &id, now).await?,
-                false => Vec::new(),
-            };
+            let (mut ended, mut keys_ended) = (Vec::new(), Vec::new());
+            if removes_a_role {
+                // Every login session (its tokens carry the old roles), and every API key now worth more
+                // than its owner; keys the new roles still cover go on.
+                ended = sql::revoke_login_sessions(tx, &id, now).await?;
+                let keys = sql::unrevoked_api_keys(tx, &id).await?;
+                for key in keys_to_end(&keys, &roles) {
+                    sql::revoke_session(tx, &key, now).await?;
+                    keys_ended.push(key);
+                }
+            }
+            for key in &keys_ended {
+                let mut event = AuditEvent::new(AuditKind::ApiKeyRevoked, now, &origin)
+                    .subject(&id)
+                    .session(key)
+                    .detail("reason", "roles_changed");
+                event.actor_id.clone_from(&actor);
+                sql::insert_audit(tx, &event).await?;
+            }
+            ended.extend(keys_ended);
             let revocations: Vec<Revocation> = ended
                 .into_iter()
                 .map(|session| Revocation::new(Target::Session(session), now, Reason::TokenRevoked))
@@ -556,17 +589,23 @@ impl Store {
     }
 
     /// Ends a session at its holder's request (idempotent: an ended session keeps its first revocation,
-    /// and is not logged or audited again).
+    /// and is not logged or audited again). Not an API key's: that would revoke the key.
     pub async fn logout(
         &self,
         session_id: &str,
         now: SystemTime,
         origin: Origin,
-    ) -> Result<Revocation, DbError> {
+    ) -> Result<Result<Revocation, CallerRefusal>, DbError> {
         let revocation = Revocation::new(Target::Session(session_id.to_owned()), now, Reason::TokenRevoked);
         let logged = revocation.clone();
         let id = session_id.to_owned();
         transaction!(&self.db, |tx| async move {
+            let is_key = sql::session_by_id(tx, &id, true)
+                .await?
+                .is_some_and(|(session, _)| session.api_key_id.is_some());
+            if is_key {
+                return Ok(Err(CallerRefusal::ApiKeySession));
+            }
             if let Some(owner) = sql::revoke_session(tx, &id, now).await? {
                 sql::log_revocation(tx, &logged).await?;
                 let event = AuditEvent::new(AuditKind::Logout, now, &origin)
@@ -575,9 +614,81 @@ impl Store {
                     .session(&id);
                 sql::insert_audit(tx, &event).await?;
             }
-            Ok::<_, DbError>(())
-        })?;
-        Ok(revocation)
+            Ok(Ok(revocation))
+        })
+    }
+
+    /// Creates an API key for its owner, with roles the owner (as stored now) may grant: a session of its
+    /// own (the same id) and the key's hash, audited as `API_KEY_CREATED`.
+    pub async fn create_api_key(
+        &self,
+        new: NewApiKey,
+        now: SystemTime,
+    ) -> Result<Result<ApiKey, KeyRefusal>, DbError> {
+        transaction!(&self.db, |tx| async move {
+            let owner = match sql::user_by_id(tx, &new.user_id, true).await? {
+                Some(user) if !user.disabled => user,
+                _ => return Ok(Err(KeyRefusal::UserDisabled)),
+            };
+            let roles = match key_roles(&owner.roles, new.roles) {
+                Ok(roles) => roles,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let session = Session {
+                id: new.id.clone(),
+                user_id: new.user_id.clone(),
+                create_time: now,
+                last_refresh_time: None,
+                expire_time: new.expire_time,
+                api_key_id: Some(new.id.clone()),
+                client_address: new.origin.client.map(|ip| ip.to_string()),
+                user_agent: new.user_agent,
+            };
+            sql::insert_session(tx, &session).await?;
+            sql::insert_api_key(tx, &new.id, &new.hash, &new.name, &roles).await?;
+            let event = AuditEvent::new(AuditKind::ApiKeyCreated, now, &new.origin)
+                .actor(&owner.id)
+                .subject(&owner.id)
+                .session(&new.id)
+                .detail("created_in", &new.created_in)
+                .detail("roles", roles.join(","));
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(ApiKey {
+                id: new.id,
+                user_id: owner.id,
+                name: new.name,
+                roles,
+                create_time: now,
+                expire_time: new.expire_time,
+                last_exchange_time: None,
+            }))
+        })
+    }
+
+    /// The live API keys of `user_id` (neither revoked nor expired at `now`), oldest first, after `after`.
+    pub async fn api_keys(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<ApiKey>, DbError> {
+        let (user_id, after) = (user_id.to_owned(), after.unwrap_or_default());
+        read!(&self.db, |tx| async move {
+            sql::live_api_keys(tx, &user_id, &after, now, limit).await
+        })
+    }
+
+    /// Presents API key `hash` for an exchange: decided from the key and its owner as stored now (the
+    /// key's row locked), and, when it is good, the exchange recorded.
+    pub async fn exchange_api_key(&self, hash: Vec<u8>, now: SystemTime) -> Result<Exchange, DbError> {
+        transaction!(&self.db, |tx| async move {
+            let outcome = exchange(sql::presented_key(tx, &hash).await?, now);
+            if let Exchange::Issue { key_id, .. } = &outcome {
+                sql::exchanged_key(tx, key_id, now).await?;
+            }
+            Ok(outcome)
+        })
     }
 
     /// Drops what can no longer matter: expired refresh and device tokens, failed-login records idle for

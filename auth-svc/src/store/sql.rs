@@ -10,8 +10,8 @@ use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
 use super::{NewKey, SessionState, StoredKey, postgres, sqlite};
 use crate::{
     audit::{AuditEvent, AuditKind, AuditQuery},
-    domain::{Credentials, Revocation, Session, User, Username, split_roles},
-    policy::{Failures, Presented},
+    domain::{ApiKey, Credentials, Revocation, Session, User, Username, split_roles},
+    policy::{Failures, Presented, PresentedKey},
     sealing::{KeyRow, SecretRow},
 };
 
@@ -189,6 +189,99 @@ pub async fn live_sessions(
         session(row, 0)
     })
     .await
+}
+
+pub async fn insert_api_key(
+    tx: &impl Conn,
+    id: &str,
+    hash: &[u8],
+    name: &str,
+    roles: &[String],
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO api_keys (id, hash, name, roles) VALUES ($1, $2, $3, $4)";
+    tx.exec(sql, &[&id, &hash, &name, &roles.join(" ")])
+        .await
+        .map(drop)
+}
+
+/// The live API keys of `user_id` (neither revoked nor expired at `now`), oldest first, after `after`.
+pub async fn live_api_keys(
+    tx: &impl Conn,
+    user_id: &str,
+    after: &str,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<ApiKey>, DbError> {
+    let sql = "SELECT k.id, s.user_id, k.name, k.roles, s.create_time_us, s.expire_time_us,
+                      s.last_refresh_time_us
+               FROM api_keys k JOIN sessions s ON s.id = k.id
+               WHERE s.user_id = $1 AND k.id > $2 AND s.revoke_time_us IS NULL AND s.expire_time_us > $3
+               ORDER BY k.id LIMIT CAST($4 AS BIGINT)";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.all(sql, &[&user_id, &after, &to_micros(now), &limit], |row| {
+        Ok(ApiKey {
+            id: row.get(0)?,
+            user_id: row.get(1)?,
+            name: row.get(2)?,
+            roles: split_roles(&row.get::<String>(3)?),
+            create_time: from_micros(row.get(4)?),
+            expire_time: from_micros(row.get(5)?),
+            last_exchange_time: time(row, 6)?,
+        })
+    })
+    .await
+}
+
+/// The API key `hash` with its session's state and its owner; the session's row stays locked until the
+/// transaction ends.
+pub async fn presented_key(tx: &impl Conn, hash: &[u8]) -> Result<Option<PresentedKey>, DbError> {
+    let sql = format!(
+        "SELECT {USER}, k.id, k.roles, s.expire_time_us, s.revoke_time_us
+         FROM api_keys k JOIN sessions s ON s.id = k.id JOIN users u ON u.id = s.user_id
+         WHERE k.hash = $1 {}",
+        tx.locking("FOR UPDATE OF s")
+    );
+    tx.one(&sql, &[&hash], |row| {
+        Ok(PresentedKey {
+            user: user(row)?,
+            key_id: row.get(5)?,
+            roles: split_roles(&row.get::<String>(6)?),
+            expire_time: from_micros(row.get(7)?),
+            revoked: time(row, 8)?.is_some(),
+        })
+    })
+    .await
+}
+
+/// The API keys of `user_id` not yet revoked, with their roles.
+pub async fn unrevoked_api_keys(
+    tx: &impl Conn,
+    user_id: &str,
+) -> Result<Vec<(String, Vec<String>)>, DbError> {
+    let sql = "SELECT k.id, k.roles FROM api_keys k JOIN sessions s ON s.id = k.id
+               WHERE s.user_id = $1 AND s.revoke_time_us IS NULL ORDER BY k.id";
+    tx.all(sql, &[&user_id], |row| {
+        Ok((row.get(0)?, split_roles(&row.get::<String>(1)?)))
+    })
+    .await
+}
+
+/// Ends every live login session of `user_id` (not its API keys'), returning their ids.
+pub async fn revoke_login_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1
+               WHERE user_id = $2 AND revoke_time_us IS NULL AND id NOT IN (SELECT id FROM api_keys)
+               RETURNING id";
+    tx.all(sql, &[&to_micros(now), &user_id], |row| row.get(0)).await
+}
+
+/// An exchange of the API key `id` at `now`.
+pub async fn exchanged_key(tx: &impl Conn, id: &str, now: SystemTime) -> Result<(), DbError> {
+    let sql = "UPDATE sessions SET last_refresh_time_us = $1 WHERE id = $2";
+    tx.exec(sql, &[&to_micros(now), &id]).await.map(drop)
 }
 
 /// A refresh moved the session's end to `expire`.
