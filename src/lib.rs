@@ -7,6 +7,7 @@
 //!   revocation-aware cache, or verify with auth-svc's JWKS (the last two follow auth-svc's revocation
 //!   stream);
 //! - [`reason`]: the `ErrorInfo` reasons clients can act on;
+//! - [`roles`]: the roles as ordered levels (`guest` < `user` < `admin`), which guard policies compare;
 //! - [`token`]: access-token verification shared by auth-svc and the guard's local mode;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
@@ -26,6 +27,7 @@ pub mod observe;
 pub mod pagination;
 pub mod pb;
 pub mod reason;
+pub mod roles;
 pub mod server;
 pub mod telemetry;
 pub mod token;

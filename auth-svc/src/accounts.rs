@@ -6,15 +6,20 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use watchword::roles::Level;
+
 use crate::{
+    audit::Origin,
     domain::{NewPassword, ROLE_ADMIN, ROLE_USER, User, Username, check_max_length, parse_roles},
     error::AuthError,
-    keys::{IssuedToken, KeyRing},
+    keys::{Claims, IssuedToken, KeyRing},
     metrics::AuthMetrics,
     opaque::{Kind, OpaqueTokens},
     password::PasswordHasher,
     policy::Attempt,
-    store::{NewSession, Store},
+    revocations::RevocationHub,
+    sessions::refused,
+    store::{NewSession, PasswordChange, Store},
     throttle::{PeerLimiter, TrustedProxies},
 };
 
@@ -32,6 +37,8 @@ pub struct AccountRules {
     pub peer_rate: f64,
     pub peer_burst: u32,
     pub trusted_proxies: TrustedProxies,
+    /// The role of a new registration (`--default-role`).
+    pub default_role: Level,
 }
 
 /// Where a call came from: the TCP peer and the `x-forwarded-for` values it sent.
@@ -41,12 +48,25 @@ pub struct Peer {
     pub forwarded_for: Vec<String>,
 }
 
+impl Peer {
+    /// The client, for per-client limits and the audit log: the TCP peer, or, when that is one of
+    /// `proxies`, the client its `x-forwarded-for` names (see [`TrustedProxies::client`]).
+    pub fn origin(&self, proxies: &TrustedProxies) -> Origin {
+        let forwarded: Vec<&str> = self.forwarded_for.iter().map(String::as_str).collect();
+        Origin {
+            client: self.addr.map(|addr| proxies.client(addr, &forwarded)),
+        }
+    }
+}
+
 pub struct Login {
     pub username: String,
     pub password: String,
     /// The device token of an earlier successful login, if the client kept one.
     pub device_token: Option<String>,
     pub peer: Peer,
+    /// The client's `user-agent`, kept with the session (see `domain::user_agent`).
+    pub user_agent: Option<String>,
 }
 
 pub struct LoggedIn {
@@ -62,6 +82,7 @@ pub struct Accounts {
     store: Store,
     hasher: PasswordHasher,
     keys: Arc<KeyRing>,
+    hub: Arc<RevocationHub>,
     opaque: OpaqueTokens,
     peers: Arc<PeerLimiter>,
     rules: AccountRules,
@@ -73,6 +94,7 @@ impl Accounts {
         store: Store,
         hasher: PasswordHasher,
         keys: Arc<KeyRing>,
+        hub: Arc<RevocationHub>,
         opaque: OpaqueTokens,
         rules: AccountRules,
         metrics: AuthMetrics,
@@ -81,6 +103,7 @@ impl Accounts {
             store,
             hasher,
             keys,
+            hub,
             opaque,
             peers: Arc::new(PeerLimiter::new(rules.peer_rate, rules.peer_burst)),
             rules,
@@ -88,22 +111,24 @@ impl Accounts {
         }
     }
 
-    /// Applies the per-client rate limit (calls that did not come over TCP are not limited).
-    fn check_peer(&self, peer: &Peer) -> Result<(), AuthError> {
-        let Some(addr) = peer.addr else { return Ok(()) };
-        let forwarded: Vec<&str> = peer.forwarded_for.iter().map(String::as_str).collect();
-        let client = self.rules.trusted_proxies.client(addr, &forwarded);
+    /// Where `peer` says the call came from, after applying the per-client rate limit to it (calls that
+    /// did not come over TCP are not limited).
+    fn check_peer(&self, peer: &Peer) -> Result<Origin, AuthError> {
+        let origin = peer.origin(&self.rules.trusted_proxies);
+        let Some(client) = origin.client else {
+            return Ok(origin);
+        };
         self.peers
             .check(client, Instant::now())
-            .map_err(|retry_after| AuthError::RateLimited { retry_after })
+            .map_err(|retry_after| AuthError::RateLimited { retry_after })?;
+        Ok(origin)
     }
 
-    /// Creates an account with the role `user`.
+    /// Creates an account with the default role (`--default-role`: `user`, or `guest`).
     pub async fn register(&self, username: &str, password: String, peer: &Peer) -> Result<User, AuthError> {
-        self.check_peer(peer)?;
-        let user = self
-            .create_user(username, password, vec![ROLE_USER.to_owned()])
-            .await?;
+        let origin = self.check_peer(peer)?;
+        let role = self.rules.default_role.as_str().to_owned();
+        let user = self.create_user(username, password, vec![role], origin).await?;
         tracing::info!(user_id = %user.id, "registered user");
         Ok(user)
     }
@@ -114,6 +139,7 @@ impl Accounts {
         username: &str,
         password: String,
         roles: Vec<String>,
+        origin: Origin,
     ) -> Result<User, AuthError> {
         let admission = self.hasher.admit()?;
         let username = Username::parse(username)?;
@@ -127,7 +153,7 @@ impl Accounts {
             disabled: false,
         };
         self.store
-            .insert_user(user.clone(), username, hash)
+            .insert_user(user.clone(), username, hash, origin)
             .await
             .map_err(|e| match e.is_unique_violation() {
                 true => AuthError::UsernameTaken,
@@ -150,7 +176,7 @@ impl Accounts {
     }
 
     async fn attempt_login(&self, login: Login) -> Result<LoggedIn, AuthError> {
-        self.check_peer(&login.peer)?;
+        let origin = self.check_peer(&login.peer)?;
         let admission = self.hasher.admit()?;
         check_max_length(&login.password)?;
         let now = watchword_db::now();
@@ -162,13 +188,15 @@ impl Accounts {
             .device_token
             .as_deref()
             .and_then(|token| Some((token, self.opaque.hash(Kind::Device, token).ok()?)));
-        let attempt = self
+        let reserved = self
             .store
             .begin_login_attempt(
                 &key,
                 device.as_ref().map(|(_, hash)| hash.clone()),
                 self.rules.lockout_threshold,
                 now,
+                None,
+                origin.clone(),
             )
             .await?
             .map_err(|retry_after| AuthError::AccountLocked { retry_after })?;
@@ -191,7 +219,7 @@ impl Accounts {
             .map_err(|_| shape())?;
         let refresh_expire_time = now + self.rules.refresh_token_ttl;
         // A device that presented its token keeps it; any other gets one now.
-        let (device_token, new_device) = match (&attempt, device) {
+        let (device_token, new_device) = match (&reserved.attempt, device) {
             (Attempt::Device(_), Some((token, _))) => (token.to_owned(), None),
             _ => {
                 let token = generate(Kind::Device)?;
@@ -200,13 +228,15 @@ impl Accounts {
             }
         };
         let new = NewSession {
-            attempt,
+            reserved,
             username_key: key,
             user_id,
             session_id: session_id.clone(),
             refresh_hash,
             refresh_expire_time,
             new_device: new_device.map(|hash| (hash, now + DEVICE_TOKEN_TTL)),
+            origin,
+            user_agent: login.user_agent,
         };
         // Disabled since the password check: fails like a wrong password.
         let user = self
@@ -225,11 +255,72 @@ impl Accounts {
         })
     }
 
+    /// Replaces the caller's password. The current password is checked as Login checks it (the attempt
+    /// reserved against the account's lockout budget first, then the same argon2 work); the new one must
+    /// meet the password policy. Every other session of the user (its API keys too: whoever knew the old
+    /// password may have made them) ends at once, everywhere; the caller's session stays live.
+    pub async fn change_password(
+        &self,
+        caller: &Claims,
+        current: String,
+        new: String,
+        origin: Origin,
+    ) -> Result<(), AuthError> {
+        let admission = self.hasher.admit()?;
+        check_max_length(&current).map_err(|e| e.for_field("current_password"))?;
+        let (credentials, username_key) = self
+            .store
+            .credentials_of(&caller.subject)
+            .await?
+            .ok_or(AuthError::Revoked)?;
+        let username = Username::parse(&credentials.user.username)?;
+        let new = NewPassword::parse(new, self.rules.min_password_length, &username)
+            .map_err(|e| e.for_field("new_password"))?;
+        let now = watchword_db::now();
+        let reserved = self
+            .store
+            .begin_login_attempt(
+                &username_key,
+                None,
+                self.rules.lockout_threshold,
+                now,
+                Some(&caller.subject),
+                origin.clone(),
+            )
+            .await?
+            .map_err(|retry_after| AuthError::AccountLocked { retry_after })?;
+        let stored = Some(credentials.password_hash);
+        if !self.hasher.verify(admission, current, stored).await? {
+            return Err(AuthError::BadCredentials);
+        }
+        let hash = self.hasher.hash(self.hasher.admit()?, new.into_inner()).await?;
+        let change = PasswordChange {
+            user_id: caller.subject.clone(),
+            session_id: caller.session_id.clone(),
+            username_key,
+            hash,
+            reserved,
+            origin,
+        };
+        let store = self.store.clone();
+        self.hub
+            .record(async move {
+                let ended = store.change_password(change, now).await?.map_err(refused)?;
+                Ok::<_, AuthError>(((), ended))
+            })
+            .await?;
+        tracing::info!(user_id = %caller.subject, session_id = %caller.session_id, "changed password");
+        Ok(())
+    }
+
     /// Creates `username` as an admin (roles admin and user), or, when the account exists and `password`
     /// is its password, gives it the admin role. For `auth-svc --bootstrap-admin`.
     pub async fn bootstrap_admin(&self, username: &str, password: String) -> Result<String, AuthError> {
         let roles = vec![ROLE_ADMIN.to_owned(), ROLE_USER.to_owned()];
-        match self.create_user(username, password.clone(), roles).await {
+        match self
+            .create_user(username, password.clone(), roles, Origin::operator())
+            .await
+        {
             Ok(user) => return Ok(format!("created admin {} ({})", user.username, user.id)),
             Err(AuthError::UsernameTaken) => {}
             Err(e) => return Err(e),
@@ -248,7 +339,7 @@ impl Accounts {
         roles.push(ROLE_ADMIN.to_owned());
         let roles = parse_roles(roles)?;
         self.store
-            .set_roles(&existing.id, roles, watchword_db::now())
+            .set_roles(&existing.id, roles, watchword_db::now(), None, Origin::operator())
             .await?
             .map_err(|_| AuthError::UserNotFound)?;
         Ok(format!(

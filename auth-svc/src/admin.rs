@@ -1,11 +1,18 @@
-//! Admin use cases: roles, listing, disabling and unlocking users. Each takes an [`AdminCaller`], which only
-//! [`Admin::require_admin`] makes, so no admin use case can run for a caller nobody checked.
+//! Admin use cases: roles, listing, disabling and unlocking users, and the audit log. Each takes an
+//! [`AdminCaller`], which only [`Admin::require_admin`] makes, so no admin use case can run for a caller
+//! nobody checked.
 
 use std::sync::Arc;
 
 use crate::{
-    domain::User, error::AuthError, keys::Claims, metrics::AuthMetrics, policy::AdminRefusal,
-    revocations::RevocationHub, store::Store,
+    audit::{AuditEvent, AuditQuery, Origin},
+    domain::User,
+    error::AuthError,
+    keys::Claims,
+    metrics::AuthMetrics,
+    policy::AdminRefusal,
+    revocations::RevocationHub,
+    store::Store,
 };
 
 /// A caller whose account is, as stored *now*, an enabled admin.
@@ -54,14 +61,19 @@ impl Admin {
         admin: &AdminCaller,
         user_id: String,
         roles: Vec<String>,
+        origin: Origin,
     ) -> Result<User, AuthError> {
-        let (store, now) = (self.store.clone(), watchword_db::now());
+        let (store, now, actor) = (self.store.clone(), watchword_db::now(), admin.user_id.clone());
         let (user, ended) = self
             .hub
             .record(async move {
                 // Name the sessions, not the user: a token from a login right after this must stay valid,
                 // and `iat` has only one-second resolution.
-                let (user, revocations) = refused(store.set_roles(&user_id, roles, now).await?)?;
+                let (user, revocations) = refused(
+                    store
+                        .set_roles(&user_id, roles, now, Some(&actor), origin)
+                        .await?,
+                )?;
                 Ok::<_, AuthError>(((user, revocations.len()), revocations))
             })
             .await?;
@@ -81,12 +93,17 @@ impl Admin {
     }
 
     /// Disables a user: its tokens are refused everywhere at once and it can no longer log in.
-    pub async fn disable_user(&self, admin: &AdminCaller, user_id: String) -> Result<User, AuthError> {
-        let (store, now) = (self.store.clone(), watchword_db::now());
+    pub async fn disable_user(
+        &self,
+        admin: &AdminCaller,
+        user_id: String,
+        origin: Origin,
+    ) -> Result<User, AuthError> {
+        let (store, now, actor) = (self.store.clone(), watchword_db::now(), admin.user_id.clone());
         let user = self
             .hub
             .record(async move {
-                let (user, revocation) = refused(store.disable_user(&user_id, now).await?)?;
+                let (user, revocation) = refused(store.disable_user(&user_id, now, &actor, origin).await?)?;
                 Ok::<_, AuthError>((user, vec![revocation]))
             })
             .await?;
@@ -96,14 +113,28 @@ impl Admin {
     }
 
     /// Lifts a login lockout: the user's (and its devices') failed logins are forgotten.
-    pub async fn unlock_user(&self, admin: &AdminCaller, user_id: &str) -> Result<User, AuthError> {
+    pub async fn unlock_user(
+        &self,
+        admin: &AdminCaller,
+        user_id: &str,
+        origin: Origin,
+    ) -> Result<User, AuthError> {
         let user = self
             .store
-            .unlock_user(user_id)
+            .unlock_user(user_id, watchword_db::now(), &admin.user_id, origin)
             .await?
             .ok_or(AuthError::UserNotFound)?;
         tracing::info!(admin = %admin.user_id, user_id, "unlocked user");
         Ok(user)
+    }
+
+    /// Audit events matching `query`, newest first, with their ids.
+    pub async fn audit_events(
+        &self,
+        _admin: &AdminCaller,
+        query: AuditQuery,
+    ) -> Result<Vec<(i64, AuditEvent)>, AuthError> {
+        Ok(self.store.audit_events(query).await?)
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use crate::{
     accounts::{AccountRules, Accounts},
     admin::Admin,
+    apikeys::{ApiKeyRules, ApiKeys},
     error::AuthError,
     keys::{KeyConfig, KeyRing},
     metrics::AuthMetrics,
@@ -30,6 +31,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub struct App {
     pub accounts: Accounts,
     pub sessions: Sessions,
+    pub api_keys: ApiKeys,
     pub admin: Admin,
     pub keys: Arc<KeyRing>,
     pub hub: Arc<RevocationHub>,
@@ -37,6 +39,11 @@ pub struct App {
     /// The newest revocation log row when the hub's snapshot was loaded: the relay reads from after it.
     relay_from: i64,
     pub metrics: AuthMetrics,
+    /// Who may name the client in `x-forwarded-for` (`--trusted-proxies`), for every call's
+    /// [`Origin`](crate::audit::Origin).
+    pub proxies: TrustedProxies,
+    /// How long audit events are kept (`--audit-retention`).
+    audit_retention: Duration,
 }
 
 impl App {
@@ -81,32 +88,45 @@ impl App {
             .try_into()
             .map_err(|_| AuthError::Internal("stored refresh_token_pepper is not 32 bytes".into()))?;
         let opaque = OpaqueTokens::new(pepper);
+        let sessions = Sessions::new(
+            store.clone(),
+            Arc::clone(&keys),
+            Arc::clone(&hub),
+            opaque.clone(),
+            SessionRules {
+                refresh_token_ttl: settings.refresh_token_ttl,
+                refresh_reuse_grace: settings.refresh_reuse_grace,
+            },
+            auth_metrics.clone(),
+        );
         Ok(Self {
             accounts: Accounts::new(
                 store.clone(),
                 hasher,
                 Arc::clone(&keys),
+                Arc::clone(&hub),
                 opaque.clone(),
                 account_rules(settings),
                 auth_metrics.clone(),
             ),
-            sessions: Sessions::new(
+            api_keys: ApiKeys::new(
                 store.clone(),
                 Arc::clone(&keys),
-                Arc::clone(&hub),
+                sessions.clone(),
                 opaque,
-                SessionRules {
-                    refresh_token_ttl: settings.refresh_token_ttl,
-                    refresh_reuse_grace: settings.refresh_reuse_grace,
+                ApiKeyRules {
+                    max_ttl: settings.api_key_max_ttl,
                 },
-                auth_metrics.clone(),
             ),
+            sessions,
             admin: Admin::new(store.clone(), Arc::clone(&hub), auth_metrics.clone()),
             keys,
             hub,
             store,
             relay_from,
             metrics: auth_metrics,
+            proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
+            audit_retention: settings.audit_retention,
         })
     }
 
@@ -115,7 +135,11 @@ impl App {
     pub fn start_background(&self) -> Background {
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&self.keys).keep_reloading()),
-            tokio::spawn(purge(self.store.clone(), self.keys.revocation_window())),
+            tokio::spawn(purge(
+                self.store.clone(),
+                self.keys.revocation_window(),
+                self.audit_retention,
+            )),
         ];
         if self.store.is_shared() {
             // Relay what others store from the snapshot on.
@@ -151,14 +175,15 @@ impl Drop for Background {
 }
 
 /// Drops what can no longer matter, every [`PURGE_EVERY`]: expired refresh and device tokens, idle lockout
-/// records, old revocation log rows, and keys whose tokens have all expired.
-async fn purge(store: Store, window: Duration) {
+/// records, old revocation log rows, audit events past `--audit-retention`, and keys whose tokens have all
+/// expired.
+async fn purge(store: Store, window: Duration, audit_retention: Duration) {
     let mut interval = tokio::time::interval(PURGE_EVERY);
     loop {
         interval.tick().await;
         let now = std::time::SystemTime::now();
         match tokio::try_join!(
-            store.purge_expired(now, window),
+            store.purge_expired(now, window, audit_retention),
             store.drop_retired_keys(now - window)
         ) {
             Ok((0, 0)) => {}
@@ -201,5 +226,6 @@ fn account_rules(settings: &Settings) -> AccountRules {
         peer_rate: settings.peer_rate,
         peer_burst: settings.peer_burst,
         trusted_proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
+        default_role: settings.default_role.level(),
     }
 }

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use unicode_normalization::UnicodeNormalization;
-use watchword::reason::Reason;
+use watchword::{reason::Reason, roles::Level};
 
 use crate::error::AuthError;
 
@@ -12,20 +12,22 @@ pub const USERNAME_MIN_CHARS: usize = 3;
 pub const USERNAME_MAX_CHARS: usize = 64;
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 
-/// The role every new account gets.
+/// The role every new account gets unless `--default-role` says `guest`.
 pub const ROLE_USER: &str = "user";
 /// The role that may call the admin RPCs (and, in posts-svc, delete any post).
 pub const ROLE_ADMIN: &str = "admin";
-const KNOWN_ROLES: &[&str] = &[ROLE_ADMIN, ROLE_USER];
-
-/// A role list from a request: only known roles, sorted, without repeats.
+/// A role list from a request: only known roles (the levels `guest` < `user` < `admin`, see
+/// `watchword::roles`), sorted, without repeats.
 pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
     let mut parsed = Vec::with_capacity(roles.len());
     for role in roles {
-        if !KNOWN_ROLES.contains(&role.as_str()) {
+        if Level::parse(&role).is_none() {
             return Err(AuthError::invalid(
                 "roles",
-                format!("unknown role {role:?}; known roles: {KNOWN_ROLES:?}"),
+                format!(
+                    "unknown role {role:?}; known roles: {:?}",
+                    Level::ALL.map(Level::as_str)
+                ),
             ));
         }
         parsed.push(role);
@@ -37,9 +39,14 @@ pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
 
 /// A user id from a request: a UUID, in canonical form.
 pub fn parse_user_id(raw: &str) -> Result<String, AuthError> {
+    parse_id("user_id", raw)
+}
+
+/// An id (of a user, a session, an API key) from request field `field`: a UUID, in canonical form.
+pub fn parse_id(field: &'static str, raw: &str) -> Result<String, AuthError> {
     uuid::Uuid::parse_str(raw)
         .map(|id| id.hyphenated().to_string())
-        .map_err(|_| AuthError::invalid("user_id", "must be a UUID"))
+        .map_err(|_| AuthError::invalid(field, "must be a UUID"))
 }
 
 /// A username: NFKC-normalised for display, with a case-folded key for uniqueness and lookup, so that
@@ -165,6 +172,66 @@ impl User {
     }
 }
 
+/// A session as GetMe and ListSessions show it: a login's, or an API key's (the key's id is the session's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub create_time: SystemTime,
+    /// The last Refresh (an API key: the last ExchangeApiKey).
+    pub last_refresh_time: Option<SystemTime>,
+    /// When it ends unless refreshed before (an API key: when the key expires).
+    pub expire_time: SystemTime,
+    pub api_key_id: Option<String>,
+    /// Where the Login came from, and the client it named.
+    pub client_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// An API key as its owner sees it (never its secret). It is a session of its own, with the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub create_time: SystemTime,
+    pub expire_time: SystemTime,
+    /// The last ExchangeApiKey.
+    pub last_exchange_time: Option<SystemTime>,
+}
+
+pub const API_KEY_NAME_MAX_CHARS: usize = 100;
+
+/// An API key's name from a request: what its owner calls it, 1 to 100 characters after trimming, no
+/// control characters.
+pub fn parse_api_key_name(raw: &str) -> Result<String, AuthError> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if !(1..=API_KEY_NAME_MAX_CHARS).contains(&chars) || name.chars().any(char::is_control) {
+        return Err(AuthError::invalid(
+            "name",
+            format!("must be 1 to {API_KEY_NAME_MAX_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Longest `user-agent` kept with a session, in characters.
+const USER_AGENT_MAX_CHARS: usize = 256;
+
+/// A client's `user-agent` metadata as a session keeps it: control characters dropped, at most 256
+/// characters; `None` when nothing is left.
+pub fn user_agent(raw: &str) -> Option<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(USER_AGENT_MAX_CHARS)
+        .collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_owned())
+}
+
 /// A stored account with its password hash, as read for login.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -258,6 +325,24 @@ mod tests {
             assert!(err.to_string().starts_with("username:"), "{bad:?}: {err}");
         }
         assert!(Username::parse(&"é".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn api_key_names_are_trimmed_printable_and_bounded() {
+        assert_eq!(parse_api_key_name("  ci deploy ").unwrap(), "ci deploy");
+        assert!(parse_api_key_name("é".repeat(100).as_str()).is_ok());
+        for bad in ["", "   ", "a\nb", &"x".repeat(101)] {
+            let err = parse_api_key_name(bad).unwrap_err();
+            assert!(err.to_string().starts_with("name:"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn user_agents_are_kept_printable_and_bounded() {
+        assert_eq!(user_agent("grpc-go/1.60 "), Some("grpc-go/1.60".into()));
+        assert_eq!(user_agent("a\nb\u{7}c"), Some("abc".into()));
+        assert_eq!(user_agent(" \t"), None);
+        assert_eq!(user_agent(&"x".repeat(1000)).unwrap().len(), 256);
     }
 
     #[test]

@@ -35,6 +35,17 @@ pub enum AuthError {
     UserNotFound,
     #[error("no signing key with that kid")]
     KeyNotFound,
+    /// No such session, or one the caller may not see.
+    #[error("session not found")]
+    SessionNotFound,
+    /// No such API key, or one the caller may not see.
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    /// CreateApiKey asked for a role its caller may not give.
+    #[error("an API key may carry only roles you hold (or lower levels); not {role:?}")]
+    RoleNotHeld { role: String },
+    #[error("this token comes from an API key: revoke the key with RevokeApiKey instead of logging out")]
+    ApiKeyLogout,
     #[error("this would leave no enabled admin; make another user an admin first")]
     LastAdmin,
     #[error("too many failed attempts for this account; retry later")]
@@ -70,6 +81,15 @@ impl AuthError {
             reason: reason.into(),
         }
     }
+
+    /// The same error, naming request field `field` if it names one: a rule written for one field
+    /// (`password`) applied to another (`new_password`).
+    pub(crate) fn for_field(self, field: &'static str) -> Self {
+        match self {
+            Self::InvalidArgument { reason, .. } => Self::InvalidArgument { field, reason },
+            other => other,
+        }
+    }
 }
 
 impl From<crate::keys::KeyError> for AuthError {
@@ -84,7 +104,14 @@ impl From<AuthError> for Status {
         match error {
             AuthError::InvalidArgument { .. } => Status::invalid_argument(message),
             AuthError::UsernameTaken => Status::already_exists(message),
-            AuthError::UserNotFound | AuthError::KeyNotFound => Status::not_found(message),
+            AuthError::UserNotFound
+            | AuthError::KeyNotFound
+            | AuthError::SessionNotFound
+            | AuthError::ApiKeyNotFound => Status::not_found(message),
+            AuthError::RoleNotHeld { .. } => {
+                reason::status(Code::PermissionDenied, Reason::RoleRequired, message)
+            }
+            AuthError::ApiKeyLogout => Status::failed_precondition(message),
             AuthError::KeyManagedByFile | AuthError::LastAdmin | AuthError::BootstrapPasswordMismatch => {
                 Status::failed_precondition(message)
             }

@@ -19,6 +19,7 @@ pub use watchword::token::{Claims, TokenError};
 
 use crate::{
     admin::AdminCaller,
+    audit::Origin,
     domain::User,
     error::AuthError,
     revocations::RevocationHub,
@@ -347,13 +348,14 @@ impl KeyRing {
     }
 
     /// Makes a new key sign from now on; older keys keep verifying until their tokens have expired.
-    pub async fn rotate(&self, admin: &AdminCaller) -> Result<String, AuthError> {
+    pub async fn rotate(&self, admin: &AdminCaller, origin: Origin) -> Result<String, AuthError> {
         if self.config.signing_key_file.is_some() {
             return Err(AuthError::KeyManagedByFile);
         }
         let key = SigningKey::generate()?;
+        let stored = to_store(self.config.kek.as_deref(), &key)?;
         self.store
-            .rotate_key(to_store(self.config.kek.as_deref(), &key)?, SystemTime::now())
+            .rotate_key(stored, SystemTime::now(), admin.user_id(), origin)
             .await?;
         self.reload().await?;
         tracing::info!(admin = %admin.user_id(), kid = key.kid(), "rotated signing key");
@@ -367,6 +369,7 @@ impl KeyRing {
         admin: &AdminCaller,
         hub: &Arc<RevocationHub>,
         kid: &str,
+        origin: Origin,
     ) -> Result<String, AuthError> {
         if self.config.signing_key_file.is_some() {
             return Err(if kid == self.signing_kid() {
@@ -376,12 +379,12 @@ impl KeyRing {
             });
         }
         let replacement = to_store(self.config.kek.as_deref(), &SigningKey::generate()?)?;
-        let (ring, kid_owned) = (Arc::clone(self), kid.to_owned());
+        let (ring, kid_owned, actor) = (Arc::clone(self), kid.to_owned(), admin.user_id().to_owned());
         let revoked = hub
             .record(async move {
                 let revocation = ring
                     .store
-                    .revoke_key(&kid_owned, replacement, SystemTime::now())
+                    .revoke_key(&kid_owned, replacement, SystemTime::now(), &actor, origin)
                     .await?
                     .ok_or(AuthError::KeyNotFound)?;
                 // Validate here refuses the key's tokens before the call returns; other replicas reload
@@ -508,7 +511,7 @@ mod tests {
         ring.reload().await.unwrap();
         assert_eq!(remembered(&ring), 1, "a reload with the same keys keeps verdicts");
         let old_kid = ring.signing_kid();
-        let new_kid = ring.rotate(&admin).await.unwrap();
+        let new_kid = ring.rotate(&admin, Origin::operator()).await.unwrap();
         assert_ne!(new_kid, old_kid);
         assert_eq!(remembered(&ring), 1, "a rotation adds a key and keeps verdicts");
         let new = ring.issue(&user(), "s1", now).unwrap();
@@ -533,7 +536,10 @@ mod tests {
         let token = ring.issue(&user(), "s1", now).unwrap().token;
         ring.verify(&token, now).await.unwrap();
         let old_kid = ring.signing_kid();
-        let signing = ring.revoke(&admin, &hub, &old_kid).await.unwrap();
+        let signing = ring
+            .revoke(&admin, &hub, &old_kid, Origin::operator())
+            .await
+            .unwrap();
         assert_ne!(signing, old_kid);
         assert_eq!(remembered(&ring), 0, "a removed key takes its verdicts with it");
         assert!(matches!(ring.verify(&token, now).await, Err(AuthError::Revoked)));
@@ -542,11 +548,16 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            ring.revoke(&admin, &hub, "no-such-kid").await,
+            ring.revoke(&admin, &hub, "no-such-kid", Origin::operator()).await,
             Err(AuthError::KeyNotFound)
         ));
         // Idempotent.
-        assert_eq!(ring.revoke(&admin, &hub, &old_kid).await.unwrap(), signing);
+        assert_eq!(
+            ring.revoke(&admin, &hub, &old_kid, Origin::operator())
+                .await
+                .unwrap(),
+            signing
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! [`serve`] the same way on port 0.
 //!
 //! Layers, from the wire in: `grpc` (protobuf ↔ domain values, one use case per handler), the use cases
-//! (`accounts`, `sessions`, `admin`, `keys`) with the revocation hub (`revocations`), and `store` (each
+//! (`accounts`, `sessions`, `apikeys`, `admin`, `keys`) with the revocation hub (`revocations`), and `store` (each
 //! rule once, over two SQL dialects). `app` builds them from the settings.
 
 mod accounts;
 mod admin;
+mod apikeys;
 mod app;
+mod audit;
 mod domain;
 mod error;
 mod grpc;

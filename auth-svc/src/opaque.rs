@@ -1,4 +1,5 @@
-//! Opaque tokens (refresh tokens and device tokens): high-entropy strings, stored only as a keyed hash.
+//! Opaque tokens (refresh tokens, device tokens and API keys): high-entropy strings, stored only as a keyed
+//! hash.
 //!
 //! Refresh-token rotation derives the successor from the presented token with a keyed hash instead of drawing fresh
 //! randomness. That makes a repeat of the same Refresh call (a client racing itself, or retrying after a
@@ -7,10 +8,12 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 /// 32 random bytes, base64url without padding.
 const BODY_CHARS: usize = 43;
+/// An API key's checksum: the first 4 bytes of SHA-256 of the prefix and body, base64url.
+const CHECKSUM_CHARS: usize = 6;
 
 /// The kinds of opaque token. Each has its own prefix, so secret scanners (and people) can recognise one
 /// and one kind is never accepted as the other.
@@ -20,6 +23,10 @@ pub enum Kind {
     Refresh,
     /// Marks a device the account holder logged in from (see `Store::begin_login_attempt`).
     Device,
+    /// An API key: exchanged for access tokens by ExchangeApiKey. It ends with a checksum, so a mistyped
+    /// or truncated key is told from an unknown one without a database read, and secret scanners can
+    /// recognise a real one.
+    ApiKey,
 }
 
 impl Kind {
@@ -27,6 +34,7 @@ impl Kind {
         match self {
             Self::Refresh => "wwrt_",
             Self::Device => "wwdt_",
+            Self::ApiKey => "wwk_",
         }
     }
 
@@ -35,8 +43,22 @@ impl Kind {
         match self {
             Self::Refresh => b"store\0",
             Self::Device => b"device\0",
+            Self::ApiKey => b"apikey\0",
         }
     }
+
+    fn has_checksum(self) -> bool {
+        self == Self::ApiKey
+    }
+}
+
+/// The checksum of `prefix || body`.
+fn checksum(prefix: &str, body: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(prefix.as_bytes())
+        .chain_update(body.as_bytes())
+        .finalize();
+    URL_SAFE_NO_PAD.encode(&digest[..4])
 }
 
 /// Why a string is not a token of the expected kind we could have issued.
@@ -57,7 +79,12 @@ impl OpaqueTokens {
     pub fn generate(kind: Kind) -> Result<String, getrandom::Error> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)?;
-        Ok(format!("{}{}", kind.prefix(), URL_SAFE_NO_PAD.encode(bytes)))
+        let body = URL_SAFE_NO_PAD.encode(bytes);
+        let checksum = match kind.has_checksum() {
+            true => checksum(kind.prefix(), &body),
+            false => String::new(),
+        };
+        Ok(format!("{}{body}{checksum}", kind.prefix()))
     }
 
     /// What is stored for `token`: `HMAC(pepper, domain || token)`.
@@ -86,12 +113,20 @@ impl OpaqueTokens {
 }
 
 fn check_shape(kind: Kind, token: &str) -> Result<(), Malformed> {
-    let body = token.strip_prefix(kind.prefix()).ok_or(Malformed)?;
-    let well_formed = body.len() == BODY_CHARS
-        && body
+    let rest = token.strip_prefix(kind.prefix()).ok_or(Malformed)?;
+    let checksum_chars = if kind.has_checksum() { CHECKSUM_CHARS } else { 0 };
+    let well_formed = rest.len() == BODY_CHARS + checksum_chars
+        && rest
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if well_formed { Ok(()) } else { Err(Malformed) }
+    if !well_formed {
+        return Err(Malformed);
+    }
+    let (body, sum) = rest.split_at(BODY_CHARS);
+    if kind.has_checksum() && sum != checksum(kind.prefix(), body) {
+        return Err(Malformed);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -120,6 +155,26 @@ mod tests {
         assert!(tokens.hash(Kind::Device, &device).is_ok());
         assert_eq!(tokens.hash(Kind::Refresh, &device), Err(Malformed));
         assert_eq!(tokens.successor(&device), Err(Malformed));
+    }
+
+    #[test]
+    fn api_keys_carry_a_checksum_that_catches_any_change() {
+        let tokens = OpaqueTokens::new([7; 32]);
+        let key = OpaqueTokens::generate(Kind::ApiKey).unwrap();
+        assert!(key.starts_with("wwk_"));
+        assert_eq!(key.len(), 4 + 43 + 6);
+        assert!(tokens.hash(Kind::ApiKey, &key).is_ok());
+        // Any one character changed, or one dropped, fails the checksum (or the shape).
+        for i in 4..key.len() {
+            let mut changed = key.clone().into_bytes();
+            changed[i] = if changed[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(changed).unwrap();
+            assert_eq!(tokens.hash(Kind::ApiKey, &changed), Err(Malformed), "{changed}");
+        }
+        assert_eq!(tokens.hash(Kind::ApiKey, &key[..key.len() - 1]), Err(Malformed));
+        assert_eq!(tokens.hash(Kind::Refresh, &key), Err(Malformed));
+        let refresh = OpaqueTokens::generate(Kind::Refresh).unwrap();
+        assert_eq!(tokens.hash(Kind::ApiKey, &refresh), Err(Malformed));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Session use cases: Validate (is this token good *now*?), Refresh (rotation) and Logout.
+//! Session use cases: Validate (is this token good *now*?), Refresh (rotation), Logout, and a user's view
+//! of their sessions: GetMe, ListSessions, RevokeSession.
 
 use std::{
     sync::Arc,
@@ -6,11 +7,13 @@ use std::{
 };
 
 use crate::{
+    audit::Origin,
+    domain::{Session, User},
     error::AuthError,
     keys::{Claims, IssuedToken, KeyRing, TokenError},
     metrics::AuthMetrics,
     opaque::{Kind, OpaqueTokens},
-    policy::Rotation,
+    policy::{CallerRefusal, Rotation, may_manage},
     revocations::{Liveness, RevocationHub},
     store::Store,
 };
@@ -92,7 +95,7 @@ impl Sessions {
     }
 
     /// Exchanges a refresh token for a new access token and its successor (see [`Store::rotate_refresh`]).
-    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, AuthError> {
+    pub async fn refresh(&self, presented: &str, origin: Origin) -> Result<Refreshed, AuthError> {
         if presented.is_empty() {
             return Err(TokenError::Missing.into());
         }
@@ -121,6 +124,7 @@ impl Sessions {
                         now,
                         rules.refresh_reuse_grace,
                         rules.refresh_token_ttl,
+                        origin,
                     )
                     .await?;
                 let revoked = match &rotation {
@@ -155,7 +159,7 @@ impl Sessions {
 
     /// Ends a session: its refresh tokens stop working and its access tokens stop validating at once,
     /// everywhere. Idempotent.
-    pub async fn logout(&self, by: LogoutBy<'_>) -> Result<(), AuthError> {
+    pub async fn logout(&self, by: LogoutBy<'_>, origin: Origin) -> Result<(), AuthError> {
         let now = SystemTime::now();
         let session_id = match by {
             LogoutBy::AccessToken(token) => self.keys.verify(token, now).await?.session_id,
@@ -174,11 +178,100 @@ impl Sessions {
         let store = self.store.clone();
         let id = session_id.clone();
         self.hub
-            .record(async move { Ok::<_, AuthError>(((), vec![store.revoke_session(&id, now).await?])) })
+            .record(async move {
+                let revocation = store.logout(&id, now, origin).await?.map_err(refused)?;
+                Ok::<_, AuthError>(((), vec![revocation]))
+            })
             .await?;
         self.metrics.revoked("logout", 1);
         tracing::info!(session_id, "logged out");
         Ok(())
+    }
+}
+
+impl Sessions {
+    /// The caller's account as stored now (its current roles, not the token's), and the session of their
+    /// token.
+    pub async fn me(&self, caller: &Claims) -> Result<(User, Session), AuthError> {
+        self.store
+            .me(&caller.subject, &caller.session_id)
+            .await?
+            .ok_or(AuthError::Revoked)
+    }
+
+    /// Whose sessions (or keys) `caller` asks about: its own, or, for an enabled admin, `user_id`'s.
+    pub async fn owner(&self, caller: &Claims, user_id: Option<String>) -> Result<String, AuthError> {
+        match user_id {
+            Some(id) if id != caller.subject => {
+                let stored = self.store.find_user(&caller.subject).await?;
+                match may_manage(stored.as_ref(), &id) {
+                    true => Ok(id),
+                    false => Err(AuthError::AdminRequired),
+                }
+            }
+            _ => Ok(caller.subject.clone()),
+        }
+    }
+
+    /// The live sessions (API keys' too) of the caller, or of `user_id` for an admin, in creation order,
+    /// after `after`; each with whether it is the caller's own.
+    pub async fn list(
+        &self,
+        caller: &Claims,
+        user_id: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(Session, bool)>, AuthError> {
+        let owner = self.owner(caller, user_id).await?;
+        let sessions = self
+            .store
+            .live_sessions(&owner, after, limit, SystemTime::now())
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| {
+                let current = session.id == caller.session_id;
+                (session, current)
+            })
+            .collect())
+    }
+
+    /// Ends session `session_id` (the caller's, or anyone's for an admin) at once, everywhere.
+    /// Idempotent. An API key's session is the key: ending it revokes the key.
+    pub async fn revoke(&self, caller: &Claims, session_id: String, origin: Origin) -> Result<(), AuthError> {
+        self.end(caller, session_id, false, origin).await
+    }
+
+    /// Ends a session, or with `only_api_key` only an API key's, for `caller` (see [`Store::end_session`]).
+    pub async fn end(
+        &self,
+        caller: &Claims,
+        session_id: String,
+        only_api_key: bool,
+        origin: Origin,
+    ) -> Result<(), AuthError> {
+        let (store, now, caller_id) = (self.store.clone(), SystemTime::now(), caller.subject.clone());
+        self.hub
+            .record(async move {
+                let ended = store
+                    .end_session(&caller_id, &session_id, only_api_key, now, origin)
+                    .await?
+                    .map_err(refused)?;
+                Ok::<_, AuthError>(((), ended.into_iter().collect()))
+            })
+            .await?;
+        tracing::info!(caller = %caller.subject, "ended a session");
+        Ok(())
+    }
+}
+
+/// A refused change of a signed-in user's, as the error the caller gets.
+pub fn refused(refusal: CallerRefusal) -> AuthError {
+    match refusal {
+        CallerRefusal::NotFound => AuthError::SessionNotFound,
+        CallerRefusal::Revoked => AuthError::Revoked,
+        CallerRefusal::UserDisabled => AuthError::UserDisabled,
+        CallerRefusal::ApiKeySession => AuthError::ApiKeyLogout,
     }
 }
 

@@ -145,6 +145,23 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_revocation_subscribers: u32,
 
+    /// The role of a new registration: `user` (may read and write), or `guest` (may only read, until an
+    /// admin promotes the account with SetUserRoles).
+    #[arg(long, env = "AUTH_SVC_DEFAULT_ROLE", value_enum, default_value_t = DefaultRole::User)]
+    pub default_role: DefaultRole,
+
+    /// Longest lifetime an API key may be given (CreateApiKey's `ttl`; a key without one lives 365 days,
+    /// or this long if that is shorter). Between 1h and 3650days.
+    #[arg(long, env = "AUTH_SVC_API_KEY_MAX_TTL", default_value = "365days",
+          value_parser = |v: &str| duration_within(v, API_KEY_MAX_TTL))]
+    pub api_key_max_ttl: Duration,
+
+    /// How long audit events are kept (ListAuditEvents); older ones are deleted. Between 1day and
+    /// 3650days.
+    #[arg(long, env = "AUTH_SVC_AUDIT_RETENTION", default_value = "90days",
+          value_parser = |v: &str| duration_within(v, AUDIT_RETENTION))]
+    pub audit_retention: Duration,
+
     /// Create (or promote) USERNAME as an admin, then exit instead of serving. The password is read from
     /// the AUTH_SVC_BOOTSTRAP_PASSWORD environment variable, or else from the first line of standard input;
     /// never from a flag, so it stays out of shell history and process listings.
@@ -229,6 +246,28 @@ const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
 /// `1 / rate`); NaN, infinities and tiny rates would make that delay meaningless or overflow it.
 const PEER_RATE: RangeInclusive<f64> = 0.01..=10_000.0;
 const CLAIM_VALUE_MAX_BYTES: usize = 256;
+const API_KEY_MAX_TTL: RangeInclusive<Duration> =
+    Duration::from_secs(3600)..=Duration::from_secs(3650 * 24 * 3600);
+/// At least a day, so the purge (hourly) never races a listing; at most ten years.
+const AUDIT_RETENTION: RangeInclusive<Duration> =
+    Duration::from_secs(24 * 3600)..=Duration::from_secs(3650 * 24 * 3600);
+
+/// The role a new registration gets (`--default-role`). Never `admin`: admins come from
+/// `--bootstrap-admin` or from another admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultRole {
+    Guest,
+    User,
+}
+
+impl DefaultRole {
+    pub fn level(self) -> watchword::roles::Level {
+        match self {
+            Self::Guest => watchword::roles::Level::Guest,
+            Self::User => watchword::roles::Level::User,
+        }
+    }
+}
 
 fn peer_rate(value: &str) -> Result<f64, String> {
     let rate: f64 = value.parse().map_err(|e| format!("{e}"))?;
@@ -441,6 +480,12 @@ mod tests {
             ["--admin-listen", "[::1]:0"],
             ["--log-format", "json"],
             ["--otlp-endpoint", "http://127.0.0.1:4317"],
+            ["--default-role", "guest"],
+            ["--default-role", "user"],
+            ["--api-key-max-ttl", "1h"],
+            ["--api-key-max-ttl", "3650days"],
+            ["--audit-retention", "1day"],
+            ["--audit-retention", "3650days"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -474,6 +519,10 @@ mod tests {
             ["--admin-listen", "9051"],
             ["--log-format", "yaml"],
             ["--otlp-endpoint", "https://collector:4317"],
+            ["--api-key-max-ttl", "59m"],
+            ["--api-key-max-ttl", "3651days"],
+            ["--audit-retention", "23h"],
+            ["--audit-retention", "3651days"],
         ];
         for [flag, value] in inside {
             let parsed = Settings::parse_without_env(["auth-svc", flag, value]);
@@ -488,6 +537,11 @@ mod tests {
             );
             assert!(error.to_string().contains(flag), "{error}");
         }
+        // A value outside a closed list is clap's InvalidValue (also exit status 2, the flag named).
+        let error = Settings::parse_without_env(["auth-svc", "--default-role", "admin"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(error.to_string().contains("--default-role"), "{error}");
+        assert_eq!(Settings::defaults().default_role, DefaultRole::User);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Per-client rate limiting for Login and Register: a token bucket per client network, in memory.
+//! Per-client rate limiting for Login and Register: a token bucket per client network, in memory. (The same
+//! buckets, keyed by the key, limit ExchangeApiKey per API key.)
 //!
 //! In memory on purpose: it is a first line against floods from one place, not an accounting system; the
 //! per-account lockout (in storage, shared by replicas) is the line that matters for guessing.
@@ -10,6 +11,7 @@
 //!   one, so a spray of source addresses cannot grow memory.
 
 use std::{
+    hash::Hash,
     net::{IpAddr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -78,12 +80,16 @@ fn bucket_key(client: IpAddr) -> IpAddr {
     }
 }
 
-pub struct PeerLimiter {
+/// Token buckets per key (a client network, an API key), at most [`MAX_TRACKED`] of them.
+pub struct RateLimiter<K> {
     /// Tokens added per second; 0 disables the limiter.
     rate: f64,
     burst: f64,
-    buckets: Cache<IpAddr, Bucket>,
+    buckets: Cache<K, Bucket>,
 }
+
+/// The per-client limit of Login and Register.
+pub type PeerLimiter = RateLimiter<IpAddr>;
 
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -107,6 +113,13 @@ impl Bucket {
 }
 
 impl PeerLimiter {
+    /// Takes one token for `client`, or says how long until one is available.
+    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.take(bucket_key(client), now)
+    }
+}
+
+impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         Self {
             rate: rate_per_second,
@@ -115,13 +128,12 @@ impl PeerLimiter {
         }
     }
 
-    /// Takes one token for `client`, or says how long until one is available.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Takes one token from `key`'s bucket, or says how long until one is available.
+    pub fn take(&self, key: K, now: Instant) -> Result<(), Duration> {
         if self.rate <= 0.0 {
             return Ok(());
         }
         let (rate, burst) = (self.rate, self.burst);
-        let key = bucket_key(client);
         match self.buckets.entry(&key, None, |_, bucket| {
             EntryAction::Retain(bucket.take(now, rate, burst))
         }) {

@@ -387,6 +387,16 @@ fn every_flag_out_of_range_is_a_usage_error_naming_it() {
         bad(&["--tls-handshake-timeout", "0s"], "--tls-handshake-timeout"),
         bad(&["--max-connections", "0"], "--max-connections"),
         bad(&["--max-connection-age", "1s"], "--max-connection-age"),
+        bad(&["--default-role", "admin"], "--default-role"),
+        bad(&["--api-key-max-ttl", "0s"], "--api-key-max-ttl"),
+        bad(&["--api-key-max-ttl", "100years"], "--api-key-max-ttl"),
+        bad(&["--audit-retention", "1h"], "--audit-retention"),
+        bad(&["--audit-retention", "100years"], "--audit-retention"),
+        BadStart {
+            args: &[],
+            env: &[("AUTH_SVC_DEFAULT_ROLE", "admin")],
+            flag: "--default-role",
+        },
         // The environment goes through the same checks, and the refusal still names the flag.
         BadStart {
             args: &[],

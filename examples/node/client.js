@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Calls auth-svc and posts-svc from Node with @grpc/grpc-js, loading ../../proto at run time with
-// @grpc/proto-loader (no generated code). Walks the whole flow (register, log in, create, list, get, delete)
-// and checks that calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the first
-// unexpected result.
+// @grpc/proto-loader (no generated code). Walks the whole flow (register, log in, create, list, get, delete;
+// GetMe, refresh, an API key exchanged for a token and revoked, a password change that ends the other
+// session, logout) and checks that calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on
+// the first unexpected result.
 //
 //   npm ci --prefix examples/node
 //   node examples/node/client.js --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
@@ -52,6 +53,27 @@ async function expectStatus(code, promise) {
     return;
   }
   assert.fail(`expected status ${grpc.status[code]}, but the call succeeded`);
+}
+
+// Repeats a call until it fails with UNAUTHENTICATED: revocations reach every guard within a second.
+async function refusedSoon(attempt, withinMs = 2000) {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    try {
+      await attempt();
+    } catch (error) {
+      assert.equal(error.code, grpc.status.UNAUTHENTICATED, `expected UNAUTHENTICATED, got ${error.details}`);
+      return;
+    }
+    assert.ok(Date.now() < deadline, `still accepted ${withinMs} ms after it was revoked`);
+    await new Promise((resolve) => setTimeout(resolve, 50)); // polling interval, bounded by the deadline
+  }
+}
+
+function bearer(token) {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
 }
 
 function ok(what) {
@@ -104,6 +126,51 @@ async function run(authAddr, postsAddr, ca) {
     ok('DeletePost deleted the first post');
     await expectStatus(grpc.status.NOT_FOUND, call(posts, 'GetPost')({ id: first.id }, metadata));
     ok('GetPost of the deleted post is NOT_FOUND');
+
+    // Who am I? The account as stored, and the session of the token.
+    const me = await call(auth, 'GetMe')({}, metadata);
+    assert.equal(me.user.id, user.id);
+    assert.equal(me.session.id, login.session_id);
+    assert.ok(me.session.current);
+    ok('GetMe returned the account and the current session');
+
+    // Refresh: a new access token, and the refresh token rotates.
+    const refreshed = await call(auth, 'Refresh')({ refresh_token: login.refresh_token });
+    assert.notEqual(refreshed.refresh_token, login.refresh_token);
+    const mine = bearer(refreshed.access_token);
+    await call(posts, 'ListPosts')({}, mine);
+    ok('Refresh rotated the refresh token');
+
+    // An API key for a machine client: exchanged for an ordinary access token, then revoked.
+    const created = await call(auth, 'CreateApiKey')({ name: 'node bot' }, mine);
+    assert.ok(created.secret.startsWith('wwk_'));
+    const exchanged = await call(auth, 'ExchangeApiKey')({ api_key: created.secret });
+    const { claims } = await call(auth, 'Validate')({ token: exchanged.access_token });
+    assert.equal(claims.subject, user.id);
+    assert.equal(claims.session_id, created.api_key.id);
+    const keyed = bearer(exchanged.access_token);
+    await call(posts, 'ListPosts')({}, keyed);
+    const { api_keys } = await call(auth, 'ListApiKeys')({}, mine);
+    assert.deepEqual(api_keys.map((k) => k.id), [created.api_key.id]);
+    ok('CreateApiKey, ExchangeApiKey and ListApiKeys');
+    await call(auth, 'RevokeApiKey')({ id: created.api_key.id }, mine);
+    await refusedSoon(() => call(posts, 'ListPosts')({}, keyed));
+    await expectStatus(grpc.status.UNAUTHENTICATED, call(auth, 'ExchangeApiKey')({ api_key: created.secret }));
+    ok('the revoked key and its token are refused');
+
+    // A password change ends every other session; the caller's goes on.
+    const other = await call(auth, 'Login')({ username, password });
+    const newPassword = 'a brand new passphrase';
+    await call(auth, 'ChangePassword')({ current_password: password, new_password: newPassword }, mine);
+    await refusedSoon(() => call(posts, 'ListPosts')({}, bearer(other.access_token)));
+    await call(posts, 'ListPosts')({}, mine);
+    await call(auth, 'Login')({ username, password: newPassword });
+    ok('ChangePassword ended the other session and kept this one');
+
+    // Logout ends this session too.
+    await call(auth, 'Logout')({}, mine);
+    await refusedSoon(() => call(posts, 'ListPosts')({}, mine));
+    ok('Logout ended the session');
 
     // No token, and a token that is not one: both refused before any handler runs.
     await expectStatus(grpc.status.UNAUTHENTICATED, call(posts, 'ListPosts')({}));

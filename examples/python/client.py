@@ -2,8 +2,10 @@
 """Calls auth-svc and posts-svc from Python with grpcio.
 
 Stubs are generated from ../../proto with grpcio-tools into a temporary directory at start-up, so nothing
-generated is committed. Walks the whole flow (register, log in, create, list, get, delete) and checks that
-calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the first unexpected result.
+generated is committed. Walks the whole flow (register, log in, create, list, get, delete; GetMe, refresh,
+an API key exchanged for a token and revoked, a password change that ends the other session, logout) and
+checks that calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the first unexpected
+result.
 
     pip install -r examples/python/requirements.txt
     python examples/python/client.py --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
@@ -21,6 +23,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -60,6 +63,21 @@ def expect_status(code, call, *args, **kwargs):
         print(f"  -> {error.code().name}: {error.details()}")
         return
     sys.exit(f"expected {code}, but the call succeeded")
+
+
+def refused_soon(call, request, metadata, within=2.0):
+    """Repeats call until it fails with UNAUTHENTICATED; revocations reach every guard within a second."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            call(request, metadata=metadata, timeout=TIMEOUT)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED:
+                sys.exit(f"expected UNAUTHENTICATED, got {error.code()}: {error.details()}")
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"still accepted {within}s after it was revoked")
+        time.sleep(0.05)  # polling interval, bounded by the deadline above
 
 
 def check(condition, what):
@@ -124,6 +142,55 @@ def run(auth_addr, posts_addr, ca=None):
             timeout=TIMEOUT,
         )
         print("ok - GetPost of the deleted post is NOT_FOUND")
+
+        # Who am I? The account as stored, and the session of the token.
+        me = auth.GetMe(auth_pb2.GetMeRequest(), metadata=metadata, timeout=TIMEOUT)
+        check(me.user.id == user.id and me.session.id == login.session_id and me.session.current, "GetMe")
+
+        # Refresh: a new access token, and the refresh token rotates.
+        refreshed = auth.Refresh(auth_pb2.RefreshRequest(refresh_token=login.refresh_token), timeout=TIMEOUT)
+        check(refreshed.refresh_token != login.refresh_token, "Refresh rotated the refresh token")
+        metadata = [("authorization", f"Bearer {refreshed.access_token}")]
+        posts.ListPosts(posts_pb2.ListPostsRequest(), metadata=metadata, timeout=TIMEOUT)
+
+        # An API key for a machine client: exchanged for an ordinary access token, then revoked.
+        created = auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(name="python bot"), metadata=metadata, timeout=TIMEOUT)
+        check(created.secret.startswith("wwk_") and created.api_key.roles == ["user"], "CreateApiKey")
+        exchanged = auth.ExchangeApiKey(auth_pb2.ExchangeApiKeyRequest(api_key=created.secret), timeout=TIMEOUT)
+        key_metadata = [("authorization", f"Bearer {exchanged.access_token}")]
+        claims = auth.Validate(auth_pb2.ValidateRequest(token=exchanged.access_token), timeout=TIMEOUT).claims
+        check(claims.subject == user.id and claims.session_id == created.api_key.id, "ExchangeApiKey")
+        posts.ListPosts(posts_pb2.ListPostsRequest(), metadata=key_metadata, timeout=TIMEOUT)
+        keys = auth.ListApiKeys(auth_pb2.ListApiKeysRequest(), metadata=metadata, timeout=TIMEOUT).api_keys
+        check([k.id for k in keys] == [created.api_key.id], "ListApiKeys lists the key")
+        auth.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(id=created.api_key.id), metadata=metadata, timeout=TIMEOUT)
+        refused_soon(posts.ListPosts, posts_pb2.ListPostsRequest(), key_metadata)
+        print("ok - the revoked key's token is refused")
+        expect_status(
+            grpc.StatusCode.UNAUTHENTICATED,
+            auth.ExchangeApiKey,
+            auth_pb2.ExchangeApiKeyRequest(api_key=created.secret),
+            timeout=TIMEOUT,
+        )
+
+        # A password change ends every other session; the caller's goes on.
+        other = auth.Login(auth_pb2.LoginRequest(username=username, password=password), timeout=TIMEOUT)
+        other_metadata = [("authorization", f"Bearer {other.access_token}")]
+        new_password = "a brand new passphrase"
+        auth.ChangePassword(
+            auth_pb2.ChangePasswordRequest(current_password=password, new_password=new_password),
+            metadata=metadata,
+            timeout=TIMEOUT,
+        )
+        refused_soon(posts.ListPosts, posts_pb2.ListPostsRequest(), other_metadata)
+        posts.ListPosts(posts_pb2.ListPostsRequest(), metadata=metadata, timeout=TIMEOUT)
+        print("ok - ChangePassword ended the other session and kept this one")
+        auth.Login(auth_pb2.LoginRequest(username=username, password=new_password), timeout=TIMEOUT)
+
+        # Logout ends this session too.
+        auth.Logout(auth_pb2.LogoutRequest(), metadata=metadata, timeout=TIMEOUT)
+        refused_soon(posts.ListPosts, posts_pb2.ListPostsRequest(), metadata)
+        print("ok - Logout ended the session")
 
         # No token, and a token that is not one: both refused before any handler runs.
         expect_status(grpc.StatusCode.UNAUTHENTICATED, posts.ListPosts, posts_pb2.ListPostsRequest(), timeout=TIMEOUT)

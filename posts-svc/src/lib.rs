@@ -15,10 +15,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use watchword::{
     admin::{AdminListen, AdminServer},
-    guard::{Guard, GuardBuildError, Identity, Policy},
+    guard::{Guard, GuardBuildError, Identity, Policy, Require},
     metrics::Metrics,
     observe::{Methods, ObserveLayer},
     pb::posts::v1::{self as pb, posts_service_server::PostsServiceServer},
+    roles::Level,
     server::{self, Readiness},
     transport as server_transport,
 };
@@ -28,14 +29,15 @@ pub use store::MIGRATIONS;
 
 use crate::{service::PostsApi, store::Store};
 
-/// Roles that may call each PostsService method: the one place this is decided. The guard checks it after
+/// The least role that may call each PostsService method: the one place this is decided. Roles are levels
+/// (`guest` < `user` < `admin`): guests read, users (and admins) also write. The guard checks it after
 /// validating the token; a method missing from this table is refused, so a new RPC fails closed until
 /// someone decides who may call it. (Ownership rules, like who may delete which post, live in the handler.)
 pub const POLICY: Policy = Policy::Table(&[
-    ("/posts.v1.PostsService/CreatePost", &["user", "admin"]),
-    ("/posts.v1.PostsService/ListPosts", &["user", "admin"]),
-    ("/posts.v1.PostsService/GetPost", &["user", "admin"]),
-    ("/posts.v1.PostsService/DeletePost", &["user", "admin"]),
+    ("/posts.v1.PostsService/CreatePost", Require::AtLeast(Level::User)),
+    ("/posts.v1.PostsService/ListPosts", Require::AtLeast(Level::Guest)),
+    ("/posts.v1.PostsService/GetPost", Require::AtLeast(Level::Guest)),
+    ("/posts.v1.PostsService/DeletePost", Require::AtLeast(Level::User)),
 ]);
 
 /// Why posts-svc could not start or stopped with an error.

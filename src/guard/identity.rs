@@ -50,6 +50,11 @@ impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    /// The caller's level: the highest level among its roles (`None` when it holds none).
+    pub fn level(&self) -> Option<crate::roles::Level> {
+        crate::roles::Level::of(&self.roles)
+    }
 }
 
 /// The caller of a guarded request.
@@ -73,8 +78,8 @@ pub enum GuardError {
     #[error("{message}")]
     Rejected { reason: Reason, message: String },
     /// The token is fine but the policy does not let its roles call this method.
-    #[error("this call requires one of the roles {required:?}")]
-    RoleRequired { required: &'static [&'static str] },
+    #[error("this call requires {required}")]
+    RoleRequired { required: super::Require },
     /// No verdict could be had (auth-svc down, slow or erroring): fail closed.
     #[error("authentication service unavailable")]
     Unavailable,
@@ -129,7 +134,9 @@ mod tests {
                 reason: Reason::TokenExpired,
                 message: "m".into(),
             },
-            GuardError::RoleRequired { required: &["admin"] },
+            GuardError::RoleRequired {
+                required: crate::guard::Require::AnyOf(&["admin"]),
+            },
             GuardError::Unavailable,
         ];
         for refusal in refusals {

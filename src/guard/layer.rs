@@ -1,5 +1,6 @@
 //! The tower layer itself: [`AuthLayer`] wraps one gRPC service in [`RequireAuth`], which validates each
-//! call's bearer token, checks the [`Policy`], and hands the handler an [`Identity`].
+//! call's bearer token, checks the [`Policy`] (a level at least, or exact roles, per method), and hands the
+//! handler an [`Identity`].
 
 use std::{
     convert::Infallible,
@@ -14,7 +15,9 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, field::Empty};
 
 use super::{GuardError, GuardValidator, Identity, Validator};
-use crate::{credentials::bearer_token, metrics::Metrics, observe::SPAN_TARGET, reason::Reason};
+use crate::{
+    credentials::bearer_token, metrics::Metrics, observe::SPAN_TARGET, reason::Reason, roles::Level,
+};
 
 /// `watchword_guard_decisions_total`, one series per decision and reason.
 pub(crate) struct Decisions {
@@ -82,9 +85,42 @@ fn decision(reason: Reason) -> &'static str {
 pub enum Policy {
     /// Any holder of a valid token may call any method.
     AnyAuthenticated,
-    /// `(full method path, roles of which the caller needs at least one)`.
-    Table(&'static [(&'static str, &'static [&'static str])]),
+    /// `(full method path, what its caller needs)`.
+    Table(&'static [(&'static str, Require)]),
 }
+
+/// What a method asks of its caller's roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Require {
+    /// A level at least this high ([`Level`]: `guest` < `user` < `admin`), so an admin may call what a user
+    /// may. The usual entry.
+    AtLeast(Level),
+    /// At least one of these roles, exactly as named (for roles that are not levels, or a method only
+    /// those roles may call whatever their level).
+    AnyOf(&'static [&'static str]),
+}
+
+impl Require {
+    /// Whether a caller holding `roles` may call.
+    pub fn admits<S: AsRef<str>>(&self, roles: &[S]) -> bool {
+        match self {
+            Self::AtLeast(least) => Level::of(roles).is_some_and(|level| level >= *least),
+            Self::AnyOf(any) => roles.iter().any(|role| any.contains(&role.as_ref())),
+        }
+    }
+}
+
+impl std::fmt::Display for Require {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AtLeast(level) => write!(f, "the role {level} or a higher one"),
+            Self::AnyOf(roles) => write!(f, "one of the roles {roles:?}"),
+        }
+    }
+}
+
+/// What an unlisted method requires: nothing anyone holds.
+const NOBODY: Require = Require::AnyOf(&[]);
 
 impl Policy {
     fn check(&self, path: &str, identity: &Identity) -> Result<(), GuardError> {
@@ -94,8 +130,8 @@ impl Policy {
         let required = table
             .iter()
             .find(|(method, _)| *method == path)
-            .map_or(&[][..], |(_, roles)| *roles);
-        if required.iter().any(|role| identity.has_role(role)) {
+            .map_or(NOBODY, |(_, required)| *required);
+        if required.admits(&identity.roles) {
             Ok(())
         } else {
             Err(GuardError::RoleRequired { required })
@@ -251,5 +287,66 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Policy = Policy::Table(&[
+        ("/t.v1.T/Read", Require::AtLeast(Level::Guest)),
+        ("/t.v1.T/Write", Require::AtLeast(Level::User)),
+        ("/t.v1.T/Audit", Require::AnyOf(&["auditor", "admin"])),
+    ]);
+
+    fn caller(roles: &[&str]) -> Identity {
+        let now = std::time::SystemTime::now();
+        Identity {
+            user_id: "u".into(),
+            username: "u".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            token_id: "t".into(),
+            session_id: "s".into(),
+            issue_time: now,
+            expire_time: now,
+            key_id: "k".into(),
+        }
+    }
+
+    fn allowed(path: &str, roles: &[&str]) -> bool {
+        POLICY.check(path, &caller(roles)).is_ok()
+    }
+
+    #[test]
+    fn at_least_admits_every_higher_level_and_any_of_only_the_roles_named() {
+        assert!(allowed("/t.v1.T/Read", &["guest"]));
+        assert!(allowed("/t.v1.T/Read", &["user"]));
+        assert!(allowed("/t.v1.T/Read", &["admin"]));
+        assert!(!allowed("/t.v1.T/Write", &["guest"]));
+        assert!(allowed("/t.v1.T/Write", &["guest", "user"]));
+        assert!(allowed("/t.v1.T/Write", &["admin"]));
+        assert!(!allowed("/t.v1.T/Read", &[]), "no role, no level");
+        assert!(
+            !allowed("/t.v1.T/Read", &["auditor"]),
+            "a role that is not a level"
+        );
+        assert!(allowed("/t.v1.T/Audit", &["auditor"]));
+        assert!(allowed("/t.v1.T/Audit", &["admin"]));
+        assert!(!allowed("/t.v1.T/Audit", &["user"]));
+        assert!(
+            !allowed("/t.v1.T/Unlisted", &["admin"]),
+            "unlisted methods fail closed"
+        );
+        let Err(GuardError::RoleRequired { required }) = POLICY.check("/t.v1.T/Write", &caller(&["guest"]))
+        else {
+            panic!("a guest may not write")
+        };
+        assert_eq!(required.to_string(), "the role user or a higher one");
+        assert!(
+            Policy::AnyAuthenticated
+                .check("/t.v1.T/Unlisted", &caller(&[]))
+                .is_ok()
+        );
     }
 }

@@ -48,7 +48,7 @@ use crate::{
 };
 
 pub use identity::{GuardError, Identity, identity};
-pub use layer::{AuthLayer, Policy, RequireAuth};
+pub use layer::{AuthLayer, Policy, Require, RequireAuth};
 pub use remote::RemoteValidator;
 
 use self::{

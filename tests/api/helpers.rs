@@ -662,3 +662,179 @@ pub async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = 
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
 }
+
+impl TestApp {
+    /// Audit events as the admin `token` lists them with `request` (one page).
+    pub async fn audit_events(
+        &self,
+        token: &str,
+        request: auth_pb::ListAuditEventsRequest,
+    ) -> Result<auth_pb::ListAuditEventsResponse, Status> {
+        let response = self
+            .auth
+            .clone()
+            .list_audit_events(bearer(request, token))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Every audit event of `kind` (all pages), newest first.
+    pub async fn audit_of_kind(
+        &self,
+        token: &str,
+        kind: auth_pb::AuditEventKind,
+    ) -> Vec<auth_pb::AuditEvent> {
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = auth_pb::ListAuditEventsRequest {
+                page_size: 100,
+                page_token,
+                kind: kind.into(),
+                ..Default::default()
+            };
+            let page = self
+                .audit_events(token, request)
+                .await
+                .expect("list audit events");
+            events.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return events;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Runs statements on auth-svc's database behind its back (`sqlite` or `postgres`, whichever it uses),
+    /// for tests that must do what no RPC does: make a write fail, or age a row.
+    pub async fn auth_sql(&self, sqlite: &str, postgres: &str) {
+        match &self.auth_settings.database_url {
+            DatabaseUrl::Sqlite(path) => {
+                let conn =
+                    watchword_db::rusqlite::Connection::open(path).expect("open auth-svc's SQLite file");
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(sqlite)
+                    .expect("run SQL on auth-svc's database");
+            }
+            DatabaseUrl::Postgres(url) => {
+                let (client, connection) = watchword_db::postgres::tokio_postgres::connect(url, NoTls)
+                    .await
+                    .expect("connect to auth-svc's PostgreSQL");
+                let connection = tokio::spawn(connection);
+                client
+                    .batch_execute(postgres)
+                    .await
+                    .expect("run SQL on auth-svc's database");
+                drop(client);
+                let _ = connection.await;
+            }
+        }
+    }
+
+    /// Makes every insert of an audit event of `kind` fail, until [`TestApp::allow_audit`]: the change
+    /// written with it must then fail too, as they share a transaction.
+    pub async fn refuse_audit(&self, kind: auth_pb::AuditEventKind) {
+        let kind = kind.as_str_name();
+        self.auth_sql(
+            &format!(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events WHEN NEW.kind = '{kind}'
+                 BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END;"
+            ),
+            &format!(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$;
+                 CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW
+                   WHEN (NEW.kind = '{kind}') EXECUTE FUNCTION refuse_audit();"
+            ),
+        )
+        .await;
+    }
+
+    /// Undoes [`TestApp::refuse_audit`].
+    pub async fn allow_audit(&self) {
+        self.auth_sql(
+            "DROP TRIGGER refuse_audit;",
+            "DROP TRIGGER refuse_audit ON audit_events; DROP FUNCTION refuse_audit();",
+        )
+        .await;
+    }
+}
+
+impl TestApp {
+    pub async fn get_me(&self, token: &str) -> Result<auth_pb::GetMeResponse, Status> {
+        let response = self
+            .auth
+            .clone()
+            .get_me(bearer(auth_pb::GetMeRequest {}, token))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn change_password(&self, token: &str, current: &str, new: &str) -> Result<(), Status> {
+        let request = auth_pb::ChangePasswordRequest {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        self.auth.clone().change_password(bearer(request, token)).await?;
+        Ok(())
+    }
+
+    pub async fn list_sessions(
+        &self,
+        token: &str,
+        request: auth_pb::ListSessionsRequest,
+    ) -> Result<auth_pb::ListSessionsResponse, Status> {
+        let response = self.auth.clone().list_sessions(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn revoke_session(&self, token: &str, session_id: &str) -> Result<(), Status> {
+        let request = auth_pb::RevokeSessionRequest {
+            session_id: session_id.into(),
+        };
+        self.auth.clone().revoke_session(bearer(request, token)).await?;
+        Ok(())
+    }
+}
+
+impl TestApp {
+    /// Creates an API key named `name` with `roles` (none: the caller's) for the caller of `token`.
+    pub async fn create_api_key(
+        &self,
+        token: &str,
+        name: &str,
+        roles: &[&str],
+        ttl: Option<Duration>,
+    ) -> Result<auth_pb::CreateApiKeyResponse, Status> {
+        let request = auth_pb::CreateApiKeyRequest {
+            name: name.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ttl: ttl.map(|ttl| prost_types::Duration::try_from(ttl).unwrap()),
+        };
+        let response = self.auth.clone().create_api_key(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    /// An access token for API key `secret`.
+    pub async fn exchange_api_key(&self, secret: &str) -> Result<auth_pb::ExchangeApiKeyResponse, Status> {
+        let request = auth_pb::ExchangeApiKeyRequest {
+            api_key: secret.into(),
+        };
+        Ok(self.auth.clone().exchange_api_key(request).await?.into_inner())
+    }
+
+    pub async fn list_api_keys(
+        &self,
+        token: &str,
+        request: auth_pb::ListApiKeysRequest,
+    ) -> Result<auth_pb::ListApiKeysResponse, Status> {
+        let response = self.auth.clone().list_api_keys(bearer(request, token)).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn revoke_api_key(&self, token: &str, id: &str) -> Result<(), Status> {
+        let request = auth_pb::RevokeApiKeyRequest { id: id.into() };
+        self.auth.clone().revoke_api_key(bearer(request, token)).await?;
+        Ok(())
+    }
+}

@@ -2,14 +2,18 @@
 //! binaries use, talking real gRPC over loopback.
 
 mod abuse;
+mod apikeys;
 mod at_rest;
+mod audit;
 mod auth;
 mod cache;
 mod guard;
 mod hardening;
 mod helpers;
 mod hostile;
+mod levels;
 mod lifecycle;
+mod me;
 mod metrics;
 mod posts;
 mod replicas;

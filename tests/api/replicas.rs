@@ -448,3 +448,65 @@ async fn a_replica_cut_off_from_the_database_stops_vouching_for_revoked_tokens()
         ))
         .await;
 }
+
+/// An API key created on one replica exchanges on another, and revoking it on the first ends its tokens
+/// at the other's guard (local mode: only the relayed revocation can stop it) within a second.
+#[tokio::test]
+async fn an_api_key_revoked_on_one_replica_is_refused_behind_every_replica_within_a_second() {
+    let Some(app) = TestApp::builder()
+        .auth_replicas(2)
+        .no_peer_limit()
+        .verify(posts_svc::VerifyMode::Local)
+        .try_start()
+        .await
+    else {
+        return;
+    };
+    let token = app.login_as("alice").await;
+    let created = app.create_api_key(&token, "bot", &[], None).await.unwrap();
+    let mut b = AuthServiceClient::new(channel(app.auth_servers[1].addr));
+    let exchanged = b
+        .exchange_api_key(pb::ExchangeApiKeyRequest {
+            api_key: created.secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let posts_b = PostsServiceClient::new(channel(app.posts_servers[1].addr));
+    let list = |mut posts: PostsServiceClient<_>, token: String| async move {
+        posts
+            .list_posts(bearer(ListPostsRequest::default(), &token))
+            .await
+    };
+    list(posts_b.clone(), exchanged.access_token.clone())
+        .await
+        .unwrap();
+
+    app.revoke_api_key(&token, &created.api_key.unwrap().id)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match list(posts_b.clone(), exchanged.access_token.clone()).await {
+            Err(status) => {
+                assert_eq!(
+                    watchword::reason::of(&status),
+                    Some(Reason::TokenRevoked),
+                    "{status:?}"
+                );
+                break;
+            }
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "still accepted behind replica B"
+            ),
+        }
+        tokio::task::yield_now().await;
+    }
+    let again = b
+        .exchange_api_key(pb::ExchangeApiKeyRequest {
+            api_key: created.secret,
+        })
+        .await;
+    assert_reason(again, tonic::Code::Unauthenticated, Reason::TokenRevoked);
+}

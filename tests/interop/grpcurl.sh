@@ -31,7 +31,7 @@ call() {
 }
 
 # grpcurl exits with 64 + the gRPC status code when a call fails.
-declare -A STATUS_NUMBER=([NotFound]=5 [AlreadyExists]=6 [PermissionDenied]=7 [Unauthenticated]=16)
+declare -A STATUS_NUMBER=([NotFound]=5 [AlreadyExists]=6 [PermissionDenied]=7 [FailedPrecondition]=9 [Unauthenticated]=16)
 
 # expect_status WHAT CODE ADDR METHOD JSON [GRPCURL FLAGS...]: the call must fail with gRPC status CODE:
 # grpcurl prints "Code: CODE" on stderr and exits with 64 + CODE's number.
@@ -43,6 +43,20 @@ expect_status() {
   local expected=$((64 + STATUS_NUMBER[$code]))
   ((status == expected)) || fail "$what: grpcurl exited with $status, expected $expected"
   ok "$what fails with $code (grpcurl exit status $status)"
+}
+
+# refused_soon WHAT ADDR METHOD JSON [GRPCURL FLAGS...]: repeats the call until it fails with
+# Unauthenticated (a revocation reaches every guard within a second), for at most about 3 s.
+refused_soon() {
+  local what="$1" addr="$2" method="$3" data="$4" deadline=$((SECONDS + 3)) err
+  shift 4
+  while gc "$@" -d "$data" "$addr" "$method" >/dev/null 2>&1; do
+    ((SECONDS <= deadline)) || fail "$what: still accepted after 3s"
+    sleep 0.05 # polling interval, bounded by the deadline above
+  done
+  err="$(gc "$@" -d "$data" "$addr" "$method" 2>&1 >/dev/null)" || true
+  grep -q "Code: Unauthenticated\$" <<<"$err" || fail "$what: expected Unauthenticated, got: $err"
+  ok "$what"
 }
 
 # py JSON EXPR: evaluates the Python expression EXPR with the parsed JSON bound to `d`, prints the result.
@@ -82,6 +96,14 @@ for rpc in CreatePost ListPosts GetPost DeletePost; do
     fail "describe does not show rpc $rpc"
 done
 ok "describe posts.v1.PostsService shows its four RPCs"
+
+description="$(gc "$AUTH" describe auth.v1.AuthService)" || fail "describe auth.v1.AuthService"
+for rpc in GetMe ChangePassword ListSessions RevokeSession CreateApiKey ListApiKeys RevokeApiKey ExchangeApiKey \
+  ListAuditEvents; do
+  grep -qF "rpc $rpc ( .auth.v1.${rpc}Request ) returns ( .auth.v1.${rpc}Response );" <<<"$description" ||
+    fail "describe does not show rpc $rpc"
+done
+ok "describe auth.v1.AuthService shows the self-service, API key and audit RPCs"
 
 # --- Account and token -------------------------------------------------------------------------------------
 CREDENTIALS='{"username": "grpcurl-user", "password": "correct horse battery staple"}'
@@ -123,6 +145,83 @@ expect "{}" "$(py "$deleted" 'json.dumps(d)')" "DeletePost returns an empty resp
 expect_status "GetPost of the deleted post" NotFound "$POSTS" posts.v1.PostsService/GetPost "{\"id\": \"$first_id\"}" "${AUTHZ[@]}"
 listed="$(call "$POSTS" posts.v1.PostsService/ListPosts '{}' "${AUTHZ[@]}")"
 expect "$second_id" "$(py "$listed" '" ".join(p["id"] for p in d["posts"])')" "ListPosts no longer shows the deleted post"
+
+# --- The current user and refresh --------------------------------------------------------------------------
+me="$(call "$AUTH" auth.v1.AuthService/GetMe '{}' "${AUTHZ[@]}")"
+expect "$user_id True" "$(py "$me" 'd["user"]["id"] + " " + str(d["session"]["current"])')" \
+  "GetMe returns the caller and the current session"
+refreshed="$(call "$AUTH" auth.v1.AuthService/Refresh "{\"refresh_token\": \"$(py "$login" 'd["refreshToken"]')\"}")"
+expect "True" "$(py "$refreshed" 'd["refreshToken"].startswith("wwrt_")')" "Refresh returns a new refresh token"
+TOKEN="$(py "$refreshed" 'd["accessToken"]')"
+AUTHZ=(-H "authorization: Bearer $TOKEN")
+tablet="$(call "$AUTH" auth.v1.AuthService/Login "$CREDENTIALS")"
+sessions="$(call "$AUTH" auth.v1.AuthService/ListSessions '{}' "${AUTHZ[@]}")"
+expect "2 [True, False]" "$(py "$sessions" 'str(len(d["sessions"])) + " " + str([s.get("current", False) for s in d["sessions"]])')" \
+  "ListSessions shows both live sessions, the caller's current"
+call "$AUTH" auth.v1.AuthService/RevokeSession "{\"session_id\": \"$(py "$tablet" 'd["sessionId"]')\"}" \
+  "${AUTHZ[@]}" >/dev/null
+refused_soon "RevokeSession ends the other session" "$POSTS" posts.v1.PostsService/ListPosts '{}' \
+  -H "authorization: Bearer $(py "$tablet" 'd["accessToken"]')"
+
+# --- API keys ----------------------------------------------------------------------------------------------
+created="$(call "$AUTH" auth.v1.AuthService/CreateApiKey \
+  '{"name": "grpcurl bot", "roles": ["guest"], "ttl": "3600s"}' "${AUTHZ[@]}")"
+SECRET="$(py "$created" 'd["secret"]')"
+KEY_ID="$(py "$created" 'd["apiKey"]["id"]')"
+expect "True ['guest']" "$(py "$created" 'str(d["secret"].startswith("wwk_")) + " " + str(d["apiKey"]["roles"])')" \
+  "CreateApiKey returns a wwk_ secret and the key"
+exchanged="$(call "$AUTH" auth.v1.AuthService/ExchangeApiKey "{\"api_key\": \"$SECRET\"}")"
+KEY_AUTHZ=(-H "authorization: Bearer $(py "$exchanged" 'd["accessToken"]')")
+validated="$(call "$AUTH" auth.v1.AuthService/Validate '{}' "${KEY_AUTHZ[@]}")"
+expect "$user_id $KEY_ID ['guest']" \
+  "$(py "$validated" 'd["claims"]["subject"] + " " + d["claims"]["sessionId"] + " " + str(d["claims"]["roles"])')" \
+  "ExchangeApiKey returns the owner's token with the key's roles and id"
+call "$POSTS" posts.v1.PostsService/ListPosts '{}' "${KEY_AUTHZ[@]}" >/dev/null
+ok "a guest key's token reads posts"
+expect_status "CreatePost with a guest key's token" PermissionDenied "$POSTS" posts.v1.PostsService/CreatePost \
+  '{"title": "t", "body": "b"}' "${KEY_AUTHZ[@]}"
+keys="$(call "$AUTH" auth.v1.AuthService/ListApiKeys '{}' "${AUTHZ[@]}")"
+expect "$KEY_ID" "$(py "$keys" '" ".join(k["id"] for k in d["apiKeys"])')" "ListApiKeys lists the key"
+call "$AUTH" auth.v1.AuthService/RevokeApiKey "{\"id\": \"$KEY_ID\"}" "${AUTHZ[@]}" >/dev/null
+refused_soon "the revoked key's token is refused by posts-svc" "$POSTS" posts.v1.PostsService/ListPosts '{}' \
+  "${KEY_AUTHZ[@]}"
+expect_status "ExchangeApiKey of the revoked key" Unauthenticated "$AUTH" auth.v1.AuthService/ExchangeApiKey \
+  "{\"api_key\": \"$SECRET\"}"
+
+# --- Password change and logout ----------------------------------------------------------------------------
+other="$(call "$AUTH" auth.v1.AuthService/Login "$CREDENTIALS")"
+OTHER_AUTHZ=(-H "authorization: Bearer $(py "$other" 'd["accessToken"]')")
+call "$AUTH" auth.v1.AuthService/ChangePassword \
+  '{"current_password": "correct horse battery staple", "new_password": "a brand new passphrase"}' \
+  "${AUTHZ[@]}" >/dev/null
+refused_soon "ChangePassword ends the other session" "$POSTS" posts.v1.PostsService/ListPosts '{}' "${OTHER_AUTHZ[@]}"
+call "$POSTS" posts.v1.PostsService/ListPosts '{}' "${AUTHZ[@]}" >/dev/null
+ok "ChangePassword keeps the caller's session"
+expect_status "Login with the old password" Unauthenticated "$AUTH" auth.v1.AuthService/Login "$CREDENTIALS"
+call "$AUTH" auth.v1.AuthService/Logout '{}' "${AUTHZ[@]}" >/dev/null
+refused_soon "Logout ends the session" "$POSTS" posts.v1.PostsService/ListPosts '{}' "${AUTHZ[@]}"
+
+# --- Audit events (an admin made with --bootstrap-admin, beside the running server) -----------------------
+ADMIN_PASSWORD="an admin passphrase for grpcurl"
+AUTH_SVC_BOOTSTRAP_PASSWORD="$ADMIN_PASSWORD" "$WATCHWORD_BIN_DIR/auth-svc" \
+  --database-url "sqlite://$INTEROP_TMP/auth.db" --bootstrap-admin grpcurl-admin >/dev/null ||
+  fail "auth-svc --bootstrap-admin"
+admin="$(call "$AUTH" auth.v1.AuthService/Login "{\"username\": \"grpcurl-admin\", \"password\": \"$ADMIN_PASSWORD\"}")"
+ADMIN_AUTHZ=(-H "authorization: Bearer $(py "$admin" 'd["accessToken"]')")
+events="$(call "$AUTH" auth.v1.AuthService/ListAuditEvents \
+  "{\"user_id\": \"$user_id\", \"kind\": \"API_KEY_REVOKED\"}" "${ADMIN_AUTHZ[@]}")"
+expect "API_KEY_REVOKED $KEY_ID" "$(py "$events" '" ".join(e["kind"] + " " + e["sessionId"] for e in d["events"])')" \
+  "ListAuditEvents shows the key's revocation"
+events="$(call "$AUTH" auth.v1.AuthService/ListAuditEvents '{"page_size": 100}' "${ADMIN_AUTHZ[@]}")"
+kinds="$(py "$events" '" ".join(sorted({e["kind"] for e in d["events"]}))')"
+for kind in USER_REGISTERED LOGIN_SUCCEEDED LOGIN_FAILED API_KEY_CREATED PASSWORD_CHANGED LOGOUT; do
+  grep -qw "$kind" <<<"$kinds" || fail "ListAuditEvents lacks $kind: $kinds"
+done
+ok "ListAuditEvents shows what was done above"
+relogin="$(call "$AUTH" auth.v1.AuthService/Login '{"username": "grpcurl-user", "password": "a brand new passphrase"}')"
+USER_AUTHZ=(-H "authorization: Bearer $(py "$relogin" 'd["accessToken"]')")
+expect_status "ListAuditEvents for a non-admin" PermissionDenied "$AUTH" auth.v1.AuthService/ListAuditEvents '{}' \
+  "${USER_AUTHZ[@]}"
 
 # --- Without a valid token ---------------------------------------------------------------------------------
 expect_status "ListPosts without a token" Unauthenticated "$POSTS" posts.v1.PostsService/ListPosts '{}'

@@ -24,8 +24,12 @@ use watchword_db::{
 };
 
 use crate::{
-    domain::{Credentials, ROLE_ADMIN, Revocation, Target, User, Username},
-    policy::{AdminRefusal, Attempt, Failures, LOCK_CAP, Rotation, is_last_admin, reserve, rotation},
+    audit::{AuditEvent, AuditKind, AuditQuery, Origin},
+    domain::{ApiKey, Credentials, ROLE_ADMIN, Revocation, Session, Target, User, Username},
+    policy::{
+        AdminRefusal, Attempt, CallerRefusal, Exchange, Failures, KeyRefusal, LOCK_CAP, Rotation, exchange,
+        is_last_admin, key_roles, keys_to_end, may_manage, reserve, rotation,
+    },
     sealing::{self, Change, KeyEncryptionKey, SealError},
 };
 
@@ -61,9 +65,17 @@ pub struct NewKey {
     pub private_key: String,
 }
 
+/// A login attempt reserved by [`Store::begin_login_attempt`]: whose budget it draws on, and the audit
+/// events recorded as though it failed, which the transaction that forgives it withdraws.
+#[derive(Debug)]
+pub struct Reserved {
+    pub attempt: Attempt,
+    pub provisional: Vec<i64>,
+}
+
 /// What a successful password check turns into, in one transaction.
 pub struct NewSession {
-    pub attempt: Attempt,
+    pub reserved: Reserved,
     pub username_key: String,
     pub user_id: String,
     pub session_id: String,
@@ -71,6 +83,38 @@ pub struct NewSession {
     pub refresh_expire_time: SystemTime,
     /// A device token to remember (its hash and expiry), when the login did not present one.
     pub new_device: Option<(Vec<u8>, SystemTime)>,
+    pub origin: Origin,
+    pub user_agent: Option<String>,
+}
+
+/// A password change that passed the checks, as [`Store::change_password`] applies it.
+pub struct PasswordChange {
+    pub user_id: String,
+    /// The caller's session, which stays live; every other session of the user ends.
+    pub session_id: String,
+    pub username_key: String,
+    /// The new password's hash.
+    pub hash: String,
+    /// The attempt the current password was checked under, forgiven with the change.
+    pub reserved: Reserved,
+    pub origin: Origin,
+}
+
+/// An API key to create, as [`Store::create_api_key`] checks and stores it.
+pub struct NewApiKey {
+    pub id: String,
+    /// The owner: the caller, whose roles (as stored now) bound the key's.
+    pub user_id: String,
+    pub name: String,
+    /// The roles asked for; none means the owner's.
+    pub roles: Vec<String>,
+    /// The keyed hash of the secret.
+    pub hash: Vec<u8>,
+    pub expire_time: SystemTime,
+    /// The session the caller created it from.
+    pub created_in: String,
+    pub user_agent: Option<String>,
+    pub origin: Origin,
 }
 
 /// The schema, in each dialect, with the same version numbers (`tests/api/schema.rs` checks that the two
@@ -107,10 +151,22 @@ impl Store {
         self.db.connections()
     }
 
-    /// Inserts a new user; a unique violation if the username key is taken.
-    pub async fn insert_user(&self, user: User, username: Username, hash: String) -> Result<(), DbError> {
+    /// Inserts a new user (audited as registered from `origin`); a unique violation if the username key
+    /// is taken.
+    pub async fn insert_user(
+        &self,
+        user: User,
+        username: Username,
+        hash: String,
+        origin: Origin,
+    ) -> Result<(), DbError> {
         transaction!(&self.db, |tx| async move {
-            sql::insert_user(tx, &user, &username, &hash).await
+            sql::insert_user(tx, &user, &username, &hash).await?;
+            let event = AuditEvent::new(AuditKind::UserRegistered, user.create_time, &origin)
+                .subject(&user.id)
+                .detail("username", &user.username)
+                .detail("roles", user.roles.join(","));
+            sql::insert_audit(tx, &event).await.map(drop)
         })
     }
 
@@ -118,6 +174,121 @@ impl Store {
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<Credentials>, DbError> {
         let key = username.key().to_owned();
         read!(&self.db, |tx| async move { sql::credentials(tx, &key).await })
+    }
+
+    /// The account `user_id` with its password hash and username key.
+    pub async fn credentials_of(&self, user_id: &str) -> Result<Option<(Credentials, String)>, DbError> {
+        let id = user_id.to_owned();
+        read!(
+            &self.db,
+            |tx| async move { sql::credentials_by_id(tx, &id).await }
+        )
+    }
+
+    /// The user `user_id` as stored and its session `session_id`, if the session is that user's.
+    pub async fn me(&self, user_id: &str, session_id: &str) -> Result<Option<(User, Session)>, DbError> {
+        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
+        read!(&self.db, |tx| async move {
+            let Some(user) = sql::user_by_id(tx, &user_id, false).await? else {
+                return Ok(None);
+            };
+            Ok(sql::session_by_id(tx, &session_id, false)
+                .await?
+                .filter(|(session, _)| session.user_id == user_id)
+                .map(|(session, _)| (user, session)))
+        })
+    }
+
+    /// The live sessions of `user_id` (neither revoked nor expired at `now`), in creation order (ids are
+    /// UUIDv7), after `after`.
+    pub async fn live_sessions(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Session>, DbError> {
+        let (user_id, after) = (user_id.to_owned(), after.unwrap_or_default());
+        read!(&self.db, |tx| async move {
+            sql::live_sessions(tx, &user_id, &after, now, limit).await
+        })
+    }
+
+    /// Ends session `session_id` for `caller_id`, who must own it or be an enabled admin (otherwise, as
+    /// when there is no such session, `NotFound`). With `only_api_key`, only an API key's session (the key)
+    /// may be ended this way. Audited as `API_KEY_REVOKED` for a key, else `SESSION_REVOKED`. `None` when
+    /// it had ended already (idempotent: nothing is logged or audited again).
+    pub async fn end_session(
+        &self,
+        caller_id: &str,
+        session_id: &str,
+        only_api_key: bool,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Result<Result<Option<Revocation>, CallerRefusal>, DbError> {
+        let (caller_id, id) = (caller_id.to_owned(), session_id.to_owned());
+        transaction!(&self.db, |tx| async move {
+            let caller = sql::user_by_id(tx, &caller_id, false).await?;
+            let Some((session, revoked)) = sql::session_by_id(tx, &id, true).await? else {
+                return Ok(Err(CallerRefusal::NotFound));
+            };
+            if (only_api_key && session.api_key_id.is_none())
+                || !may_manage(caller.as_ref(), &session.user_id)
+            {
+                return Ok(Err(CallerRefusal::NotFound));
+            }
+            if revoked {
+                return Ok(Ok(None));
+            }
+            sql::revoke_session(tx, &id, now).await?;
+            let revocation = Revocation::new(Target::Session(id.clone()), now, Reason::TokenRevoked);
+            sql::log_revocation(tx, &revocation).await?;
+            let kind = match session.api_key_id {
+                Some(_) => AuditKind::ApiKeyRevoked,
+                None => AuditKind::SessionRevoked,
+            };
+            let event = AuditEvent::new(kind, now, &origin)
+                .actor(caller_id)
+                .subject(session.user_id)
+                .session(id);
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(Some(revocation)))
+        })
+    }
+
+    /// Sets a new password hash, forgiving the attempt the current password was checked under, and ends
+    /// every other session of the user (its API keys too): their revocations are returned, logged in the
+    /// same transaction. Refused when the caller's own session or account has ended meanwhile.
+    pub async fn change_password(
+        &self,
+        change: PasswordChange,
+        now: SystemTime,
+    ) -> Result<Result<Vec<Revocation>, CallerRefusal>, DbError> {
+        transaction!(&self.db, |tx| async move {
+            match sql::user_by_id(tx, &change.user_id, true).await? {
+                Some(user) if !user.disabled => {}
+                _ => return Ok(Err(CallerRefusal::UserDisabled)),
+            }
+            match sql::session_by_id(tx, &change.session_id, true).await? {
+                Some((session, false)) if session.user_id == change.user_id => {}
+                _ => return Ok(Err(CallerRefusal::Revoked)),
+            }
+            forgive(tx, &change.reserved, &change.username_key).await?;
+            sql::set_password(tx, &change.user_id, &change.hash).await?;
+            let ended = sql::revoke_other_sessions(tx, &change.user_id, &change.session_id, now).await?;
+            let revocations: Vec<Revocation> = ended
+                .into_iter()
+                .map(|session| Revocation::new(Target::Session(session), now, Reason::TokenRevoked))
+                .collect();
+            log_all(tx, &revocations).await?;
+            let event = AuditEvent::new(AuditKind::PasswordChanged, now, &change.origin)
+                .actor(&change.user_id)
+                .subject(&change.user_id)
+                .session(&change.session_id)
+                .detail("sessions_ended", revocations.len());
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(revocations))
+        })
     }
 
     pub async fn find_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
@@ -144,8 +315,10 @@ impl Store {
         user_id: &str,
         roles: Vec<String>,
         now: SystemTime,
+        actor: Option<&str>,
+        origin: Origin,
     ) -> Result<Result<(User, Vec<Revocation>), AdminRefusal>, DbError> {
-        let id = user_id.to_owned();
+        let (id, actor) = (user_id.to_owned(), actor.map(str::to_owned));
         transaction!(&self.db, |tx| async move {
             // The admins first, then the user: one lock order for every admin change, so two cannot deadlock.
             let admins = sql::enabled_admins(tx).await?;
@@ -157,15 +330,38 @@ impl Store {
             }
             sql::set_roles(tx, &id, &roles).await?;
             let removes_a_role = user.roles.iter().any(|r| !roles.contains(r));
-            let ended = match removes_a_role {
-                true => sql::revoke_user_sessions(tx, &id, now).await?,
-                false => Vec::new(),
-            };
+            let (mut ended, mut keys_ended) = (Vec::new(), Vec::new());
+            if removes_a_role {
+                // Every login session (its tokens carry the old roles), and every API key now worth more
+                // than its owner; keys the new roles still cover go on.
+                ended = sql::revoke_login_sessions(tx, &id, now).await?;
+                let keys = sql::unrevoked_api_keys(tx, &id).await?;
+                for key in keys_to_end(&keys, &roles) {
+                    sql::revoke_session(tx, &key, now).await?;
+                    keys_ended.push(key);
+                }
+            }
+            for key in &keys_ended {
+                let mut event = AuditEvent::new(AuditKind::ApiKeyRevoked, now, &origin)
+                    .subject(&id)
+                    .session(key)
+                    .detail("reason", "roles_changed");
+                event.actor_id.clone_from(&actor);
+                sql::insert_audit(tx, &event).await?;
+            }
+            ended.extend(keys_ended);
             let revocations: Vec<Revocation> = ended
                 .into_iter()
                 .map(|session| Revocation::new(Target::Session(session), now, Reason::TokenRevoked))
                 .collect();
             log_all(tx, &revocations).await?;
+            let mut event = AuditEvent::new(AuditKind::RolesChanged, now, &origin)
+                .subject(&id)
+                .detail("from", user.roles.join(","))
+                .detail("to", roles.join(","))
+                .detail("sessions_ended", revocations.len());
+            event.actor_id = actor;
+            sql::insert_audit(tx, &event).await?;
             user.roles = roles;
             Ok(Ok((user, revocations)))
         })
@@ -176,8 +372,10 @@ impl Store {
         &self,
         user_id: &str,
         now: SystemTime,
+        actor: &str,
+        origin: Origin,
     ) -> Result<Result<(User, Revocation), AdminRefusal>, DbError> {
-        let id = user_id.to_owned();
+        let (id, actor) = (user_id.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             let admins = sql::enabled_admins(tx).await?;
             let Some(mut user) = sql::user_by_id(tx, &id, true).await? else {
@@ -187,7 +385,14 @@ impl Store {
                 return Ok(Err(AdminRefusal::LastAdmin));
             }
             let disabled_at = sql::disable_user(tx, &id, now).await?;
-            sql::revoke_user_sessions(tx, &id, now).await?;
+            let ended = sql::revoke_user_sessions(tx, &id, now).await?;
+            if !user.disabled {
+                let event = AuditEvent::new(AuditKind::UserDisabled, now, &origin)
+                    .actor(actor)
+                    .subject(&id)
+                    .detail("sessions_ended", ended.len());
+                sql::insert_audit(tx, &event).await?;
+            }
             let revocation = Revocation::new(Target::User(id), disabled_at, Reason::UserDisabled);
             if !user.disabled {
                 sql::log_revocation(tx, &revocation).await?;
@@ -198,12 +403,22 @@ impl Store {
     }
 
     /// Forgets a user's failed logins (and its devices'), lifting any lock.
-    pub async fn unlock_user(&self, user_id: &str) -> Result<Option<User>, DbError> {
-        let id = user_id.to_owned();
+    pub async fn unlock_user(
+        &self,
+        user_id: &str,
+        now: SystemTime,
+        actor: &str,
+        origin: Origin,
+    ) -> Result<Option<User>, DbError> {
+        let (id, actor) = (user_id.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             let user = sql::user_by_id(tx, &id, true).await?;
             if user.is_some() {
                 sql::clear_user_failures(tx, &id).await?;
+                let event = AuditEvent::new(AuditKind::AccountUnlocked, now, &origin)
+                    .actor(actor)
+                    .subject(&id);
+                sql::insert_audit(tx, &event).await?;
             }
             Ok(user)
         })
@@ -212,54 +427,105 @@ impl Store {
     /// Reserves one login attempt: counted as a failure *before* the password is checked (and forgiven by
     /// [`Store::start_session`]), so parallel guesses cannot slip in before the first failure is recorded.
     /// A live device token of this account draws on its own budget; anything else on the account's.
+    ///
+    /// The audit log follows the count: the attempt is recorded as `LOGIN_FAILED` (and `ACCOUNT_LOCKED`
+    /// when it reaches the threshold) in this transaction, and the transaction that forgives it withdraws
+    /// those events; so a login cancelled in between leaves its failure in both. A refused attempt (the
+    /// budget is locked) is recorded as failed with reason `ACCOUNT_LOCKED`. `actor`: the caller, when the
+    /// password is checked for a signed-in user (ChangePassword).
     pub async fn begin_login_attempt(
         &self,
         username_key: &str,
         device_hash: Option<Vec<u8>>,
         threshold: u32,
         now: SystemTime,
-    ) -> Result<Result<Attempt, Duration>, DbError> {
-        let key = username_key.to_owned();
+        actor: Option<&str>,
+        origin: Origin,
+    ) -> Result<Result<Reserved, Duration>, DbError> {
+        let (key, actor) = (username_key.to_owned(), actor.map(str::to_owned));
         transaction!(&self.db, |tx| async move {
-            if let Some(hash) = device_hash
-                && let Some(failures) = sql::device_failures(tx, &hash, &key, now).await?
-            {
-                return Ok(match reserve(failures, threshold, now) {
-                    Ok(counted) => {
-                        sql::set_device_failures(tx, &hash, counted).await?;
-                        Ok(Attempt::Device(hash))
-                    }
-                    Err(wait) => Err(wait),
-                });
-            }
-            let failures = sql::account_failures(tx, &key, now).await?;
-            Ok(match reserve(failures, threshold, now) {
-                Ok(counted) => {
-                    sql::set_account_failures(tx, &key, counted, now).await?;
-                    Ok(Attempt::Account)
+            let subject = sql::user_id_by_key(tx, &key).await?;
+            let event = |kind, budget: &str| {
+                let mut event = AuditEvent::new(kind, now, &origin)
+                    .subject_opt(subject.clone())
+                    .detail("username", &key)
+                    .detail("budget", budget);
+                event.actor_id.clone_from(&actor);
+                event
+            };
+            let (budget, failures, attempt) = match device_hash {
+                Some(hash) => match sql::device_failures(tx, &hash, &key, now).await? {
+                    Some(failures) => ("device", failures, Attempt::Device(hash)),
+                    None => (
+                        "account",
+                        sql::account_failures(tx, &key, now).await?,
+                        Attempt::Account,
+                    ),
+                },
+                None => (
+                    "account",
+                    sql::account_failures(tx, &key, now).await?,
+                    Attempt::Account,
+                ),
+            };
+            let counted = match reserve(failures, threshold, now) {
+                Ok(counted) => counted,
+                Err(wait) => {
+                    let refused =
+                        event(AuditKind::LoginFailed, budget).detail("reason", Reason::AccountLocked);
+                    sql::insert_audit(tx, &refused).await?;
+                    return Ok(Err(wait));
                 }
-                Err(wait) => Err(wait),
-            })
+            };
+            match &attempt {
+                Attempt::Device(hash) => sql::set_device_failures(tx, hash, counted).await?,
+                Attempt::Account => sql::set_account_failures(tx, &key, counted, now).await?,
+            }
+            let failed = event(AuditKind::LoginFailed, budget).detail("reason", Reason::InvalidCredentials);
+            let mut provisional = vec![sql::insert_audit(tx, &failed).await?];
+            if let Some(until) = counted.locked_until {
+                let lock = until.duration_since(now).unwrap_or_default();
+                let locked = event(AuditKind::AccountLocked, budget)
+                    .detail("failures", counted.count)
+                    .detail("for", humantime::format_duration(lock));
+                provisional.push(sql::insert_audit(tx, &locked).await?);
+            }
+            Ok(Ok(Reserved { attempt, provisional }))
         })
     }
 
-    /// After a password matched: forgives the attempt and starts a session, for the user as stored *now*
-    /// (its roles, and `None` if it has been disabled meanwhile), so the token is issued from this read.
+    /// After a password matched: forgives the attempt (and withdraws its provisional audit events) and
+    /// starts a session, for the user as stored *now* (its roles, and `None` if it has been disabled
+    /// meanwhile), so the token is issued from this read.
     pub async fn start_session(&self, new: NewSession, now: SystemTime) -> Result<Option<User>, DbError> {
         transaction!(&self.db, |tx| async move {
             let user = match sql::user_by_id(tx, &new.user_id, true).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Ok(None),
             };
-            match &new.attempt {
-                Attempt::Account => sql::clear_account_failures(tx, &new.username_key).await?,
-                Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
-            }
-            sql::insert_session(tx, &new.session_id, &new.user_id, now).await?;
+            forgive(tx, &new.reserved, &new.username_key).await?;
+            let session = Session {
+                id: new.session_id.clone(),
+                user_id: new.user_id.clone(),
+                create_time: now,
+                last_refresh_time: None,
+                expire_time: new.refresh_expire_time,
+                api_key_id: None,
+                client_address: new.origin.client.map(|ip| ip.to_string()),
+                user_agent: new.user_agent.clone(),
+            };
+            sql::insert_session(tx, &session).await?;
             sql::insert_refresh(tx, &new.refresh_hash, &new.session_id, new.refresh_expire_time).await?;
             if let Some((hash, expire)) = &new.new_device {
                 sql::insert_device(tx, hash, &new.user_id, now, *expire).await?;
             }
+            let event = AuditEvent::new(AuditKind::LoginSucceeded, now, &new.origin)
+                .actor(&user.id)
+                .subject(&user.id)
+                .session(&new.session_id)
+                .detail("username", &user.username)
+                .detail("device", if new.new_device.is_some() { "new" } else { "known" });
+            sql::insert_audit(tx, &event).await?;
             Ok(Some(user))
         })
     }
@@ -287,6 +553,7 @@ impl Store {
         now: SystemTime,
         grace: Duration,
         ttl: Duration,
+        origin: Origin,
     ) -> Result<Rotation, DbError> {
         transaction!(&self.db, |tx| async move {
             let Some(presented) = sql::presented_refresh(tx, &hash).await? else {
@@ -301,11 +568,16 @@ impl Store {
                 Rotation::Rotated { expire_time, .. } if presented.rotate_time.is_none() => {
                     sql::mark_rotated(tx, &hash, now).await?;
                     sql::insert_refresh(tx, &successor_hash, &presented.session_id, *expire_time).await?;
+                    sql::refreshed_session(tx, &presented.session_id, now, *expire_time).await?;
                 }
                 // `rotation` answers Revoked for an ended session, so this one is live until now.
                 Rotation::Reused(revocation) => {
                     sql::revoke_session(tx, &presented.session_id, now).await?;
                     sql::log_revocation(tx, revocation).await?;
+                    let event = AuditEvent::new(AuditKind::RefreshReuseDetected, now, &origin)
+                        .subject(&presented.user.id)
+                        .session(&presented.session_id);
+                    sql::insert_audit(tx, &event).await?;
                 }
                 _ => {}
             }
@@ -321,27 +593,128 @@ impl Store {
         )
     }
 
-    /// Ends a session (idempotent: an ended session keeps its first revocation, and is not logged again).
-    pub async fn revoke_session(&self, session_id: &str, now: SystemTime) -> Result<Revocation, DbError> {
+    /// Ends a session at its holder's request (idempotent: an ended session keeps its first revocation,
+    /// and is not logged or audited again). Not an API key's: that would revoke the key.
+    pub async fn logout(
+        &self,
+        session_id: &str,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Result<Result<Revocation, CallerRefusal>, DbError> {
         let revocation = Revocation::new(Target::Session(session_id.to_owned()), now, Reason::TokenRevoked);
         let logged = revocation.clone();
         let id = session_id.to_owned();
         transaction!(&self.db, |tx| async move {
-            if sql::revoke_session(tx, &id, now).await? {
-                sql::log_revocation(tx, &logged).await?;
+            let is_key = sql::session_by_id(tx, &id, true)
+                .await?
+                .is_some_and(|(session, _)| session.api_key_id.is_some());
+            if is_key {
+                return Ok(Err(CallerRefusal::ApiKeySession));
             }
-            Ok::<_, DbError>(())
-        })?;
-        Ok(revocation)
+            if let Some(owner) = sql::revoke_session(tx, &id, now).await? {
+                sql::log_revocation(tx, &logged).await?;
+                let event = AuditEvent::new(AuditKind::Logout, now, &origin)
+                    .actor(&owner)
+                    .subject(owner)
+                    .session(&id);
+                sql::insert_audit(tx, &event).await?;
+            }
+            Ok(Ok(revocation))
+        })
+    }
+
+    /// Creates an API key for its owner, with roles the owner (as stored now) may grant: a session of its
+    /// own (the same id) and the key's hash, audited as `API_KEY_CREATED`.
+    pub async fn create_api_key(
+        &self,
+        new: NewApiKey,
+        now: SystemTime,
+    ) -> Result<Result<ApiKey, KeyRefusal>, DbError> {
+        transaction!(&self.db, |tx| async move {
+            let owner = match sql::user_by_id(tx, &new.user_id, true).await? {
+                Some(user) if !user.disabled => user,
+                _ => return Ok(Err(KeyRefusal::UserDisabled)),
+            };
+            let roles = match key_roles(&owner.roles, new.roles) {
+                Ok(roles) => roles,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let session = Session {
+                id: new.id.clone(),
+                user_id: new.user_id.clone(),
+                create_time: now,
+                last_refresh_time: None,
+                expire_time: new.expire_time,
+                api_key_id: Some(new.id.clone()),
+                client_address: new.origin.client.map(|ip| ip.to_string()),
+                user_agent: new.user_agent,
+            };
+            sql::insert_session(tx, &session).await?;
+            sql::insert_api_key(tx, &new.id, &new.hash, &new.name, &roles).await?;
+            let event = AuditEvent::new(AuditKind::ApiKeyCreated, now, &new.origin)
+                .actor(&owner.id)
+                .subject(&owner.id)
+                .session(&new.id)
+                .detail("created_in", &new.created_in)
+                .detail("roles", roles.join(","));
+            sql::insert_audit(tx, &event).await?;
+            Ok(Ok(ApiKey {
+                id: new.id,
+                user_id: owner.id,
+                name: new.name,
+                roles,
+                create_time: now,
+                expire_time: new.expire_time,
+                last_exchange_time: None,
+            }))
+        })
+    }
+
+    /// The live API keys of `user_id` (neither revoked nor expired at `now`), oldest first, after `after`.
+    pub async fn api_keys(
+        &self,
+        user_id: &str,
+        after: Option<String>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<ApiKey>, DbError> {
+        let (user_id, after) = (user_id.to_owned(), after.unwrap_or_default());
+        read!(&self.db, |tx| async move {
+            sql::live_api_keys(tx, &user_id, &after, now, limit).await
+        })
+    }
+
+    /// Presents API key `hash` for an exchange: decided from the key and its owner as stored now (the
+    /// key's row locked), and, when it is good, the exchange recorded.
+    pub async fn exchange_api_key(&self, hash: Vec<u8>, now: SystemTime) -> Result<Exchange, DbError> {
+        transaction!(&self.db, |tx| async move {
+            let outcome = exchange(sql::presented_key(tx, &hash).await?, now);
+            if let Exchange::Issue { key_id, .. } = &outcome {
+                sql::exchanged_key(tx, key_id, now).await?;
+            }
+            Ok(outcome)
+        })
     }
 
     /// Drops what can no longer matter: expired refresh and device tokens, failed-login records idle for
-    /// longer than the longest lock, and revocation log rows older than `window` (plus a margin).
-    pub async fn purge_expired(&self, now: SystemTime, window: Duration) -> Result<usize, DbError> {
-        let (idle, log_cutoff) = (now - LOCK_CAP, now - window - LOG_MARGIN);
+    /// longer than the longest lock, revocation log rows older than `window` (plus a margin), and audit
+    /// events older than `audit_retention`.
+    pub async fn purge_expired(
+        &self,
+        now: SystemTime,
+        window: Duration,
+        audit_retention: Duration,
+    ) -> Result<usize, DbError> {
+        let (idle, log_cutoff, audit_cutoff) =
+            (now - LOCK_CAP, now - window - LOG_MARGIN, now - audit_retention);
         transaction!(&self.db, |tx| async move {
-            sql::purge(tx, now, idle, log_cutoff).await
+            sql::purge(tx, now, idle, log_cutoff, audit_cutoff).await
         })
+    }
+
+    /// Audit events matching `query`, newest first, with their ids (for paging).
+    pub async fn audit_events(&self, query: AuditQuery) -> Result<Vec<(i64, AuditEvent)>, DbError> {
+        read!(&self.db, |tx| async move { sql::audit_events(tx, &query).await })
     }
 
     /// Brings the keys at rest in line with `kek`, in one transaction under the key-set lock (replicas
@@ -427,11 +800,22 @@ impl Store {
     }
 
     /// Makes `key` the signing key: the current one is retired now (and keeps verifying for a while).
-    pub async fn rotate_key(&self, key: NewKey, now: SystemTime) -> Result<(), DbError> {
+    pub async fn rotate_key(
+        &self,
+        key: NewKey,
+        now: SystemTime,
+        actor: &str,
+        origin: Origin,
+    ) -> Result<(), DbError> {
+        let actor = actor.to_owned();
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
             sql::retire_signing_key(tx, now).await?;
-            sql::insert_key(tx, &key, now).await
+            sql::insert_key(tx, &key, now).await?;
+            let event = AuditEvent::new(AuditKind::SigningKeyRotated, now, &origin)
+                .actor(actor)
+                .detail("kid", &key.kid);
+            sql::insert_audit(tx, &event).await.map(drop)
         })
     }
 
@@ -442,17 +826,30 @@ impl Store {
         kid: &str,
         replacement: NewKey,
         now: SystemTime,
+        actor: &str,
+        origin: Origin,
     ) -> Result<Option<Revocation>, DbError> {
-        let kid = kid.to_owned();
+        let (kid, actor) = (kid.to_owned(), actor.to_owned());
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
+            // Every key not revoked yet.
             let keys = sql::keys(tx, SystemTime::UNIX_EPOCH).await?;
+            let was_live = keys.iter().any(|k| k.kid == kid);
             let was_signing = keys.iter().any(|k| k.kid == kid && !k.retired);
             if !sql::revoke_key(tx, &kid, now).await? {
                 return Ok(None);
             }
             if was_signing {
                 sql::insert_key(tx, &replacement, now).await?;
+            }
+            if was_live {
+                let mut event = AuditEvent::new(AuditKind::SigningKeyRevoked, now, &origin)
+                    .actor(actor)
+                    .detail("kid", &kid);
+                if was_signing {
+                    event = event.detail("signing_kid", &replacement.kid);
+                }
+                sql::insert_audit(tx, &event).await?;
             }
             let revocation = Revocation::new(Target::Key(kid), now, Reason::TokenRevoked);
             sql::log_revocation(tx, &revocation).await?;
@@ -484,6 +881,19 @@ impl Store {
     pub async fn last_revocation_id(&self) -> Result<i64, DbError> {
         read!(&self.db, |tx| async move { sql::last_revocation_id(tx).await })
     }
+}
+
+/// Forgives a reserved login attempt whose password matched: its failure is uncounted and its provisional
+/// audit events withdrawn.
+async fn forgive(tx: &impl Conn, reserved: &Reserved, username_key: &str) -> Result<(), DbError> {
+    match &reserved.attempt {
+        Attempt::Account => sql::clear_account_failures(tx, username_key).await?,
+        Attempt::Device(hash) => sql::set_device_failures(tx, hash, Failures::default()).await?,
+    }
+    for id in &reserved.provisional {
+        sql::delete_audit(tx, *id).await?;
+    }
+    Ok(())
 }
 
 async fn log_all(tx: &impl Conn, revocations: &[Revocation]) -> Result<(), DbError> {

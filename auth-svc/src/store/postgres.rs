@@ -79,6 +79,34 @@ CREATE INDEX device_tokens_by_expiry ON device_tokens (expire_time_us);
 -- Each key's raw Ed25519 public key (see sqlite.rs, version 6).
 ALTER TABLE signing_keys ADD COLUMN public_key BYTEA;
 "#,
+    r#"
+-- Session details, API keys and the audit log (see sqlite.rs, version 7).
+ALTER TABLE sessions ADD COLUMN expire_time_us BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN last_refresh_time_us BIGINT;
+ALTER TABLE sessions ADD COLUMN client_address TEXT;
+ALTER TABLE sessions ADD COLUMN user_agent TEXT;
+UPDATE sessions SET expire_time_us = COALESCE(
+    (SELECT MAX(r.expire_time_us) FROM refresh_tokens r WHERE r.session_id = sessions.id), create_time_us);
+CREATE TABLE api_keys (
+    id              TEXT PRIMARY KEY REFERENCES sessions (id),
+    hash            BYTEA NOT NULL UNIQUE,
+    name            TEXT NOT NULL,
+    roles           TEXT NOT NULL
+);
+CREATE TABLE audit_events (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    time_us         BIGINT NOT NULL,
+    actor_id        TEXT,
+    subject_id      TEXT,
+    client_address  TEXT,
+    session_id      TEXT,
+    detail          TEXT NOT NULL
+);
+CREATE INDEX audit_events_by_time ON audit_events (time_us);
+CREATE INDEX audit_events_by_actor ON audit_events (actor_id, id);
+CREATE INDEX audit_events_by_subject ON audit_events (subject_id, id);
+"#,
 ];
 
 /// The failed logins of a username key, locked until the transaction ends: insert-or-lock in one

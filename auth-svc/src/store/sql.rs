@@ -9,8 +9,9 @@ use watchword_db::{Conn, DbError, Row, from_micros, to_micros};
 
 use super::{NewKey, SessionState, StoredKey, postgres, sqlite};
 use crate::{
-    domain::{Credentials, Revocation, User, Username, split_roles},
-    policy::{Failures, Presented},
+    audit::{AuditEvent, AuditKind, AuditQuery},
+    domain::{ApiKey, Credentials, Revocation, Session, User, Username, split_roles},
+    policy::{Failures, Presented, PresentedKey},
     sealing::{KeyRow, SecretRow},
 };
 
@@ -71,6 +72,19 @@ pub async fn credentials(tx: &impl Conn, username_key: &str) -> Result<Option<Cr
     .await
 }
 
+/// The account `id` with its password hash and username key.
+pub async fn credentials_by_id(tx: &impl Conn, id: &str) -> Result<Option<(Credentials, String)>, DbError> {
+    let sql = format!("SELECT {USER}, u.password_hash, u.username_key FROM users u WHERE u.id = $1");
+    tx.one(&sql, &[&id], |row| {
+        let credentials = Credentials {
+            user: user(row)?,
+            password_hash: row.get(5)?,
+        };
+        Ok((credentials, row.get(6)?))
+    })
+    .await
+}
+
 /// With `lock`, the row stays locked until the transaction ends.
 pub async fn user_by_id(tx: &impl Conn, id: &str, lock: bool) -> Result<Option<User>, DbError> {
     let lock = if lock { tx.locking("FOR UPDATE") } else { "" };
@@ -112,9 +126,175 @@ pub async fn disable_user(tx: &impl Conn, id: &str, now: SystemTime) -> Result<S
     Ok(at.flatten().unwrap_or(now))
 }
 
-pub async fn insert_session(tx: &impl Conn, id: &str, user_id: &str, now: SystemTime) -> Result<(), DbError> {
-    let sql = "INSERT INTO sessions (id, user_id, create_time_us) VALUES ($1, $2, $3)";
-    tx.exec(sql, &[&id, &user_id, &to_micros(now)]).await.map(drop)
+pub async fn insert_session(tx: &impl Conn, s: &Session) -> Result<(), DbError> {
+    let sql = "INSERT INTO sessions (id, user_id, create_time_us, expire_time_us, client_address, user_agent)
+               VALUES ($1, $2, $3, $4, $5, $6)";
+    let params: [&dyn watchword_db::Param; 6] = [
+        &s.id,
+        &s.user_id,
+        &to_micros(s.create_time),
+        &to_micros(s.expire_time),
+        &s.client_address,
+        &s.user_agent,
+    ];
+    tx.exec(sql, &params).await.map(drop)
+}
+
+/// A session's columns, for [`session`]: `s` is the session, `k` its API key (if it is one's).
+const SESSION: &str = "s.id, s.user_id, s.create_time_us, s.last_refresh_time_us, s.expire_time_us, k.id,
+                       s.client_address, s.user_agent";
+
+fn session(row: &Row<'_>, first: usize) -> Result<Session, DbError> {
+    Ok(Session {
+        id: row.get(first)?,
+        user_id: row.get(first + 1)?,
+        create_time: from_micros(row.get(first + 2)?),
+        last_refresh_time: time(row, first + 3)?,
+        expire_time: from_micros(row.get(first + 4)?),
+        api_key_id: row.get(first + 5)?,
+        client_address: row.get(first + 6)?,
+        user_agent: row.get(first + 7)?,
+    })
+}
+
+/// Session `id` and whether it has been revoked; with `lock`, its row stays locked until the transaction
+/// ends.
+pub async fn session_by_id(tx: &impl Conn, id: &str, lock: bool) -> Result<Option<(Session, bool)>, DbError> {
+    let lock = if lock { tx.locking("FOR UPDATE OF s") } else { "" };
+    let sql = format!(
+        "SELECT {SESSION}, s.revoke_time_us FROM sessions s LEFT JOIN api_keys k ON k.id = s.id
+         WHERE s.id = $1 {lock}"
+    );
+    tx.one(&sql, &[&id], |row| {
+        Ok((session(row, 0)?, time(row, 8)?.is_some()))
+    })
+    .await
+}
+
+/// The live sessions of `user_id` (not revoked, not expired at `now`) in creation order, after `after`.
+pub async fn live_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    after: &str,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<Session>, DbError> {
+    let sql = format!(
+        "SELECT {SESSION} FROM sessions s LEFT JOIN api_keys k ON k.id = s.id
+         WHERE s.user_id = $1 AND s.id > $2 AND s.revoke_time_us IS NULL AND s.expire_time_us > $3
+         ORDER BY s.id LIMIT CAST($4 AS BIGINT)"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.all(&sql, &[&user_id, &after, &to_micros(now), &limit], |row| {
+        session(row, 0)
+    })
+    .await
+}
+
+pub async fn insert_api_key(
+    tx: &impl Conn,
+    id: &str,
+    hash: &[u8],
+    name: &str,
+    roles: &[String],
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO api_keys (id, hash, name, roles) VALUES ($1, $2, $3, $4)";
+    tx.exec(sql, &[&id, &hash, &name, &roles.join(" ")])
+        .await
+        .map(drop)
+}
+
+/// The live API keys of `user_id` (neither revoked nor expired at `now`), oldest first, after `after`.
+pub async fn live_api_keys(
+    tx: &impl Conn,
+    user_id: &str,
+    after: &str,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<ApiKey>, DbError> {
+    let sql = "SELECT k.id, s.user_id, k.name, k.roles, s.create_time_us, s.expire_time_us,
+                      s.last_refresh_time_us
+               FROM api_keys k JOIN sessions s ON s.id = k.id
+               WHERE s.user_id = $1 AND k.id > $2 AND s.revoke_time_us IS NULL AND s.expire_time_us > $3
+               ORDER BY k.id LIMIT CAST($4 AS BIGINT)";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.all(sql, &[&user_id, &after, &to_micros(now), &limit], |row| {
+        Ok(ApiKey {
+            id: row.get(0)?,
+            user_id: row.get(1)?,
+            name: row.get(2)?,
+            roles: split_roles(&row.get::<String>(3)?),
+            create_time: from_micros(row.get(4)?),
+            expire_time: from_micros(row.get(5)?),
+            last_exchange_time: time(row, 6)?,
+        })
+    })
+    .await
+}
+
+/// The API key `hash` with its session's state and its owner; the session's row stays locked until the
+/// transaction ends.
+pub async fn presented_key(tx: &impl Conn, hash: &[u8]) -> Result<Option<PresentedKey>, DbError> {
+    let sql = format!(
+        "SELECT {USER}, k.id, k.roles, s.expire_time_us, s.revoke_time_us
+         FROM api_keys k JOIN sessions s ON s.id = k.id JOIN users u ON u.id = s.user_id
+         WHERE k.hash = $1 {}",
+        tx.locking("FOR UPDATE OF s")
+    );
+    tx.one(&sql, &[&hash], |row| {
+        Ok(PresentedKey {
+            user: user(row)?,
+            key_id: row.get(5)?,
+            roles: split_roles(&row.get::<String>(6)?),
+            expire_time: from_micros(row.get(7)?),
+            revoked: time(row, 8)?.is_some(),
+        })
+    })
+    .await
+}
+
+/// The API keys of `user_id` not yet revoked, with their roles.
+pub async fn unrevoked_api_keys(
+    tx: &impl Conn,
+    user_id: &str,
+) -> Result<Vec<(String, Vec<String>)>, DbError> {
+    let sql = "SELECT k.id, k.roles FROM api_keys k JOIN sessions s ON s.id = k.id
+               WHERE s.user_id = $1 AND s.revoke_time_us IS NULL ORDER BY k.id";
+    tx.all(sql, &[&user_id], |row| {
+        Ok((row.get(0)?, split_roles(&row.get::<String>(1)?)))
+    })
+    .await
+}
+
+/// Ends every live login session of `user_id` (not its API keys'), returning their ids.
+pub async fn revoke_login_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1
+               WHERE user_id = $2 AND revoke_time_us IS NULL AND id NOT IN (SELECT id FROM api_keys)
+               RETURNING id";
+    tx.all(sql, &[&to_micros(now), &user_id], |row| row.get(0)).await
+}
+
+/// An exchange of the API key `id` at `now`.
+pub async fn exchanged_key(tx: &impl Conn, id: &str, now: SystemTime) -> Result<(), DbError> {
+    let sql = "UPDATE sessions SET last_refresh_time_us = $1 WHERE id = $2";
+    tx.exec(sql, &[&to_micros(now), &id]).await.map(drop)
+}
+
+/// A refresh moved the session's end to `expire`.
+pub async fn refreshed_session(
+    tx: &impl Conn,
+    id: &str,
+    now: SystemTime,
+    expire: SystemTime,
+) -> Result<(), DbError> {
+    let sql = "UPDATE sessions SET last_refresh_time_us = $1, expire_time_us = $2 WHERE id = $3";
+    tx.exec(sql, &[&to_micros(now), &to_micros(expire), &id])
+        .await
+        .map(drop)
 }
 
 /// The session `id` of `user_id` and its user.
@@ -132,10 +312,30 @@ pub async fn session_state(tx: &impl Conn, id: &str, user_id: &str) -> Result<Op
     .await
 }
 
-/// Ends the session if it is live; `false` if there was nothing to end.
-pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result<bool, DbError> {
-    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL";
-    Ok(tx.exec(sql, &[&to_micros(now), &id]).await? == 1)
+/// Ends the session if it is live, returning its user; `None` if there was nothing to end.
+pub async fn revoke_session(tx: &impl Conn, id: &str, now: SystemTime) -> Result<Option<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1 WHERE id = $2 AND revoke_time_us IS NULL
+               RETURNING user_id";
+    tx.one(sql, &[&to_micros(now), &id], |row| row.get(0)).await
+}
+
+/// Ends every live session of `user_id` but `keep`, returning their ids.
+pub async fn revoke_other_sessions(
+    tx: &impl Conn,
+    user_id: &str,
+    keep: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, DbError> {
+    let sql = "UPDATE sessions SET revoke_time_us = $1
+               WHERE user_id = $2 AND id <> $3 AND revoke_time_us IS NULL RETURNING id";
+    tx.all(sql, &[&to_micros(now), &user_id, &keep], |row| row.get(0))
+        .await
+}
+
+pub async fn set_password(tx: &impl Conn, id: &str, hash: &str) -> Result<(), DbError> {
+    tx.exec("UPDATE users SET password_hash = $1 WHERE id = $2", &[&hash, &id])
+        .await
+        .map(drop)
 }
 
 /// Ends every live session of `user_id`, returning their ids.
@@ -439,13 +639,75 @@ pub async fn last_revocation_id(tx: &impl Conn) -> Result<i64, DbError> {
     Ok(id.unwrap_or(0))
 }
 
-/// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`, and
-/// revocation log rows from before `log_cutoff`.
+/// The id of the account with username key `key`, if there is one.
+pub async fn user_id_by_key(tx: &impl Conn, key: &str) -> Result<Option<String>, DbError> {
+    let sql = "SELECT id FROM users WHERE username_key = $1";
+    tx.one(sql, &[&key], |row| row.get(0)).await
+}
+
+/// Appends an audit event; its id.
+pub async fn insert_audit(tx: &impl Conn, e: &AuditEvent) -> Result<i64, DbError> {
+    let sql = "INSERT INTO audit_events (kind, time_us, actor_id, subject_id, client_address, session_id,
+                                         detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+    let params: [&dyn watchword_db::Param; 7] = [
+        &e.kind.as_str(),
+        &to_micros(e.time),
+        &e.actor_id,
+        &e.subject_id,
+        &e.client_address,
+        &e.session_id,
+        &e.detail,
+    ];
+    let id = tx.one(sql, &params, |row| row.get(0)).await?;
+    id.ok_or_else(|| DbError::Config("INSERT ... RETURNING id returned no row".into()))
+}
+
+/// Withdraws a provisional audit event (see `Store::begin_login_attempt`).
+pub async fn delete_audit(tx: &impl Conn, id: i64) -> Result<(), DbError> {
+    tx.exec("DELETE FROM audit_events WHERE id = $1", &[&id])
+        .await
+        .map(drop)
+}
+
+/// Audit events matching `q`, newest first, with their ids.
+pub async fn audit_events(tx: &impl Conn, q: &AuditQuery) -> Result<Vec<(i64, AuditEvent)>, DbError> {
+    let sql = "SELECT id, kind, time_us, actor_id, subject_id, client_address, session_id, detail
+               FROM audit_events
+               WHERE id < $1 AND time_us >= $2 AND ($3 = '' OR kind = $3)
+                 AND ($4 = '' OR actor_id = $4 OR subject_id = $4)
+               ORDER BY id DESC LIMIT CAST($5 AS BIGINT)";
+    let before = q.before_id.unwrap_or(i64::MAX);
+    let since = q.since.map_or(i64::MIN, to_micros);
+    let kind = q.kind.map_or("", AuditKind::as_str);
+    let user = q.user_id.as_deref().unwrap_or("");
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    tx.all(sql, &[&before, &since, &kind, &user, &limit], |row| {
+        let kind: String = row.get(1)?;
+        let kind = AuditKind::parse(&kind)
+            .ok_or_else(|| DbError::Config(format!("unknown audit event kind {kind:?}")))?;
+        let event = AuditEvent {
+            kind,
+            time: from_micros(row.get(2)?),
+            actor_id: row.get(3)?,
+            subject_id: row.get(4)?,
+            client_address: row.get(5)?,
+            session_id: row.get(6)?,
+            detail: row.get(7)?,
+        };
+        Ok((row.get(0)?, event))
+    })
+    .await
+}
+
+/// Deletes refresh and device tokens expired before `now`, failed-login records idle since `idle`,
+/// revocation log rows from before `log_cutoff`, and audit events from before `audit_cutoff`.
 pub async fn purge(
     tx: &impl Conn,
     now: SystemTime,
     idle: SystemTime,
     log_cutoff: SystemTime,
+    audit_cutoff: SystemTime,
 ) -> Result<usize, DbError> {
     let now = to_micros(now);
     let deleted = tx
@@ -461,6 +723,11 @@ pub async fn purge(
         + tx.exec(
             "DELETE FROM revocation WHERE revoke_time_us < $1",
             &[&to_micros(log_cutoff)],
+        )
+        .await?
+        + tx.exec(
+            "DELETE FROM audit_events WHERE time_us < $1",
+            &[&to_micros(audit_cutoff)],
         )
         .await?;
     Ok(usize::try_from(deleted).unwrap_or(usize::MAX))

@@ -108,6 +108,44 @@ CREATE INDEX device_tokens_by_expiry ON device_tokens (expire_time_us);
 -- in at start for keys stored before this version (SQL cannot derive it).
 ALTER TABLE signing_keys ADD COLUMN public_key BLOB;
 "#,
+    r#"
+-- What GetMe and ListSessions show of a session: when it ends unless refreshed (its newest refresh token's
+-- expiry; an API key's expiry), when it was last refreshed (an API key: last exchanged), and where the
+-- login came from. Sessions from before this version end when their newest refresh token does.
+ALTER TABLE sessions ADD COLUMN expire_time_us INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN last_refresh_time_us INTEGER;
+ALTER TABLE sessions ADD COLUMN client_address TEXT;
+ALTER TABLE sessions ADD COLUMN user_agent TEXT;
+UPDATE sessions SET expire_time_us = COALESCE(
+    (SELECT MAX(r.expire_time_us) FROM refresh_tokens r WHERE r.session_id = sessions.id), create_time_us);
+
+-- API keys. Each key is a session of its own (the same id): its access tokens carry the key's id as
+-- `sid`, so revoking the key is revoking that session, and everything that honours revoked sessions
+-- (Validate, the revocation log and stream, every guard) honours revoked keys. Only a keyed hash of the
+-- secret is stored.
+CREATE TABLE api_keys (
+    id              TEXT PRIMARY KEY REFERENCES sessions (id),
+    hash            BLOB NOT NULL UNIQUE,
+    name            TEXT NOT NULL,
+    -- Space-separated role names, as users.roles.
+    roles           TEXT NOT NULL
+) STRICT;
+
+-- Security events, written in the transaction of the change they record (see auth-svc's audit.rs).
+CREATE TABLE audit_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL,
+    time_us         INTEGER NOT NULL,
+    actor_id        TEXT,
+    subject_id      TEXT,
+    client_address  TEXT,
+    session_id      TEXT,
+    detail          TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_events_by_time ON audit_events (time_us);
+CREATE INDEX audit_events_by_actor ON audit_events (actor_id, id);
+CREATE INDEX audit_events_by_subject ON audit_events (subject_id, id);
+"#,
 ];
 
 /// The failed logins of a username key. (Nothing to lock: the write transaction holds the database.)
