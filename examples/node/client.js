@@ -145,10 +145,11 @@ async function run(authAddr, postsAddr, ca) {
     const created = await call(auth, 'CreateApiKey')({ name: 'node bot' }, mine);
     assert.ok(created.secret.startsWith('wwk_'));
     const exchanged = await call(auth, 'ExchangeApiKey')({ api_key: created.secret });
-    const { claims } = await call(auth, 'Validate')({ token: exchanged.access_token });
-    assert.equal(claims.subject, user.id);
-    assert.equal(claims.session_id, created.api_key.id);
     const keyed = bearer(exchanged.access_token);
+    // GetMe, not Validate: Validate is for other services (over mutual TLS it wants their certificate).
+    const keyMe = await call(auth, 'GetMe')({}, keyed);
+    assert.equal(keyMe.user.id, user.id);
+    assert.equal(keyMe.session.id, created.api_key.id);
     await call(posts, 'ListPosts')({}, keyed);
     const { api_keys } = await call(auth, 'ListApiKeys')({}, mine);
     assert.deepEqual(api_keys.map((k) => k.id), [created.api_key.id]);

@@ -158,8 +158,9 @@ def run(auth_addr, posts_addr, ca=None):
         check(created.secret.startswith("wwk_") and created.api_key.roles == ["user"], "CreateApiKey")
         exchanged = auth.ExchangeApiKey(auth_pb2.ExchangeApiKeyRequest(api_key=created.secret), timeout=TIMEOUT)
         key_metadata = [("authorization", f"Bearer {exchanged.access_token}")]
-        claims = auth.Validate(auth_pb2.ValidateRequest(token=exchanged.access_token), timeout=TIMEOUT).claims
-        check(claims.subject == user.id and claims.session_id == created.api_key.id, "ExchangeApiKey")
+        # GetMe, not Validate: Validate is for other services (over mutual TLS it wants their certificate).
+        keyed = auth.GetMe(auth_pb2.GetMeRequest(), metadata=key_metadata, timeout=TIMEOUT)
+        check(keyed.user.id == user.id and keyed.session.id == created.api_key.id, "ExchangeApiKey")
         posts.ListPosts(posts_pb2.ListPostsRequest(), metadata=key_metadata, timeout=TIMEOUT)
         keys = auth.ListApiKeys(auth_pb2.ListApiKeysRequest(), metadata=metadata, timeout=TIMEOUT).api_keys
         check([k.id for k in keys] == [created.api_key.id], "ListApiKeys lists the key")

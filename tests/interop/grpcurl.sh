@@ -172,7 +172,7 @@ expect "True ['guest']" "$(py "$created" 'str(d["secret"].startswith("wwk_")) + 
   "CreateApiKey returns a wwk_ secret and the key"
 exchanged="$(call "$AUTH" auth.v1.AuthService/ExchangeApiKey "{\"api_key\": \"$SECRET\"}")"
 KEY_AUTHZ=(-H "authorization: Bearer $(py "$exchanged" 'd["accessToken"]')")
-validated="$(call "$AUTH" auth.v1.AuthService/Validate '{}' "${KEY_AUTHZ[@]}")"
+validated="$(call "$AUTH" auth.v1.AuthService/Validate '{}' "${KEY_AUTHZ[@]}" "${INTERNAL[@]}")"
 expect "$user_id $KEY_ID ['guest']" \
   "$(py "$validated" 'd["claims"]["subject"] + " " + d["claims"]["sessionId"] + " " + str(d["claims"]["roles"])')" \
   "ExchangeApiKey returns the owner's token with the key's roles and id"
