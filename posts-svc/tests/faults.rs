@@ -565,6 +565,7 @@ async fn freeze_with_live_cache(auth: &Service, client: &PostsServiceClient<Chan
 /// thawed and answering again.
 async fn abandoned_calls_while_frozen(
     auth: &Service,
+    probe: &PostsServiceClient<Channel>,
     clients: &[PostsServiceClient<Channel>],
     cached: &str,
     round: usize,
@@ -576,7 +577,7 @@ async fn abandoned_calls_while_frozen(
     let started = Instant::now();
     let (mut done, mut freezes) = (0, 0);
     while done < calls {
-        freeze_with_live_cache(auth, &clients[0], cached).await;
+        freeze_with_live_cache(auth, probe, cached).await;
         freezes += 1;
         let frozen = Instant::now();
         while done < calls && frozen.elapsed() < LONGEST_FREEZE {
@@ -598,7 +599,7 @@ async fn abandoned_calls_while_frozen(
         }
         // The revocation feed must still have been live (three missed heartbeats end it): otherwise the
         // calls bypassed the cache and this drill proved nothing.
-        let still_cached = answered_from_cache(&clients[0], cached).await;
+        let still_cached = answered_from_cache(probe, cached).await;
         assert_eq!(
             still_cached,
             Ok(()),
@@ -609,7 +610,7 @@ async fn abandoned_calls_while_frozen(
         // auth-svc answers again (a never-seen token is refused by auth-svc itself, not UNAVAILABLE).
         wait_until_async(
             || async {
-                list_within(&clients[0], "never.seen.before", Duration::from_secs(2), true).await
+                list_within(probe, "never.seen.before", Duration::from_secs(2), true).await
                     == Err(Code::Unauthenticated)
             },
             "auth-svc to answer again",
@@ -644,11 +645,14 @@ async fn abandoned_validations_leave_no_memory_behind() {
     let clients: Vec<_> = (0..4)
         .map(|_| PostsServiceClient::new(channel(posts.addr)))
         .collect();
+    // The cache is probed on a connection of its own: the abandoned calls' connections may be busy
+    // enough (streams not yet reset on the server) for the per-connection limit to shed the probe.
+    let probe = PostsServiceClient::new(channel(posts.addr));
 
     // The same load first brings posts-svc's heap to its working size for it (connection buffers, tasks,
     // allocator free lists): measured here, that takes two or three rounds, then RSS stays flat.
     for round in 0..WARM_UP_ROUNDS {
-        abandoned_calls_while_frozen(&auth, &clients, &cached, round, CALLS_PER_ROUND).await;
+        abandoned_calls_while_frozen(&auth, &probe, &clients, &cached, round, CALLS_PER_ROUND).await;
         println!(
             "posts-svc RSS after warm-up round {round}: {} KiB",
             rss_kib(&posts)
@@ -657,7 +661,7 @@ async fn abandoned_validations_leave_no_memory_behind() {
     let before = rss_kib(&posts);
     // Several freezes rather than one long one: each stays well inside the feed's heartbeat deadline.
     for round in WARM_UP_ROUNDS..WARM_UP_ROUNDS + ROUNDS {
-        abandoned_calls_while_frozen(&auth, &clients, &cached, round, CALLS_PER_ROUND).await;
+        abandoned_calls_while_frozen(&auth, &probe, &clients, &cached, round, CALLS_PER_ROUND).await;
         println!("posts-svc RSS after round {round}: {} KiB", rss_kib(&posts));
     }
     let calls = ROUNDS * CALLS_PER_ROUND;
