@@ -11,6 +11,7 @@
 //! - [`token`]: access-token verification shared by auth-svc and the guard's local mode;
 //! - [`credentials`]: parsing of `authorization` metadata (Bearer and Basic);
 //! - [`server`]: the transport limits, per-call logging and graceful shutdown both services use;
+//! - [`web`]: gRPC-Web and CORS, so browsers call the same ports;
 //! - [`transport`]: how connections are accepted (TLS that reloads its certificate, connection cap and
 //!   age) and how a client reaches a TLS service ([`transport::ClientTls`]);
 //! - [`observe`]: per-RPC metrics and spans, for servers and for the guard's client;
@@ -32,3 +33,4 @@ pub mod server;
 pub mod telemetry;
 pub mod token;
 pub mod transport;
+pub mod web;

@@ -351,6 +351,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if is_plain_http(&request) {
+            // Not an RPC (auth-svc's `/.well-known/*` documents): no gRPC series, span or status.
+            let response = self.inner.call(request);
+            return Box::pin(async move { Ok(response.await?.map(ObservedBody::unobserved)) });
+        }
         let series = self.observer.series(request.uri().path());
         series.started.increment(1);
         let span = self.observer.span(&series);
@@ -449,6 +454,23 @@ pin_project_lite::pin_project! {
         inner: B,
         end: Option<CallEnd>,
     }
+}
+
+impl<B> ObservedBody<B> {
+    fn unobserved(inner: B) -> Self {
+        Self { inner, end: None }
+    }
+}
+
+/// Whether `request` is plain HTTP rather than a gRPC call: a GET or HEAD (gRPC always POSTs) without a
+/// gRPC content type. Anything else is observed as a call, so nothing that could reach a gRPC handler
+/// escapes the metrics and the call log.
+pub fn is_plain_http<B>(request: &http::Request<B>) -> bool {
+    let grpc_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    matches!(*request.method(), http::Method::GET | http::Method::HEAD) && !grpc_type
 }
 
 impl<B: Body> Body for ObservedBody<B> {
@@ -629,7 +651,7 @@ mod tests {
         >,
         path: &str,
     ) {
-        let request = http::Request::builder().uri(path).body(()).unwrap();
+        let request = http::Request::post(path).body(()).unwrap();
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         let mut body = response.into_body();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -684,8 +706,7 @@ mod tests {
         });
         let mut service = ObserveLayer::new(&metrics, &methods()).layer(streaming);
         let get = || {
-            http::Request::builder()
-                .uri("/posts.v1.PostsService/GetPost")
+            http::Request::post("/posts.v1.PostsService/GetPost")
                 .body(())
                 .unwrap()
         };

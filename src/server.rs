@@ -16,6 +16,8 @@ use tower::{Layer, Service, layer::util::Stack};
 
 use crate::observe::ObserveLayer;
 use crate::transport::Transport;
+use crate::web::{GrpcWebLayer, Origin};
+use tower_http::cors::CorsLayer;
 
 /// Largest request message a service decodes. Our messages are small (a post body is at most 10 000
 /// characters, i.e. at most 40 KB of UTF-8); tonic's default of 4 MiB would let one call buffer 4 MiB.
@@ -37,8 +39,12 @@ pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The layers [`builder`] installs around every service, outermost first: [`ObserveLayer`], [`CallLogLayer`].
-pub type Layers = Stack<CallLogLayer, Stack<ObserveLayer, tower::layer::util::Identity>>;
+/// The layers [`builder`] installs around every service, outermost first: CORS, [`GrpcWebLayer`],
+/// [`ObserveLayer`], [`CallLogLayer`].
+pub type Layers = Stack<
+    CallLogLayer,
+    Stack<ObserveLayer, Stack<GrpcWebLayer, Stack<CorsLayer, tower::layer::util::Identity>>>,
+>;
 
 /// A router built from [`builder`].
 pub type ServiceRouter = Router<Layers>;
@@ -46,17 +52,21 @@ pub type ServiceRouter = Router<Layers>;
 /// A tonic server builder with every limit above set explicitly, per-call logging installed, and calls
 /// traced but not counted; [`observed_builder`] counts them too.
 pub fn builder() -> tonic::transport::Server<Layers> {
-    observed_builder(ObserveLayer::disabled())
+    observed_builder(ObserveLayer::disabled(), &[])
 }
 
-/// [`builder`], with `observe` counting and tracing every call.
+/// [`builder`], with `observe` counting and tracing every call, and browsers from `cors_origins` allowed.
 ///
-/// `observe` is outermost: its span is current while the layers inside run (so the call log line joins
+/// gRPC-Web calls become gRPC calls before anything else sees them (see [`crate::web`]); CORS answers
+/// preflights before that. `observe` is outermost of the rest: its span is current while the layers inside run (so the call log line joins
 /// the trace), and calls refused by the guard, shed or timed out are counted like any other. tonic's own
 /// load shedding, concurrency limit and timeout sit outside every custom layer: a shed call is never
 /// counted, and one the timeout drops is counted as `Cancelled`.
-pub fn observed_builder(observe: ObserveLayer) -> tonic::transport::Server<Layers> {
+pub fn observed_builder(observe: ObserveLayer, cors_origins: &[Origin]) -> tonic::transport::Server<Layers> {
     tonic::transport::Server::builder()
+        // HTTP/1.1 too, for gRPC-Web from browsers and auth-svc's `/.well-known/*` documents; gRPC
+        // clients speak HTTP/2.
+        .accept_http1(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
@@ -65,6 +75,8 @@ pub fn observed_builder(observe: ObserveLayer) -> tonic::transport::Server<Layer
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT_PER_CONNECTION)
         .load_shed(true)
         .timeout(REQUEST_TIMEOUT)
+        .layer(crate::web::cors(cors_origins))
+        .layer(GrpcWebLayer)
         .layer(observe)
         .layer(CallLogLayer)
 }
@@ -72,8 +84,12 @@ pub fn observed_builder(observe: ObserveLayer) -> tonic::transport::Server<Layer
 /// [`observed_builder`] for a service served with `transport`: connections get HTTP/2 GOAWAY at its
 /// maximum connection age (the transport closes those that linger past the drain). Serve the router with
 /// the same transport.
-pub fn builder_for(transport: &Transport, observe: ObserveLayer) -> tonic::transport::Server<Layers> {
-    observed_builder(observe).max_connection_age(transport.connection_age())
+pub fn builder_for(
+    transport: &Transport,
+    observe: ObserveLayer,
+    cors_origins: &[Origin],
+) -> tonic::transport::Server<Layers> {
+    observed_builder(observe, cors_origins).max_connection_age(transport.connection_age())
 }
 
 /// Serves `router` on `listener` over `transport` until `shutdown` completes, then stops accepting, lets
@@ -232,6 +248,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if crate::observe::is_plain_http(&request) {
+            // Plain HTTP (auth-svc's `/.well-known/*`): a line with the HTTP status, no gRPC status to wait for.
+            let (method, path, start) = (
+                request.method().clone(),
+                request.uri().path().to_owned(),
+                Instant::now(),
+            );
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let response = response.await?;
+                let latency_us = start.elapsed().as_micros() as u64;
+                tracing::info!(%method, %path, status = response.status().as_u16(), latency_us, "http request");
+                Ok(response.map(|inner| LoggedBody { inner, record: None }))
+            });
+        }
         let mut record = CallRecord {
             method: request.uri().path().to_owned(),
             start: Instant::now(),

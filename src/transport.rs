@@ -133,7 +133,7 @@ impl Transport {
         }
     }
 
-    /// TLS only (1.2 and 1.3, ALPN `h2`), with the default limits.
+    /// TLS only (1.2 and 1.3, ALPN `h2` and `http/1.1`), with the default limits.
     pub fn tls(tls: ServerTls) -> Self {
         Self {
             tls: Some(tls),

@@ -665,24 +665,24 @@ fn revocation_to_pb(r: Revocation, window: Duration) -> pb::WatchRevocationsResp
 }
 
 fn jwks_to_pb(jwks: Jwks) -> pb::GetJwksResponse {
-    let keys: Vec<pb::Jwk> = jwks
+    let keys = jwks
         .keys
-        .into_iter()
-        .map(|key| pb::Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x: URL_SAFE_NO_PAD.encode(key.x),
-            kid: key.kid,
-            alg: "EdDSA".into(),
-            r#use: "sig".into(),
+        .iter()
+        .map(|key| {
+            let jwk = key.jwk();
+            let field = |name: &str| jwk[name].as_str().unwrap_or_default().to_owned();
+            pb::Jwk {
+                kty: field("kty"),
+                crv: field("crv"),
+                x: field("x"),
+                kid: field("kid"),
+                alg: field("alg"),
+                r#use: field("use"),
+            }
         })
         .collect();
-    let json_keys: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|k| serde_json::json!({"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.r#use}))
-        .collect();
     pb::GetJwksResponse {
-        jwks_json: serde_json::json!({ "keys": json_keys }).to_string(),
+        jwks_json: jwks.json_document().to_string(),
         keys,
         issuer: jwks.issuer,
         audience: jwks.audience,

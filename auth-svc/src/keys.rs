@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::der::pem::LineEnding};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use watchword::token::{ACCESS_TOKEN_TYP, CLOCK_LEEWAY, JwtClaims, Verifier, jwk_thumbprint, unix_seconds};
@@ -111,6 +112,27 @@ pub struct Jwks {
     pub issuer: String,
     pub audience: String,
     pub max_token_lifetime: Duration,
+}
+
+impl PublicKey {
+    /// The key as an RFC 8037 JWK (`OKP`, `Ed25519`), as GetJwks and `/.well-known/jwks.json` publish it.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.x),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+}
+
+impl Jwks {
+    /// The RFC 7517 JWK Set document: `{"keys": [...]}`, the signing key first.
+    pub fn json_document(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": self.keys.iter().map(PublicKey::jwk).collect::<Vec<_>>() })
+    }
 }
 
 /// What tokens say and how long they live.

@@ -27,6 +27,7 @@ mod sessions;
 pub mod settings;
 mod store;
 mod throttle;
+pub mod wellknown;
 
 use std::{future::Future, sync::Arc};
 
@@ -42,7 +43,7 @@ use watchword::{
 pub use settings::Settings;
 pub use store::MIGRATIONS;
 
-use crate::{app::App, error::AuthError, grpc::AuthApi, internal::InternalCallers};
+use crate::{app::App, error::AuthError, grpc::AuthApi, internal::InternalCallers, wellknown::WellKnown};
 
 /// Why auth-svc could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -131,15 +132,17 @@ pub async fn serve_with_admin(
     let admin = admin.map(|listener| AdminServer::start(listener, metrics.clone(), readiness));
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let (stopping_tx, stopping_rx) = watch::channel(false);
+    let well_known = WellKnown::new(app.keys.clone(), settings.public_url.clone(), transport.is_tls());
     let auth = AuthServiceServer::new(AuthApi::new(app, stopping_rx))
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
     let auth = internal.layer(auth);
     let observe = ObserveLayer::new(&metrics, &Methods::served_with(&[pb::FILE_DESCRIPTOR_SET]));
-    let router = server::builder_for(&transport, observe)
+    let router = server::builder_for(&transport, observe, &settings.cors_allowed_origins)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(auth);
+        .add_service(auth)
+        .add_service(well_known);
 
     let shutdown = async move {
         shutdown.await;

@@ -90,6 +90,11 @@ pub struct Settings {
     #[arg(long, env = "AUTH_SVC_AUDIENCE", default_value = "watchword", value_parser = claim_value)]
     pub audience: String,
 
+    /// The URL clients reach this service at (`https://auth.example.com`): the base of `jwks_uri` in
+    /// `/.well-known/openid-configuration`. Without it, the scheme and host each request was made to.
+    #[arg(long, env = "AUTH_SVC_PUBLIC_URL", value_name = "URL", value_parser = public_url)]
+    pub public_url: Option<String>,
+
     /// PEM file (PKCS#8) with the Ed25519 signing key. Without it a key is generated on first start and
     /// kept in the database, so tokens stay valid across restarts. Must be a file that neither group nor
     /// others may access (`chmod 600`).
@@ -232,6 +237,16 @@ pub struct Settings {
     /// Without it (or --tls-cert), such a --listen is refused.
     #[arg(long, env = "AUTH_SVC_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+
+    /// Origins whose pages may call this port from a browser (gRPC-Web), such as https://app.example.com,
+    /// comma-separated. None by default: same-origin pages only.
+    #[arg(
+        long,
+        env = "AUTH_SVC_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGIN[,ORIGIN...]",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<watchword::web::Origin>,
 }
 
 const ACCESS_TOKEN_TTL: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
@@ -291,6 +306,19 @@ fn claim_value(value: &str) -> Result<String, String> {
         ));
     }
     Ok(value.to_owned())
+}
+
+/// `--public-url`: an absolute `http://` or `https://` URL with a host, and no query or fragment.
+fn public_url(value: &str) -> Result<String, String> {
+    let invalid = || "must be an http:// or https:// URL with a host, without query or fragment".to_owned();
+    let uri: http::Uri = value.parse().map_err(|_| invalid())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty())
+        && !uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    if !scheme_ok || !host_ok || uri.query().is_some() || value.contains('#') {
+        return Err(invalid());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// `--signing-key-file`: refused at start unless it is a file only its owner may access.
@@ -486,6 +514,8 @@ mod tests {
             ["--api-key-max-ttl", "3650days"],
             ["--audit-retention", "1day"],
             ["--audit-retention", "3650days"],
+            ["--public-url", "https://auth.example.com"],
+            ["--public-url", "http://127.0.0.1:50051/"],
         ];
         let longer_claim = "x".repeat(257);
         let outside = [
@@ -496,6 +526,11 @@ mod tests {
             ["--refresh-reuse-grace", "61s"],
             ["--issuer", &longer_claim],
             ["--audience", "new\nline"],
+            ["--public-url", "auth.example.com"],
+            ["--public-url", "ftp://auth.example.com"],
+            ["--public-url", "https://auth.example.com/?x=1"],
+            ["--public-url", "https://auth.example.com/#top"],
+            ["--public-url", "https://user@auth.example.com"],
             ["--min-password-length", "129"],
             ["--lockout-threshold", "1000001"],
             ["--peer-rate", "0.009"],

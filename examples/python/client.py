@@ -2,10 +2,10 @@
 """Calls auth-svc and posts-svc from Python with grpcio.
 
 Stubs are generated from ../../proto with grpcio-tools into a temporary directory at start-up, so nothing
-generated is committed. Walks the whole flow (register, log in, create, list, get, delete; GetMe, refresh,
-an API key exchanged for a token and revoked, a password change that ends the other session, logout) and
-checks that calls without a valid token fail with UNAUTHENTICATED. Exits non-zero on the first unexpected
-result.
+generated is committed. Walks the whole flow (register, log in, the token verified by PyJWT from the keys
+auth-svc publishes over HTTP, create, list, get, delete; GetMe, refresh, an API key exchanged for a token and
+revoked, a password change that ends the other session, logout) and checks that calls without a valid token
+fail with UNAUTHENTICATED. Exits non-zero on the first unexpected result.
 
     pip install -r examples/python/requirements.txt
     python examples/python/client.py --auth 127.0.0.1:50051 --posts 127.0.0.1:50052
@@ -19,14 +19,18 @@ certificate to trust with --ca (or WATCHWORD_CA), e.g. data/tls/ca.pem of `cargo
 import argparse
 import importlib
 import importlib.resources
+import json
 import os
 import secrets
+import ssl
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
+import jwt
 from grpc_tools import protoc
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
@@ -114,6 +118,25 @@ def run(auth_addr, posts_addr, ca=None):
 
         login = auth.Login(auth_pb2.LoginRequest(username=username, password=password), timeout=TIMEOUT)
         check(login.token_type == "Bearer" and login.access_token, "Login returned a Bearer token")
+
+        # Any JOSE library verifies the token from the keys auth-svc publishes over HTTP (discovery, then
+        # jwks_uri), here PyJWT: EdDSA only, issuer and audience checked.
+        scheme = "https" if ca else "http"
+        tls = ssl.create_default_context(cafile=ca) if ca else None
+        with urllib.request.urlopen(
+            f"{scheme}://{auth_addr}/.well-known/openid-configuration", timeout=TIMEOUT, context=tls
+        ) as response:
+            discovery = json.load(response)
+        jwks = jwt.PyJWKClient(discovery["jwks_uri"], cache_keys=False, timeout=TIMEOUT, ssl_context=tls)
+        signing_key = jwks.get_signing_key_from_jwt(login.access_token)
+        verified = jwt.decode(
+            login.access_token,
+            signing_key,
+            algorithms=["EdDSA"],
+            issuer=discovery["issuer"],
+            audience="watchword",
+        )
+        check(verified["sub"] == user.id, "the token verifies with PyJWT against the published jwks_uri")
 
         # Every PostsService call carries the token as `authorization` metadata.
         metadata = [("authorization", f"Bearer {login.access_token}")]

@@ -105,7 +105,7 @@ pub async fn serve_with_admin(
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let posts = PostsServiceServer::new(PostsApi { store })
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
-    let router = server::builder_for(&transport, observe(&metrics))
+    let router = server::builder_for(&transport, observe(&metrics), &settings.cors_allowed_origins)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -172,7 +172,7 @@ pub async fn serve_unguarded(
             request.extensions_mut().insert(caller.clone());
             Ok(request)
         });
-    let router = server::builder_for(&transport, observe(&metrics))
+    let router = server::builder_for(&transport, observe(&metrics), &settings.cors_allowed_origins)
         .add_service(health)
         .add_service(posts);
     let result = server::serve(router, listener, &transport, shutdown, settings.shutdown_grace).await;

@@ -163,6 +163,16 @@ pub struct Settings {
     /// Without it (or --tls-cert), such a --listen is refused.
     #[arg(long, env = "POSTS_SVC_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+
+    /// Origins whose pages may call this port from a browser (gRPC-Web), such as https://app.example.com,
+    /// comma-separated. None by default: same-origin pages only.
+    #[arg(
+        long,
+        env = "POSTS_SVC_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGIN[,ORIGIN...]",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<watchword::web::Origin>,
 }
 
 /// A verdict slower than a call may live (30 s) is no verdict; below 50 ms even a healthy auth-svc on

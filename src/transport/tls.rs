@@ -1,4 +1,4 @@
-//! The server side of TLS: rustls configured for gRPC (TLS 1.2 and 1.3, ALPN `h2`), a certificate that
+//! The server side of TLS: rustls configured for gRPC (TLS 1.2 and 1.3, ALPN `h2`, then `http/1.1`), a certificate that
 //! reloads, and optionally client certificates checked against a CA (mutual TLS).
 
 use std::{
@@ -15,6 +15,9 @@ use super::{
 
 /// HTTP/2, the only protocol gRPC speaks, named in ALPN.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// HTTP/1.1, for what is not gRPC on the same port (`/.well-known/*` documents). Offered after `h2`, so a
+/// client that speaks both (every gRPC client) gets HTTP/2.
+const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 /// Why TLS could not be set up. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +104,7 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(watched.resolver());
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()];
         Ok(Self {
             config: Arc::new(config),
             watched,

@@ -337,6 +337,51 @@ async fn metrics_count_a_scripted_session_exactly_and_promtool_accepts_them() {
     app.auth.stop().await;
 }
 
+/// A gRPC-Web call is counted (and logged) with its real status, not as cancelled: the translation sits
+/// outside the metrics. The `/.well-known/*` documents are not gRPC calls and are not counted as any.
+#[tokio::test]
+async fn grpc_web_calls_count_like_grpc_calls_and_http_documents_not_at_all() {
+    use crate::grpc_web::{Mode, web_call};
+    let app = spawn_observed().await;
+    let mut auth = auth_pb::auth_service_client::AuthServiceClient::new(channel(app.auth.addr));
+    auth.register(auth_pb::RegisterRequest {
+        username: "alice".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .unwrap();
+    for (password, mode) in [(PASSWORD, Mode::Binary), ("wrong password!", Mode::Text)] {
+        let login = auth_pb::LoginRequest {
+            username: "alice".into(),
+            password: password.into(),
+            ..Default::default()
+        };
+        web_call(app.auth.addr, "/auth.v1.AuthService/Login", login, mode, &[]).await;
+    }
+    let (status, _) = watchword::admin::get(app.auth.addr, "/.well-known/jwks.json")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let (_, series) = scrape(app.auth_admin).await;
+    let ok = format!("grpc_server_handled_total{{{LOGIN},grpc_code=\"OK\"}}");
+    let refused = format!("grpc_server_handled_total{{{LOGIN},grpc_code=\"Unauthenticated\"}}");
+    assert_series(&series, &ok, 1.0);
+    assert_series(&series, &refused, 1.0);
+    let cancelled = format!("grpc_server_handled_total{{{LOGIN},grpc_code=\"Cancelled\"}}");
+    assert_eq!(series.get(&cancelled), None);
+    let unknown = series
+        .keys()
+        .filter(|name| {
+            name.starts_with("grpc_server_started_total") && name.contains("grpc_service=\"unknown\"")
+        })
+        .map(|name| series[name])
+        .sum::<f64>();
+    assert_eq!(unknown, 0.0, "the JWKS request was counted as a gRPC call");
+    app.posts.stop().await;
+    app.auth.stop().await;
+}
+
 #[tokio::test]
 async fn with_the_admin_server_off_the_service_still_serves() {
     let dir = tempfile::tempdir().unwrap();

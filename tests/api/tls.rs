@@ -349,8 +349,9 @@ async fn a_connection_past_its_age_gets_goaway_its_streams_a_drain_and_then_it_i
     let transport = watchword::transport::Transport::plaintext()
         .max_connection_age(Duration::from_millis(500))
         .max_connection_age_grace(Duration::from_millis(500));
-    let router = watchword::server::builder_for(&transport, watchword::observe::ObserveLayer::disabled())
-        .add_service(health_service);
+    let router =
+        watchword::server::builder_for(&transport, watchword::observe::ObserveLayer::disabled(), &[])
+            .add_service(health_service);
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
