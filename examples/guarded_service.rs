@@ -17,6 +17,15 @@
 //! ```
 //!
 //! Any posts.v1 client works against it, e.g. `examples/python/client.py --posts 127.0.0.1:50053`.
+//!
+//! With `--behind-gateway` there is no guard in this process: a gateway in front (Envoy with `ext_authz`
+//! to auth-svc, or `jwt_authn` with auth-svc's JWKS; see `examples/envoy/`) has checked the token and
+//! names the caller in `x-watchword-*` headers, which this service then trusts. Only ever expose it
+//! through that gateway.
+//!
+//! ```text
+//! cargo run --example guarded_service -- --listen 127.0.0.1:50053 --behind-gateway
+//! ```
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +36,7 @@ use std::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use watchword::{
-    guard::{Guard, identity},
+    guard::{Guard, Identity, identity},
     pb::posts::v1::{
         self as pb,
         posts_service_server::{PostsService, PostsServiceServer},
@@ -122,8 +131,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     watchword::telemetry::init();
     let (mut listen, mut auth_url) = ("127.0.0.1:50053".to_owned(), "http://127.0.0.1:50051".to_owned());
     let (mut auth_ca, mut client_cert, mut client_key) = (None, None, None);
+    let mut behind_gateway = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--behind-gateway" {
+            behind_gateway = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--listen" => listen = value,
@@ -133,8 +147,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--auth-client-key" => client_key = Some(value),
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; use --listen ADDR --auth-url URL [--auth-ca PATH] \
-                     [--auth-client-cert PATH --auth-client-key PATH]"
+                    "unknown flag {flag}; use --listen ADDR (--behind-gateway | --auth-url URL [--auth-ca PATH] \
+                     [--auth-client-cert PATH --auth-client-key PATH])"
                 )
                 .into());
             }
@@ -143,6 +157,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+
+    if behind_gateway {
+        let posts = tonic::service::interceptor::InterceptedService::new(
+            PostsServiceServer::new(MemoryPosts::default()),
+            identity_from_gateway,
+        );
+        return serve(listener, tonic::service::Routes::new(posts), "behind a gateway").await;
+    }
 
     // The guard: ask auth-svc about each token (connecting on first use), reuse its verdict for up to 5 s
     // while auth-svc's revocation feed is live, and wrap only this service.
@@ -163,18 +185,65 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let guard = guard.build()?;
     let posts = guard.layer(PostsServiceServer::new(MemoryPosts::default()));
+    serve(listener, tonic::service::Routes::new(posts), &auth_url).await
+}
 
+/// `--behind-gateway`: the caller the gateway named in `x-watchword-*` headers (Envoy's ext_authz sets
+/// them from auth-svc's Check, jwt_authn from the token's claims), as the guard's `Identity`. No header,
+/// no caller: UNAUTHENTICATED, so a request that bypassed the gateway's check is refused.
+fn identity_from_gateway(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let header = |name: &str| {
+        request
+            .metadata()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let user_id = header("x-watchword-user-id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Status::unauthenticated("no caller from the gateway"))?;
+    let now = SystemTime::now();
+    let identity = Identity {
+        user_id,
+        username: header("x-watchword-username").unwrap_or_default(),
+        roles: header("x-watchword-roles")
+            .map(|roles| {
+                roles
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        token_id: String::new(),
+        session_id: header("x-watchword-session-id").unwrap_or_default(),
+        issue_time: now,
+        expire_time: now,
+        key_id: String::new(),
+    };
+    request.extensions_mut().insert(identity);
+    Ok(request)
+}
+
+/// Serves `posts` (the routes of the one service) with health and reflection beside it until
+/// SIGINT/SIGTERM.
+async fn serve(
+    listener: TcpListener,
+    posts: tonic::service::Routes,
+    how: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     // Unguarded neighbours: health (reported under the wrapped service's name) and reflection.
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<PostsServiceServer<MemoryPosts>>().await;
     let (reflection_v1, reflection_v1alpha) = watchword::server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
 
-    tracing::info!(addr = %listener.local_addr()?, %auth_url, "serving");
-    tonic::transport::Server::builder()
+    tracing::info!(addr = %listener.local_addr()?, how, "serving");
+    let routes = posts
         .add_service(health)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(posts)
+        .add_service(reflection_v1alpha);
+    tonic::transport::Server::builder()
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             watchword::server::shutdown_signal(),

@@ -26,11 +26,12 @@ use watchword::{
     transport::tls::{certificate_dns_names, valid_for},
 };
 
-/// The RPCs only other services call. A new one (an Envoy `Check`, say) is added here and nowhere else;
-/// its service is wrapped with [`InternalCallers::layer`].
+/// The RPCs only other services (and gateways) call. A new one is added here and nowhere else; its
+/// service is wrapped with [`InternalCallers::layer`].
 pub const INTERNAL_METHODS: &[&str] = &[
     "/auth.v1.AuthService/Validate",
     "/auth.v1.AuthService/WatchRevocations",
+    "/envoy.service.auth.v3.Authorization/Check",
 ];
 
 /// The rule for [`INTERNAL_METHODS`].
@@ -144,14 +145,18 @@ mod tests {
 
     use super::*;
 
-    /// Every listed method exists, so a rename cannot silently open one.
+    /// Every listed method exists (in auth.v1, or Envoy's Check as served), so a rename cannot silently
+    /// open one.
     #[test]
-    fn every_internal_method_is_an_rpc_of_auth_service() {
-        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
-        let rpcs: Vec<String> = set
-            .file
+    fn every_internal_method_is_an_rpc_auth_svc_serves() {
+        let sets = [pb::FILE_DESCRIPTOR_SET, &crate::extauthz::descriptor_set()[..]];
+        let rpcs: Vec<String> = sets
             .iter()
-            .filter(|f| f.package() == "auth.v1")
+            .map(|set| prost_types::FileDescriptorSet::decode(*set).unwrap())
+            .flat_map(|set| set.file)
+            .collect::<Vec<_>>()
+            .iter()
+            .filter(|f| matches!(f.package(), "auth.v1" | "envoy.service.auth.v3"))
             .flat_map(|f| f.service.iter().map(move |s| (f.package(), s)))
             .flat_map(|(package, service)| {
                 service

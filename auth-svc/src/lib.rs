@@ -14,6 +14,7 @@ mod app;
 mod audit;
 mod domain;
 mod error;
+pub mod extauthz;
 mod grpc;
 pub mod internal;
 pub mod keys;
@@ -43,7 +44,12 @@ use watchword::{
 pub use settings::Settings;
 pub use store::MIGRATIONS;
 
-use crate::{app::App, error::AuthError, grpc::AuthApi, internal::InternalCallers, wellknown::WellKnown};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+use crate::{
+    app::App, error::AuthError, extauthz::ExtAuthz, grpc::AuthApi, internal::InternalCallers,
+    wellknown::WellKnown,
+};
 
 /// Why auth-svc could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -133,15 +139,23 @@ pub async fn serve_with_admin(
     let (reflection_v1, reflection_v1alpha) = server::reflection(&[pb::FILE_DESCRIPTOR_SET])?;
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let well_known = WellKnown::new(app.keys.clone(), settings.public_url.clone(), transport.is_tls());
+    let ext_authz = internal.layer(
+        AuthorizationServer::new(ExtAuthz::new(app.clone()))
+            .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES),
+    );
     let auth = AuthServiceServer::new(AuthApi::new(app, stopping_rx))
         .max_decoding_message_size(server::MAX_DECODING_MESSAGE_BYTES);
     let auth = internal.layer(auth);
-    let observe = ObserveLayer::new(&metrics, &Methods::served_with(&[pb::FILE_DESCRIPTOR_SET]));
+    let observe = ObserveLayer::new(
+        &metrics,
+        &Methods::served_with(&[pb::FILE_DESCRIPTOR_SET, &extauthz::descriptor_set()]),
+    );
     let router = server::builder_for(&transport, observe, &settings.cors_allowed_origins)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth)
+        .add_service(ext_authz)
         .add_service(well_known);
 
     let shutdown = async move {

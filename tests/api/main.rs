@@ -7,6 +7,7 @@ mod at_rest;
 mod audit;
 mod auth;
 mod cache;
+mod extauthz;
 mod grpc_web;
 mod guard;
 mod hardening;

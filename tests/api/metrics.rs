@@ -383,6 +383,24 @@ async fn grpc_web_calls_count_like_grpc_calls_and_http_documents_not_at_all() {
 }
 
 #[tokio::test]
+async fn envoy_checks_are_counted_under_their_own_name() {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        CheckRequest, authorization_client::AuthorizationClient,
+    };
+    let app = spawn_observed().await;
+    let mut client = AuthorizationClient::new(channel(app.auth.addr));
+    client.check(CheckRequest::default()).await.unwrap();
+    let (_, series) = scrape(app.auth_admin).await;
+    assert_series(
+        &series,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_code="OK"}"#,
+        1.0,
+    );
+    app.posts.stop().await;
+    app.auth.stop().await;
+}
+
+#[tokio::test]
 async fn with_the_admin_server_off_the_service_still_serves() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = auth_svc::Settings::for_database(database(&dir, "auth").await);

@@ -500,6 +500,27 @@ async fn internal_rpcs_need_a_client_certificate_and_one_of_the_allowed_names() 
         "the revocation stream flows"
     );
 
+    // Envoy's Check is internal too: the gateway presents a certificate like any service.
+    let check = |identity: Option<&_>| {
+        let channel = tls_channel(auth.addr, &pki.ca(), identity);
+        async move {
+            envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel)
+                .check(envoy_types::pb::envoy::service::auth::v3::CheckRequest::default())
+                .await
+        }
+    };
+    assert_reason(
+        check(None).await,
+        Code::Unauthenticated,
+        Reason::ClientCertRequired,
+    );
+    assert_reason(
+        check(Some(&other_identity)).await,
+        Code::PermissionDenied,
+        Reason::CallerNotAllowed,
+    );
+    check(Some(&posts_identity)).await.unwrap();
+
     // A certificate from another CA does not get through the handshake at all.
     let stranger = Pki::new();
     let forged = stranger.issue("posts", &["posts-svc.test"]);
