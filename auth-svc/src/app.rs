@@ -200,6 +200,7 @@ fn key_config(settings: &Settings, kek: Option<Arc<KeyEncryptionKey>>) -> KeyCon
         access_token_ttl: settings.access_token_ttl,
         signing_key_file: settings.signing_key_file.clone(),
         kek,
+        publish_lead: settings.key_publish_lead,
     }
 }
 

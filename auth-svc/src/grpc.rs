@@ -227,8 +227,16 @@ impl AuthService for AuthApi {
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Reply<pb::RotateSigningKeyResponse> {
         let admin = self.admin(request.metadata()).await?;
-        let kid = self.app.keys.rotate(&admin, self.origin(&request)).await?;
-        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+        let immediate = request.get_ref().immediate;
+        let (kid, sign_time) = self
+            .app
+            .keys
+            .rotate(&admin, immediate, self.origin(&request))
+            .await?;
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid,
+            sign_time: Some(sign_time.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -145,6 +145,8 @@ pub struct KeyConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Private keys are stored sealed with this key (see `sealing.rs`); without one, unsealed.
     pub kek: Option<Arc<KeyEncryptionKey>>,
+    /// How long a rotated-in key is published before it signs (`--key-publish-lead`).
+    pub publish_lead: Duration,
 }
 
 /// How often the key set is reloaded from storage regardless (a rotation through another replica).
@@ -153,8 +155,13 @@ const RELOAD_EVERY: Duration = Duration::from_secs(10);
 const RELOAD_ON_UNKNOWN_KID_EVERY: Duration = Duration::from_secs(1);
 
 struct KeySet {
+    /// The key that signed last time the set was loaded.
     signing: Arc<SigningKey>,
+    /// Keys rotated in with a publish lead, by the time each starts signing, earliest first: at its time
+    /// each takes over from the one before, with no reload needed.
+    upcoming: Vec<(SystemTime, Arc<SigningKey>)>,
     verifier: Verifier,
+    /// Every published key: the signing key, the upcoming ones, then those that only verify.
     public: Vec<PublicKey>,
     /// Keys revoked within the last token lifetime: their tokens are refused as revoked, not as unknown.
     revoked: HashSet<String>,
@@ -164,16 +171,14 @@ impl KeySet {
     fn new(
         config: &KeyConfig,
         signing: Arc<SigningKey>,
+        upcoming: Vec<(SystemTime, Arc<SigningKey>)>,
         verifying: Vec<[u8; 32]>,
         revoked: HashSet<String>,
     ) -> Self {
         let mut verifier = Verifier::new(&config.issuer, &config.audience, config.access_token_ttl);
-        let mut public = vec![PublicKey {
-            kid: signing.kid.clone(),
-            x: signing.public,
-        }];
-        verifier.insert_key(&signing.public);
-        for x in verifying {
+        let mut public = Vec::new();
+        let signers = std::iter::once(&signing).chain(upcoming.iter().map(|(_, key)| key));
+        for x in signers.map(|key| key.public).chain(verifying) {
             let kid = jwk_thumbprint(&x);
             if !verifier.has_key(&kid) {
                 verifier.insert_key(&x);
@@ -182,10 +187,20 @@ impl KeySet {
         }
         Self {
             signing,
+            upcoming,
             verifier,
             public,
             revoked,
         }
+    }
+
+    /// The key that signs at `now`: the latest upcoming key whose time has come, else the signing key.
+    fn signer(&self, now: SystemTime) -> &Arc<SigningKey> {
+        self.upcoming
+            .iter()
+            .rev()
+            .find(|(sign_time, _)| *sign_time <= now)
+            .map_or(&self.signing, |(_, key)| key)
     }
 }
 
@@ -214,7 +229,7 @@ impl KeyRing {
                 from_store(config.kek.as_deref(), &kid, &private_key)?
             }
         };
-        let set = KeySet::new(&config, Arc::new(signing), vec![], HashSet::new());
+        let set = KeySet::new(&config, Arc::new(signing), vec![], vec![], HashSet::new());
         let ring = Self {
             set: RwLock::new(set),
             config,
@@ -240,13 +255,27 @@ impl KeyRing {
     }
 
     pub fn signing_kid(&self) -> String {
-        self.read().signing.kid.clone()
+        self.read().signer(SystemTime::now()).kid.clone()
     }
 
-    /// The keys a verifier should trust now, and what else it must check.
+    /// How long a client may cache the published key set: half the publish lead, so that a verifier
+    /// which refetches only when its copy expires learns a new key before it signs.
+    pub fn cache_max_age(&self) -> Duration {
+        Duration::from_secs((self.config.publish_lead / 2).as_secs().max(1))
+    }
+
+    /// The keys a verifier should trust now (the key signing now first, keys yet to sign included), and
+    /// what else it must check.
     pub fn jwks(&self) -> Jwks {
+        let set = self.read();
+        let mut keys = set.public.clone();
+        let signing = &set.signer(SystemTime::now()).kid;
+        if let Some(at) = keys.iter().position(|key| &key.kid == signing) {
+            let key = keys.remove(at);
+            keys.insert(0, key);
+        }
         Jwks {
-            keys: self.read().public.clone(),
+            keys,
             issuer: self.config.issuer.clone(),
             audience: self.config.audience.clone(),
             max_token_lifetime: self.config.access_token_ttl,
@@ -268,7 +297,7 @@ impl KeyRing {
             username: user.username.clone(),
             roles: user.roles.clone(),
         };
-        let signing = Arc::clone(&self.read().signing);
+        let signing = Arc::clone(self.read().signer(now));
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         header.kid = Some(signing.kid.clone());
@@ -329,26 +358,54 @@ impl KeyRing {
             .load_keys(self.revocation_window(), SystemTime::now())
             .await?;
         let kek = self.config.kek.as_deref();
-        let current = Arc::clone(&self.read().signing);
-        let mut signing = None;
-        let mut verifying = Vec::new();
+        let now = SystemTime::now();
+        // Keys in memory stay there: a key is decrypted again only when it first signs or waits to.
+        let held: Vec<Arc<SigningKey>> = {
+            let set = self.read();
+            std::iter::once(&set.signing)
+                .chain(set.upcoming.iter().map(|(_, key)| key))
+                .cloned()
+                .collect()
+        };
+        let (mut signers, mut verifying) = (Vec::new(), Vec::new());
         for key in stored {
-            if !key.retired && signing.is_none() {
-                // The key signing now stays in memory: it is decrypted again only when another takes over.
-                signing = Some(if key.kid == current.kid {
-                    Arc::clone(&current)
-                } else {
-                    let private_key = key.private_key.as_deref().ok_or_else(|| {
-                        AuthError::Internal(format!("signing key {} loaded without its private key", key.kid))
-                    })?;
-                    Arc::new(from_store(kek, &key.kid, private_key)?)
-                });
+            if key.signs_now_or_later(now) {
+                let signer = match held.iter().find(|held| held.kid == key.kid) {
+                    Some(held) => Arc::clone(held),
+                    None => {
+                        let private_key = key.private_key.as_deref().ok_or_else(|| {
+                            AuthError::Internal(format!(
+                                "signing key {} loaded without its private key",
+                                key.kid
+                            ))
+                        })?;
+                        Arc::new(from_store(kek, &key.kid, private_key)?)
+                    }
+                };
+                signers.push((key.sign_time, key.signs_at(now), signer));
             } else {
                 verifying.push(public_key_of(kek, &key)?);
             }
         }
-        let signing = signing.ok_or_else(|| AuthError::Internal("no active signing key stored".into()))?;
-        let mut set = KeySet::new(&self.config, signing, verifying, revoked.into_iter().collect());
+        // The key signing now (the latest whose time has come), then those waiting, earliest first.
+        signers.sort_by_key(|(sign_time, ..)| *sign_time);
+        let at = signers
+            .iter()
+            .rposition(|(_, signs_now, _)| *signs_now)
+            .ok_or_else(|| AuthError::Internal("no active signing key stored".into()))?;
+        let signing = Arc::clone(&signers[at].2);
+        let upcoming = signers
+            .into_iter()
+            .skip(at + 1)
+            .map(|(sign_time, _, key)| (sign_time, key))
+            .collect();
+        let mut set = KeySet::new(
+            &self.config,
+            signing,
+            upcoming,
+            verifying,
+            revoked.into_iter().collect(),
+        );
         // Holding the write lock while swapping: a verdict recorded under the old set's read lock is either
         // carried over (every key it trusted is still trusted) or dropped with it.
         let mut current = self.set.write().unwrap_or_else(PoisonError::into_inner);
@@ -369,19 +426,30 @@ impl KeyRing {
         }
     }
 
-    /// Makes a new key sign from now on; older keys keep verifying until their tokens have expired.
-    pub async fn rotate(&self, admin: &AdminCaller, origin: Origin) -> Result<String, AuthError> {
+    /// Publishes a new key now, to sign after the publish lead (or at once, when `immediate`); older
+    /// keys keep verifying until their tokens have expired. Returns its kid and when it signs.
+    pub async fn rotate(
+        &self,
+        admin: &AdminCaller,
+        immediate: bool,
+        origin: Origin,
+    ) -> Result<(String, SystemTime), AuthError> {
         if self.config.signing_key_file.is_some() {
             return Err(AuthError::KeyManagedByFile);
         }
         let key = SigningKey::generate()?;
         let stored = to_store(self.config.kek.as_deref(), &key)?;
+        let now = SystemTime::now();
+        let sign_time = match immediate {
+            true => now,
+            false => now + self.config.publish_lead,
+        };
         self.store
-            .rotate_key(stored, SystemTime::now(), admin.user_id(), origin)
+            .rotate_key(stored, now, sign_time, admin.user_id(), origin)
             .await?;
         self.reload().await?;
-        tracing::info!(admin = %admin.user_id(), kid = key.kid(), "rotated signing key");
-        Ok(key.kid().to_owned())
+        tracing::info!(admin = %admin.user_id(), kid = key.kid(), immediate, "rotated signing key");
+        Ok((key.kid().to_owned(), sign_time))
     }
 
     /// Revokes key `kid`: every token it signed is refused from now on, here, and (through the revocation
@@ -476,6 +544,8 @@ mod tests {
         }
     }
 
+    const LEAD: Duration = Duration::from_secs(600);
+
     async fn ring(dir: &tempfile::TempDir) -> Arc<KeyRing> {
         let url = watchword_db::DatabaseUrl::Sqlite(dir.path().join("auth.db"));
         let store = Store::open(&url, &Default::default()).await.unwrap();
@@ -485,6 +555,7 @@ mod tests {
             access_token_ttl: Duration::from_secs(900),
             signing_key_file: None,
             kek: None,
+            publish_lead: LEAD,
         };
         Arc::new(KeyRing::open(store, config).await.unwrap())
     }
@@ -533,7 +604,7 @@ mod tests {
         ring.reload().await.unwrap();
         assert_eq!(remembered(&ring), 1, "a reload with the same keys keeps verdicts");
         let old_kid = ring.signing_kid();
-        let new_kid = ring.rotate(&admin, Origin::operator()).await.unwrap();
+        let (new_kid, _) = ring.rotate(&admin, true, Origin::operator()).await.unwrap();
         assert_ne!(new_kid, old_kid);
         assert_eq!(remembered(&ring), 1, "a rotation adds a key and keeps verdicts");
         let new = ring.issue(&user(), "s1", now).unwrap();
@@ -543,6 +614,84 @@ mod tests {
         assert_eq!(
             ring.jwks().keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
             [&new_kid, &old_kid]
+        );
+    }
+
+    fn kids(ring: &KeyRing) -> Vec<String> {
+        ring.jwks().keys.into_iter().map(|k| k.kid).collect()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_in_key_is_published_at_once_and_signs_only_after_the_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ring(&dir).await;
+        let admin = AdminCaller::for_tests();
+        let old_kid = ring.signing_kid();
+        let before = SystemTime::now();
+        let (new_kid, sign_time) = ring.rotate(&admin, false, Origin::operator()).await.unwrap();
+        assert!(sign_time >= before + LEAD && sign_time <= SystemTime::now() + LEAD);
+        assert_eq!(
+            kids(&ring),
+            [old_kid.clone(), new_kid.clone()],
+            "published at once, the signing key first"
+        );
+        assert_eq!(ring.signing_kid(), old_kid);
+        let just_before = sign_time - Duration::from_millis(1);
+        assert_eq!(
+            ring.issue(&user(), "s1", just_before).unwrap().claims.key_id,
+            old_kid
+        );
+        // At its time the new key signs, with no reload in between.
+        let new = ring.issue(&user(), "s1", sign_time).unwrap();
+        assert_eq!(new.claims.key_id, new_kid);
+        // And a reload (another replica's view) agrees.
+        ring.reload().await.unwrap();
+        assert_eq!(ring.signing_kid(), old_kid);
+        assert_eq!(
+            ring.issue(&user(), "s1", sign_time).unwrap().claims.key_id,
+            new_kid
+        );
+        assert_eq!(ring.cache_max_age(), LEAD / 2);
+    }
+
+    #[tokio::test]
+    async fn an_immediate_rotation_or_revoking_a_waiting_key_leaves_exactly_one_signer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ring(&dir).await;
+        let (admin, hub) = (
+            AdminCaller::for_tests(),
+            Arc::new(RevocationHub::new(HubConfig::default())),
+        );
+        let first = ring.signing_kid();
+        let (waiting, later) = ring.rotate(&admin, false, Origin::operator()).await.unwrap();
+        // An emergency rotation signs at once, and the key that was waiting never will.
+        let (urgent, now) = ring.rotate(&admin, true, Origin::operator()).await.unwrap();
+        assert_eq!(ring.signing_kid(), urgent);
+        assert_eq!(
+            ring.issue(&user(), "s1", later + LEAD).unwrap().claims.key_id,
+            urgent
+        );
+        assert!(
+            kids(&ring).contains(&waiting) && kids(&ring).contains(&first),
+            "still verifying"
+        );
+
+        // Revoking a key that waits to sign: the signing key keeps signing past that key's time.
+        let (doomed, its_time) = ring.rotate(&admin, false, Origin::operator()).await.unwrap();
+        assert!(its_time > now);
+        let signing = ring
+            .revoke(&admin, &hub, &doomed, Origin::operator())
+            .await
+            .unwrap();
+        assert!(!kids(&ring).contains(&doomed));
+        assert_eq!(
+            ring.issue(&user(), "s1", its_time + LEAD).unwrap().claims.key_id,
+            signing
+        );
+        ring.reload().await.unwrap();
+        assert_eq!(
+            ring.issue(&user(), "s1", its_time + LEAD).unwrap().claims.key_id,
+            signing
         );
     }
 

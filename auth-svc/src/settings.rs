@@ -80,6 +80,13 @@ pub struct Settings {
           value_parser = |v: &str| duration_within(v, REFRESH_REUSE_GRACE))]
     pub refresh_reuse_grace: Duration,
 
+    /// How long RotateSigningKey publishes a new key before it signs, so that verifiers caching the key
+    /// set (a gateway's JWKS cache) learn it first. The JWKS documents' `max-age` is half of it. Between 2s
+    /// and 30days.
+    #[arg(long, env = "AUTH_SVC_KEY_PUBLISH_LEAD", default_value = "10m",
+          value_parser = |v: &str| duration_within(v, KEY_PUBLISH_LEAD))]
+    pub key_publish_lead: Duration,
+
     /// Value of the `iss` claim in issued tokens; Validate accepts only this issuer. 1 to 256 bytes, no
     /// control characters.
     #[arg(long, env = "AUTH_SVC_ISSUER", default_value = "watchword-auth", value_parser = claim_value)]
@@ -255,6 +262,8 @@ const REFRESH_TOKEN_TTL: RangeInclusive<Duration> =
 /// Long enough for a client's retry after a lost answer; any longer only widens the window in which a
 /// stolen refresh token gets the same successor as its owner.
 const REFRESH_REUSE_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
+const KEY_PUBLISH_LEAD: RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(30 * 24 * 3600);
 const LOCKOUT_THRESHOLD: RangeInclusive<i64> = 1..=1_000_000;
 const PEER_BURST: RangeInclusive<i64> = 1..=10_000;
 /// The slowest rate still tells a throttled caller to come back within 100 s (the retry delay is
@@ -514,6 +523,8 @@ mod tests {
             ["--api-key-max-ttl", "3650days"],
             ["--audit-retention", "1day"],
             ["--audit-retention", "3650days"],
+            ["--key-publish-lead", "2s"],
+            ["--key-publish-lead", "30days"],
             ["--public-url", "https://auth.example.com"],
             ["--public-url", "http://127.0.0.1:50051/"],
         ];
@@ -526,6 +537,8 @@ mod tests {
             ["--refresh-reuse-grace", "61s"],
             ["--issuer", &longer_claim],
             ["--audience", "new\nline"],
+            ["--key-publish-lead", "1999ms"],
+            ["--key-publish-lead", "31days"],
             ["--public-url", "auth.example.com"],
             ["--public-url", "ftp://auth.example.com"],
             ["--public-url", "https://auth.example.com/?x=1"],

@@ -11,7 +11,6 @@ use std::{
     future::{Ready, ready},
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -23,11 +22,6 @@ use crate::keys::KeyRing;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
-
-/// How long a client may cache either document. A rotation signs with the new key at once (today), so a
-/// verifier that caches the key set and does not refetch on an unknown `kid` may refuse new tokens for at
-/// most this long after a rotation: keep it short.
-pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Serves the two documents; see the module documentation.
 #[derive(Clone)]
@@ -80,8 +74,13 @@ impl WellKnown {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             header::CACHE_CONTROL,
-            HeaderValue::from_str(&format!("public, max-age={}", MAX_AGE.as_secs()))
-                .expect("a number is a valid header value"),
+            // Half the key publish lead: a verifier that refetches only when its copy expires still learns
+            // a rotated-in key before the key signs.
+            HeaderValue::from_str(&format!(
+                "public, max-age={}",
+                self.keys.cache_max_age().as_secs()
+            ))
+            .expect("a number is a valid header value"),
         );
         response
     }

@@ -152,7 +152,7 @@ async fn with_a_key_encryption_key_keys_and_the_pepper_are_stored_sealed_through
     let new_kid = app
         .auth
         .clone()
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap()
         .into_inner()

@@ -171,7 +171,7 @@ async fn signing_key_events_name_the_key() {
     let root_id = app.validate(&root).await.unwrap().subject;
     let mut auth = app.auth.clone();
     let kid = auth
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap()
         .into_inner()

@@ -175,7 +175,7 @@ async fn jwks_lists_the_keys_and_rotation_keeps_old_tokens_valid() {
     assert_eq!(json["keys"][0]["kid"], key.kid.as_str());
 
     let rotated = auth
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap()
         .into_inner();
@@ -204,7 +204,7 @@ async fn jwks_lists_the_keys_and_rotation_keeps_old_tokens_valid() {
 
     let alice = app.login("alice", PASSWORD).await.unwrap().access_token;
     assert_reason(
-        auth.rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &alice))
+        auth.rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &alice))
             .await,
         Code::PermissionDenied,
         Reason::RoleRequired,
@@ -218,7 +218,7 @@ async fn a_signing_key_from_a_file_cannot_be_rotated_over_grpc() {
     let result = app
         .auth
         .clone()
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await;
     assert_code(result, Code::FailedPrecondition);
 }
@@ -261,7 +261,7 @@ async fn rotation_under_load_never_refuses_a_valid_token() {
             p.app
                 .auth
                 .clone()
-                .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+                .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
                 .await
                 .unwrap();
             let token = p.app.login("alice", PASSWORD).await.unwrap().access_token;
@@ -327,7 +327,7 @@ async fn local_mode_accepts_tokens_from_a_rotated_in_key() {
     p.app
         .auth
         .clone()
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap();
     let fresh = p.app.login("root", PASSWORD).await.unwrap().access_token;

@@ -119,7 +119,7 @@ async fn two_auth_and_two_posts_replicas_on_one_postgres_behave_as_one_service()
         .unwrap()
         .into_inner()
         .access_token;
-    a.rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+    a.rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap();
     let fresh = login(&mut a).await;

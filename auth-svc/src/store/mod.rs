@@ -53,7 +53,22 @@ pub struct StoredKey {
     /// PKCS#8 PEM or its sealed form (see `sealing.rs`); read only for the signing key, and for a key
     /// without a stored public key.
     pub private_key: Option<String>,
-    pub retired: bool,
+    /// When it starts (or started) signing.
+    pub sign_time: SystemTime,
+    /// When it stops (or stopped) signing: the next key's sign time, or when it was revoked.
+    pub retire_time: Option<SystemTime>,
+}
+
+impl StoredKey {
+    /// Whether it signs at `now`: its sign time has come and its retire time has not.
+    pub fn signs_at(&self, now: SystemTime) -> bool {
+        self.sign_time <= now && self.retire_time.is_none_or(|retire| retire > now)
+    }
+
+    /// Whether it signs at `now` or will later (rotated in with a publish lead).
+    pub fn signs_now_or_later(&self, now: SystemTime) -> bool {
+        self.retire_time.is_none_or(|retire| retire > now)
+    }
 }
 
 /// A signing key to store.
@@ -766,7 +781,7 @@ impl Store {
     ) -> Result<(Vec<StoredKey>, Vec<String>), DbError> {
         read!(&self.db, |tx| async move {
             Ok((
-                sql::keys(tx, now - window).await?,
+                sql::keys(tx, now, now - window).await?,
                 sql::revoked_keys(tx, now - window).await?,
             ))
         })
@@ -781,7 +796,11 @@ impl Store {
     ) -> Result<(String, String), DbError> {
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
-            match sql::keys(tx, now).await?.into_iter().find(|k| !k.retired) {
+            match sql::keys(tx, now, now)
+                .await?
+                .into_iter()
+                .find(|k| k.signs_at(now))
+            {
                 Some(StoredKey {
                     kid,
                     private_key: Some(private_key),
@@ -792,29 +811,32 @@ impl Store {
                     key.kid
                 ))),
                 None => {
-                    sql::insert_key(tx, &candidate, now).await?;
+                    sql::insert_key(tx, &candidate, now, now).await?;
                     Ok((candidate.kid, candidate.private_key))
                 }
             }
         })
     }
 
-    /// Makes `key` the signing key: the current one is retired now (and keeps verifying for a while).
+    /// Stores `key`, published from `now`, to sign from `sign_time`: the keys that would sign then are
+    /// retired at that moment (and keep verifying for a while).
     pub async fn rotate_key(
         &self,
         key: NewKey,
         now: SystemTime,
+        sign_time: SystemTime,
         actor: &str,
         origin: Origin,
     ) -> Result<(), DbError> {
         let actor = actor.to_owned();
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
-            sql::retire_signing_key(tx, now).await?;
-            sql::insert_key(tx, &key, now).await?;
+            sql::retire_signing_keys(tx, sign_time).await?;
+            sql::insert_key(tx, &key, now, sign_time).await?;
             let event = AuditEvent::new(AuditKind::SigningKeyRotated, now, &origin)
                 .actor(actor)
-                .detail("kid", &key.kid);
+                .detail("kid", &key.kid)
+                .detail("sign_time_us", watchword_db::to_micros(sign_time));
             sql::insert_audit(tx, &event).await.map(drop)
         })
     }
@@ -833,14 +855,16 @@ impl Store {
         transaction!(&self.db, |tx| async move {
             sql::lock_keys(tx).await?;
             // Every key not revoked yet.
-            let keys = sql::keys(tx, SystemTime::UNIX_EPOCH).await?;
+            let keys = sql::keys(tx, now, SystemTime::UNIX_EPOCH).await?;
             let was_live = keys.iter().any(|k| k.kid == kid);
-            let was_signing = keys.iter().any(|k| k.kid == kid && !k.retired);
+            // Signing now, or waiting to: the replacement signs at once, and nothing waits any more.
+            let was_signing = keys.iter().any(|k| k.kid == kid && k.signs_now_or_later(now));
             if !sql::revoke_key(tx, &kid, now).await? {
                 return Ok(None);
             }
             if was_signing {
-                sql::insert_key(tx, &replacement, now).await?;
+                sql::retire_signing_keys(tx, now).await?;
+                sql::insert_key(tx, &replacement, now, now).await?;
             }
             if was_live {
                 let mut event = AuditEvent::new(AuditKind::SigningKeyRevoked, now, &origin)

@@ -107,6 +107,11 @@ CREATE INDEX audit_events_by_time ON audit_events (time_us);
 CREATE INDEX audit_events_by_actor ON audit_events (actor_id, id);
 CREATE INDEX audit_events_by_subject ON audit_events (subject_id, id);
 "#,
+    r#"
+-- When each key starts signing (see sqlite.rs, version 8).
+ALTER TABLE signing_keys ADD COLUMN sign_time_us BIGINT;
+UPDATE signing_keys SET sign_time_us = create_time_us;
+"#,
 ];
 
 /// The failed logins of a username key, locked until the transaction ends: insert-or-lock in one

@@ -480,22 +480,29 @@ pub async fn clear_user_failures(tx: &impl Conn, user_id: &str) -> Result<(), Db
     tx.exec(sql, &[&user_id]).await.map(drop)
 }
 
-/// Keys not revoked, and not retired before `retired_since`: the signing key first, then newest first.
-/// The private key is read only for the signing key (and for a key whose public key was never stored):
-/// the others are needed for verifying only.
-pub async fn keys(tx: &impl Conn, retired_since: SystemTime) -> Result<Vec<StoredKey>, DbError> {
+/// Keys not revoked, and not retired before `retired_since`, newest first. The private key is read only
+/// for keys that sign at `now` or later (and for a key whose public key was never stored): the others are
+/// needed for verifying only.
+pub async fn keys(
+    tx: &impl Conn,
+    now: SystemTime,
+    retired_since: SystemTime,
+) -> Result<Vec<StoredKey>, DbError> {
+    // SQLite numbers `$N` parameters in order of first appearance: keep `$1` before `$2`.
     let sql = "SELECT kid, public_key,
-                      CASE WHEN retire_time_us IS NULL OR public_key IS NULL THEN private_key_pem END,
-                      retire_time_us IS NOT NULL
+                      CASE WHEN retire_time_us IS NULL OR retire_time_us > $1 OR public_key IS NULL
+                           THEN private_key_pem END,
+                      COALESCE(sign_time_us, create_time_us), retire_time_us
                FROM signing_keys
-               WHERE revoke_time_us IS NULL AND (retire_time_us IS NULL OR retire_time_us >= $1)
-               ORDER BY retire_time_us IS NOT NULL, create_time_us DESC, kid";
-    tx.all(sql, &[&to_micros(retired_since)], |row| {
+               WHERE revoke_time_us IS NULL AND (retire_time_us IS NULL OR retire_time_us >= $2)
+               ORDER BY COALESCE(sign_time_us, create_time_us) DESC, create_time_us DESC, kid";
+    tx.all(sql, &[&to_micros(now), &to_micros(retired_since)], |row| {
         Ok(StoredKey {
             kid: row.get(0)?,
             public_key: row.get(1)?,
             private_key: row.get(2)?,
-            retired: row.get(3)?,
+            sign_time: from_micros(row.get(3)?),
+            retire_time: row.get::<Option<i64>>(4)?.map(from_micros),
         })
     })
     .await
@@ -554,21 +561,35 @@ pub async fn lock_keys(tx: &impl Conn) -> Result<(), DbError> {
     tx.lock("signing_keys").await
 }
 
-pub async fn insert_key(tx: &impl Conn, key: &NewKey, now: SystemTime) -> Result<(), DbError> {
-    let sql = "INSERT INTO signing_keys (kid, public_key, private_key_pem, create_time_us)
-               VALUES ($1, $2, $3, $4)";
+/// Stores `key`, created `now`, to sign from `sign_time` on.
+pub async fn insert_key(
+    tx: &impl Conn,
+    key: &NewKey,
+    now: SystemTime,
+    sign_time: SystemTime,
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO signing_keys (kid, public_key, private_key_pem, create_time_us, sign_time_us)
+               VALUES ($1, $2, $3, $4, $5)";
     tx.exec(
         sql,
-        &[&key.kid, &key.public_key, &key.private_key, &to_micros(now)],
+        &[
+            &key.kid,
+            &key.public_key,
+            &key.private_key,
+            &to_micros(now),
+            &to_micros(sign_time),
+        ],
     )
     .await
     .map(drop)
 }
 
-/// Retires the signing key (the one not retired); it keeps verifying for a while.
-pub async fn retire_signing_key(tx: &impl Conn, now: SystemTime) -> Result<(), DbError> {
-    let sql = "UPDATE signing_keys SET retire_time_us = $1 WHERE retire_time_us IS NULL";
-    tx.exec(sql, &[&to_micros(now)]).await.map(drop)
+/// Retires, at `at`, every key that would still sign then (the signing key, and any key waiting to sign):
+/// they keep verifying for a while.
+pub async fn retire_signing_keys(tx: &impl Conn, at: SystemTime) -> Result<(), DbError> {
+    let sql = "UPDATE signing_keys SET retire_time_us = $1
+               WHERE revoke_time_us IS NULL AND (retire_time_us IS NULL OR retire_time_us > $1)";
+    tx.exec(sql, &[&to_micros(at)]).await.map(drop)
 }
 
 /// Marks `kid` revoked (and retired); `false` if there is no such key.

@@ -146,6 +146,13 @@ CREATE INDEX audit_events_by_time ON audit_events (time_us);
 CREATE INDEX audit_events_by_actor ON audit_events (actor_id, id);
 CREATE INDEX audit_events_by_subject ON audit_events (subject_id, id);
 "#,
+    r#"
+-- When each key starts (or started) signing. RotateSigningKey publishes a new key at once and lets it sign
+-- only after --key-publish-lead, so verifiers that cache the key set learn it first; the key it replaces
+-- gets that same time as its retire time. Keys from before this version signed from their creation.
+ALTER TABLE signing_keys ADD COLUMN sign_time_us INTEGER;
+UPDATE signing_keys SET sign_time_us = create_time_us;
+"#,
 ];
 
 /// The failed logins of a username key. (Nothing to lock: the write transaction holds the database.)
