@@ -49,6 +49,12 @@ struct Args {
     /// posts-svc's admin server (/metrics, /livez, /readyz).
     #[arg(long, default_value = "127.0.0.1:9052")]
     posts_admin_listen: SocketAddr,
+    /// Where the web app is served, when --web-dir holds a build; both services allow this origin (CORS).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    web_listen: SocketAddr,
+    /// The built web app (`npm ci --prefix web && npm run build --prefix web`).
+    #[arg(long, default_value = "web/dist")]
+    web_dir: PathBuf,
 }
 
 /// The name auth-svc admits to its internal RPCs; posts-svc's certificate carries it.
@@ -156,6 +162,21 @@ async fn run(args: Args) -> Result<(), String> {
         posts_settings.auth_client_key = Some(tls.file("posts-svc.key"));
     }
     let ca = tls.as_ref().map(|tls| tls.file("ca.pem"));
+    // The web app's page calls both services from its own origin: allow it (and its `localhost` spelling).
+    let web = match args.web_dir.join("index.html").is_file() {
+        true => Some(bind(args.web_listen).await?),
+        false => None,
+    };
+    let web_port = args.web_listen.port();
+    let origins: Vec<watchword::web::Origin> = [
+        format!("http://{}", args.web_listen),
+        format!("http://localhost:{web_port}"),
+    ]
+    .iter()
+    .filter_map(|origin| origin.parse().ok())
+    .collect();
+    auth_settings.cors_allowed_origins = origins.clone();
+    posts_settings.cors_allowed_origins = origins;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -187,6 +208,16 @@ async fn run(args: Args) -> Result<(), String> {
                 Some(tls) => print_tls_banner(&args, tls, admin_addrs),
                 None => print_banner(&args, admin_addrs),
             }
+            match web {
+                Some(listener) => {
+                    println!("Web app: http://{}/\n", args.web_listen);
+                    tokio::spawn(serve_web(listener, args.web_dir.clone()));
+                }
+                None => println!(
+                    "No web app in {}/: build it with `npm ci --prefix web && npm run build --prefix web`.\n",
+                    args.web_dir.display()
+                ),
+            }
         }
         result = &mut auth => return Err(format!("auth-svc stopped: {result:?}")),
         result = &mut posts => return Err(format!("posts-svc stopped: {result:?}")),
@@ -201,6 +232,28 @@ async fn run(args: Args) -> Result<(), String> {
     let (auth, posts) = tokio::join!(auth, posts);
     tracing::info!(?auth, ?posts, "stopped");
     Ok(())
+}
+
+/// Serves the files of the built web app in `dir` (any other path gets `index.html`, the single page) on
+/// `listener`, a task per connection, until the process ends. For local development only.
+async fn serve_web(listener: TcpListener, dir: PathBuf) {
+    use tower::ServiceExt as _;
+    let files = tower_http::services::ServeDir::new(&dir)
+        .fallback(tower_http::services::ServeFile::new(dir.join("index.html")));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let files = files.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| files.clone().oneshot(request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Polls the standard health service until it reports SERVING (or gives up after 30 s); over TLS
