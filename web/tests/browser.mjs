@@ -131,7 +131,7 @@ try {
   await page.waitForTimeout(TTL_WAIT);
   const afterExpiry = `after expiry ${username}`;
   await createPost(afterExpiry, "created with an expired access token");
-  check(count("Refresh") === refreshesBefore + 1, `expected 1 Refresh, saw ${count("Refresh") - refreshesBefore}`);
+  check(count("Refresh") === refreshesBefore + 1, `expected 1 Refresh, saw ${count("Refresh") - refreshesBefore} (does auth-svc run with --access-token-ttl 3s?)`);
   // The first CreatePost was refused (TOKEN_EXPIRED) and retried once after the Refresh.
   check(count("CreatePost") === createsBefore + 2, `expected CreatePost sent twice, saw ${count("CreatePost") - createsBefore}`);
   check(await page.locator("#me").isVisible(), "sent back to the login form");
@@ -154,12 +154,38 @@ try {
   await postItem(afterExpiry).waitFor();
   log("session survived a reload");
 
+  step = "session ended elsewhere (TOKEN_REVOKED): back to the login form";
+  // Another client ends the session with the refresh token (a raw gRPC-Web Logout from the page's origin).
+  const status = await page.evaluate(async (authUrl) => {
+    const token = Object.values({ ...sessionStorage }).find((v) => v.startsWith("wwrt_"));
+    const field = new TextEncoder().encode(token);
+    const msg = [0x0a]; // field 1 (refresh_token), length-delimited
+    for (let n = field.length; ; n >>= 7) { if (n < 0x80) { msg.push(n); break; } msg.push((n & 0x7f) | 0x80); }
+    msg.push(...field);
+    const frame = new Uint8Array([0, 0, 0, 0, msg.length, ...msg]);
+    const res = await fetch(`${authUrl}/auth.v1.AuthService/Logout`, {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+      body: frame,
+    });
+    await res.arrayBuffer();
+    return `HTTP ${res.status}`;
+  }, AUTH_URL);
+  log(`session ended behind the page's back (Logout: ${status})`);
+  await page.click("#reload");
+  await page.locator("#login-form").waitFor();
+  await expectMessage(/session has ended/);
+  check(!(await page.evaluate(() => Object.values({ ...sessionStorage }).some((v) => v.startsWith("wwrt_")))), "refresh token kept after TOKEN_REVOKED");
+  log("revoked session sent the page back to the login form");
+  await logIn(username, password);
+
   step = "log out";
+  const logoutsBefore = count("Logout");
   await page.click("#logout");
   await page.locator("#login-form").waitFor();
   await expectMessage(/Logged out/);
   check(!(await page.evaluate(() => Object.values({ ...sessionStorage }).some((v) => v.startsWith("wwrt_")))), "refresh token left after logout");
-  check(count("Logout") === 1, "no Logout call");
+  check(count("Logout") === logoutsBefore + 1, "no Logout call");
   log("logged out");
 
   if (ADMIN_USER && ADMIN_PASSWORD) {
