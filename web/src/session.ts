@@ -102,6 +102,8 @@ const bearer: Interceptor = (next) => async (req) => {
     if (reason === "TOKEN_EXPIRED") {
       // Another call may have refreshed already while this one was in flight; then just retry.
       if (accessToken === first.used) await refreshOnce();
+      // The session was dropped meanwhile (another call's Refresh failed): nothing to retry with.
+      if (!accessToken) throw err;
       try {
         return await send().response;
       } catch (retryErr) {

@@ -179,6 +179,20 @@ try {
   log("revoked session sent the page back to the login form");
   await logIn(username, password);
 
+  step = "failed Refresh: back to the login form";
+  await page.evaluate(() => {
+    for (const [k, v] of Object.entries({ ...sessionStorage })) if (v.startsWith("wwrt_")) sessionStorage.setItem(k, "wwrt_not-a-real-refresh-token");
+  });
+  const refreshesBeforeFail = count("Refresh");
+  await page.waitForTimeout(TTL_WAIT);
+  await page.click("#reload");
+  await page.locator("#login-form").waitFor();
+  await expectMessage(/log in again/);
+  check(count("Refresh") === refreshesBeforeFail + 1, `expected 1 (failing) Refresh, saw ${count("Refresh") - refreshesBeforeFail}`);
+  check(!(await page.evaluate(() => Object.keys({ ...sessionStorage }).length)), "sessionStorage not cleared after a failed Refresh");
+  log(`failed Refresh sent the page back to the login form ("${await message.textContent()}")`);
+  await logIn(username, password);
+
   step = "log out";
   const logoutsBefore = count("Logout");
   await page.click("#logout");
