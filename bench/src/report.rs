@@ -243,6 +243,31 @@ impl Report {
                 target: None,
                 at_least: true,
             },
+            // Issue 18: local mode, and the Envoy sidecar people deploy instead.
+            Ratio {
+                name: "list-local / list-noauth",
+                value: Self::div(self.rate("list-local"), noauth),
+                target: Some(0.9),
+                at_least: true,
+            },
+            Ratio {
+                name: "list-cached / list-envoy-jwt",
+                value: Self::div(self.rate("list-cached"), self.rate("list-envoy-jwt")),
+                target: Some(2.0),
+                at_least: true,
+            },
+            Ratio {
+                name: "list-local / list-envoy-jwt",
+                value: Self::div(self.rate("list-local"), self.rate("list-envoy-jwt")),
+                target: Some(2.0),
+                at_least: true,
+            },
+            Ratio {
+                name: "list-envoy-extauthz / list-envoy-jwt (what revocation costs at the gateway)",
+                value: Self::div(self.rate("list-envoy-extauthz"), self.rate("list-envoy-jwt")),
+                target: None,
+                at_least: true,
+            },
             Ratio {
                 name: "validate p99 under login flood / at rest",
                 value: Self::div(flood_p99, rest_p99),

@@ -152,6 +152,50 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
     })
 }
 
+/// Starts Envoy (`envoy`, with two workers) on a free loopback port with the configuration `config` makes
+/// for that port and a free admin port, and waits until a health check through it says SERVING (health
+/// checks pass through the example configurations without a token).
+pub async fn spawn_envoy(
+    label: &'static str,
+    envoy: &Path,
+    dir: &Path,
+    health_service: &'static str,
+    config: impl FnOnce(u16, u16) -> String,
+) -> Result<Server, String> {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("{label}: no free port: {e}"))
+    };
+    let (port, admin) = (free_port()?, free_port()?);
+    let path = dir.join(format!("{label}.yaml"));
+    std::fs::write(&path, config(port, admin)).map_err(|e| format!("{label}: {e}"))?;
+    let started = Instant::now();
+    let mut child = Command::new(envoy)
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "2", "-l", "error", "--use-dynamic-base-id"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{label}: cannot start {}: {e}", envoy.display()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if let Err(e) = wait_serving(addr, health_service).await {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{label}: {e}"));
+    }
+    Ok(Server {
+        label,
+        addr,
+        pid: Some(child.id()),
+        startup: Some(started.elapsed()),
+        kind: Kind::Child(child),
+    })
+}
+
 /// Parses `... serving addr=127.0.0.1:1234` (the compact log format of `watchword::telemetry`).
 fn serving_addr(line: &str) -> Option<SocketAddr> {
     // The gRPC address, not the admin server's (`admin serving addr=...`).
