@@ -163,15 +163,25 @@ async fn a_rotated_in_key_is_published_at_once_and_signs_only_after_the_publish_
         "the old key signs until the new key's time"
     );
 
-    // From its time on, the new key signs; every token verifies against the set published before.
-    tokio::time::sleep(
-        sign_time
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-    .await;
-    let new_token = app.login("alice", PASSWORD).await.unwrap().access_token;
-    assert_eq!(kid_of(&new_token), rotated.kid);
+    // From its time on, the new key signs (never before it); every token verifies against the set
+    // published before. Polled, with a deadline.
+    let deadline = sign_time + std::time::Duration::from_secs(3);
+    let new_token = loop {
+        let token = app.login("alice", PASSWORD).await.unwrap().access_token;
+        if kid_of(&token) == rotated.kid {
+            assert!(
+                std::time::SystemTime::now() >= sign_time,
+                "signed before its sign time"
+            );
+            break token;
+        }
+        assert!(
+            std::time::SystemTime::now() < deadline,
+            "the new key never signed"
+        );
+        // A login a quarter second: well inside the per-address login limit.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     for token in [&old_token, &waiting, &new_token] {
         assert!(verify(&document, token, "watchword-auth").is_ok());
         app.validate(token).await.unwrap();
