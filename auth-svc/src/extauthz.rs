@@ -85,7 +85,7 @@ impl Authorization for ExtAuthz {
             .get_client_headers()
             .and_then(|headers| headers.get("authorization"));
         let decision = match bearer(authorization.map(String::as_str)) {
-            Ok(token) => self.app.sessions.authenticate(token).await,
+            Ok(token) => self.app.sessions.authenticate(&token).await,
             Err(error) => Err(error),
         };
         let token_sent = authorization.is_some();
@@ -96,19 +96,20 @@ impl Authorization for ExtAuthz {
     }
 }
 
-/// The token in an `authorization` header value, parsed as the guard parses it.
-fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
+/// The token in an `authorization` header value, parsed as the guard parses it (the same function).
+fn bearer(authorization: Option<&str>) -> Result<String, AuthError> {
     let missing = || AuthError::Token(TokenError::Missing);
+    let malformed = || AuthError::Token(TokenError::Malformed);
     let value = authorization.ok_or_else(missing)?;
     let mut headers = http::HeaderMap::new();
-    let header = http::HeaderValue::from_str(value).map_err(|_| AuthError::Token(TokenError::Malformed))?;
-    headers.insert(http::header::AUTHORIZATION, header);
-    bearer_token(&headers).map_err(|e| match e {
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(value).map_err(|_| malformed())?,
+    );
+    bearer_token(&headers).map(str::to_owned).map_err(|e| match e {
         CredentialsError::Missing => missing(),
-        _ => AuthError::Token(TokenError::Malformed),
-    })?;
-    // The parser accepted the value: the token is what follows the scheme.
-    Ok(value.split_once(' ').map_or("", |(_, token)| token.trim()))
+        _ => malformed(),
+    })
 }
 
 fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
