@@ -44,9 +44,20 @@ impl WellKnown {
     }
 
     fn respond<B>(&self, request: &Request<B>) -> Response<Body> {
-        let document = match request.uri().path() {
+        let path = request.uri().path();
+        if path != JWKS_PATH && path != DISCOVERY_PATH {
+            return plain(StatusCode::NOT_FOUND, "not found\n");
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let document = match path {
             JWKS_PATH => self.keys.jwks().json_document(),
-            DISCOVERY_PATH => {
+            _ => {
                 let Some(base) = self.base_url(request) else {
                     return plain(StatusCode::BAD_REQUEST, "no Host: give auth-svc --public-url\n");
                 };
@@ -56,15 +67,7 @@ impl WellKnown {
                     "id_token_signing_alg_values_supported": ["EdDSA"],
                 })
             }
-            _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
         };
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
-        }
         let body = match request.method() == Method::HEAD {
             true => Bytes::new(),
             false => Bytes::from(document.to_string()),
