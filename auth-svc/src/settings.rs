@@ -14,7 +14,7 @@ use watchword::{
     admin::AdminListen,
     flags::{self, duration_within},
     telemetry::{LogFormat, otlp_endpoint},
-    transport::{self, ServerTls, TlsError, Transport},
+    transport::{self, ServerTls, TlsError, Transport, open_private},
 };
 use watchword_db::DatabaseUrl;
 
@@ -361,35 +361,6 @@ pub fn read_signing_key_file(path: &Path) -> std::io::Result<String> {
     let mut pem = String::new();
     open_private(path)?.read_to_string(&mut pem)?;
     Ok(pem)
-}
-
-/// Opens `path` for reading if it is a regular file private to its owner. The mode is checked on the
-/// opened file, so what is read is what was checked.
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    // Before opening: opening a FIFO would block start-up.
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let file = std::fs::File::open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = file.metadata()?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{path} is accessible to group or others (mode {mode:04o}); a key file must be \
-                     private to its owner: run `chmod 600 {path}`",
-                    path = path.display()
-                ),
-            ));
-        }
-    }
-    Ok(file)
 }
 
 /// `--database-url`, checked as far as it can be without connecting (see [`DatabaseUrl::parse`]).
