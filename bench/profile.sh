@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Where a call's instructions go: runs one server under `valgrind --tool=callgrind` and counts the
+# instructions of N calls of one kind (after a warm-up that the counters do not see), then sorts them into
+# the stages of BENCHMARKS.md's "Where ListPosts' time goes" (bench/stages.py).
+#
+# callgrind counts instructions executed in user space, the same for the same binary and inputs whatever
+# else the machine does (the shared 2-core machines' neighbours move seconds, not instruction counts). It
+# does not see the kernel: the system calls each call makes are counted separately with strace.
+#
+# Usage: bench/profile.sh OUT_DIR [CALLS]
+#   Needs: valgrind, h2load and nghttp (nghttp2-client), strace, python3, and release binaries with line tables:
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release -p auth-svc -p posts-svc -p bench --bins
+set -euo pipefail
+
+out=${1:?usage: bench/profile.sh OUT_DIR [CALLS]}
+calls=${2:-4000}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+bin="$root/target/release"
+for tool in valgrind callgrind_control h2load nghttp strace python3; do
+    command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 1; }
+done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The address a server logged (`serving addr=…`), waiting up to 60 s (valgrind starts slowly).
+addr_of() {
+    local log=$1
+    for _ in $(seq 600); do
+        if grep -q 'serving addr=' "$log" 2>/dev/null; then
+            grep -o 'serving addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
+            return
+        fi
+        sleep 0.1
+    done
+    echo "profile.sh: no address in $log" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+# One posts database with 10 000 posts, as the harness seeds it (same title and body lengths).
+"$bin/posts-svc" --listen 127.0.0.1:0 --admin-listen off --database-url "sqlite://$work/posts.db" \
+    --auth-url http://127.0.0.1:9 >"$work/migrate.log" 2>&1 &
+migrate=$!
+addr_of "$work/migrate.log" >/dev/null
+kill "$migrate"
+wait "$migrate" 2>/dev/null || true
+python3 - "$work/posts.db" <<'EOF'
+import sqlite3, sys, uuid
+db = sqlite3.connect(sys.argv[1])
+db.executemany(
+    "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?)",
+    ((str(uuid.uuid4()), str(uuid.uuid4()), f"user{i % 64}", f"Seeded post {i}",
+      f"Body of seeded post {i}: some text of a realistic length for a short post.", 1_790_000_000_000_000 + i)
+     for i in range(10_000)))
+db.commit()
+EOF
+
+# gRPC request bodies: a 5-byte prefix (uncompressed, length) and the message.
+printf '\x00\x00\x00\x00\x02\x08\x14' >"$work/list.bin"                    # ListPostsRequest{page_size: 20}
+printf '\x00\x00\x00\x00\x19\x0a\x17posts.v1.PostsService' >"$work/health.bin" # HealthCheckRequest{service}
+
+grpc_headers=(-H 'content-type: application/grpc' -H 'te: trailers')
+load() { # URL BODY N CONNECTIONS STREAMS (and the headers in $extra_headers)
+    h2load -n "$3" -c "$4" -m "$5" "${grpc_headers[@]}" "${extra_headers[@]}" -d "$2" "$1" >"$work/h2load.log" 2>&1 ||
+        { cat "$work/h2load.log" >&2; exit 1; }
+}
+
+# profile NAME PATH BODY SERVER_ARGS...: N calls to PATH on a fresh server under callgrind.
+profile() {
+    local name=$1 path=$2 body=$3
+    shift 3
+    local log="$work/$name.log"
+    RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$name" \
+        --instr-atstart=no --separate-threads=no "$@" >"$log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    local addr
+    addr=$(addr_of "$log")
+    load "http://$addr$path" "$body" 400 4 4 # warm-up: connections, statement cache, allocator
+    callgrind_control --instr=on "$pid" >/dev/null 2>&1
+    load "http://$addr$path" "$body" "$calls" 4 4
+    grep -q "succeeded, 0 failed, 0 errored" "$work/h2load.log" || { cat "$work/h2load.log" >&2; exit 1; }
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    callgrind_control --instr=off "$pid" >/dev/null 2>&1
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    # Keep the dump taken after the measured calls; valgrind writes another at exit with nothing counted.
+    mv "$out/callgrind.$name.1" "$out/callgrind.$name.out"
+    rm -f "$out/callgrind.$name"
+
+    # The same calls natively: CPU time per call (user and system, from /proc), after the same warm-up.
+    "$@" >"$log.native" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    addr=$(addr_of "$log.native")
+    load "http://$addr$path" "$body" 400 4 4
+    local before after
+    before=$(cut -d' ' -f14,15 "/proc/$pid/stat")
+    load "http://$addr$path" "$body" "$((calls * 10))" 4 4
+    after=$(cut -d' ' -f14,15 "/proc/$pid/stat")
+    echo "$before $after $(getconf CLK_TCK) $((calls * 10))" >"$out/native.$name.txt"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+
+    # And under strace: system calls per call.
+    strace -f -c -o "$out/strace.$name.txt" "$@" >"$log.native" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    addr=$(addr_of "$log.native")
+    load "http://$addr$path" "$body" "$calls" 4 4
+    # SIGINT to the server itself (strace ignores it for its child): a graceful stop, then strace's table.
+    pkill -INT -P "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+extra_headers=()
+unguarded=("$bin/bench" serve-unguarded --listen 127.0.0.1:0 --admin-listen off
+    --database-url "sqlite://$work/posts.db" --auth-url http://127.0.0.1:9)
+profile health /grpc.health.v1.Health/Check "$work/health.bin" "${unguarded[@]}"
+profile list-noauth /posts.v1.PostsService/ListPosts "$work/list.bin" "${unguarded[@]}"
+# The guard's share: the shipped posts-svc (validation cache on, the default) with one user's token, and
+# auth-svc running natively beside it (it sees one Validate per cache lifetime).
+"$bin/auth-svc" --listen 127.0.0.1:0 --admin-listen off --database-url "sqlite://$work/auth.db" \
+    --peer-rate 0 >"$work/auth.log" 2>&1 &
+pids+=("$!")
+auth=$(addr_of "$work/auth.log")
+token=$(python3 "$here/profile_login.py" "$auth")
+extra_headers=(-H "authorization: Bearer $token")
+profile list-cached /posts.v1.PostsService/ListPosts "$work/list.bin" "$bin/posts-svc" --listen 127.0.0.1:0 \
+    --admin-listen off --database-url "sqlite://$work/posts.db" --auth-url "http://$auth" --validate-cache-ttl 5s
+
+python3 "$here/stages.py" "$out" "$calls" | tee "$out/stages.md"
