@@ -20,7 +20,7 @@ use std::{
 };
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod batch;
 pub mod postgres;
@@ -306,12 +306,22 @@ macro_rules! transaction {
 
 /// Like [`transaction!`], for a rule that only reads: on a read-only SQLite connection, or a pooled
 /// PostgreSQL connection without a transaction.
+///
+/// `read!(db, |tx| ...)` is for a bounded read (a few rows, a page): on SQLite it runs on the calling
+/// thread (see [`Sqlite::read`]). `read!(unbounded: db, |tx| ...)` is for one that may scan many rows
+/// (a backlog of revocations): on SQLite it runs on the blocking pool.
 #[macro_export]
 macro_rules! read {
+    (unbounded: $db:expr, |$tx:ident| $rule:expr) => {
+        $crate::read!(@on read_unbounded, $db, |$tx| $rule)
+    };
     ($db:expr, |$tx:ident| $rule:expr) => {
+        $crate::read!(@on read, $db, |$tx| $rule)
+    };
+    (@on $read:ident, $db:expr, |$tx:ident| $rule:expr) => {
         match $db {
             $crate::Database::Sqlite(db) => {
-                db.read(move |c| {
+                db.$read(move |c| {
                     let $tx = &$crate::SqliteConn(c);
                     $crate::run_ready($crate::rule($rule))
                 })
@@ -507,34 +517,63 @@ impl Sqlite {
         .await
     }
 
-    /// Runs `f` on a read-only connection.
+    /// Runs `f` on a read-only connection, on the calling thread: for reads of a few rows.
+    ///
+    /// Not on the blocking pool, because for a short read the hop costs more than the read. A ListPosts
+    /// page (21 rows) is ~50k instructions of SQLite; the hop to a blocking thread and back cost ~20 µs of
+    /// CPU per call, ~7 futex calls of thread wake-ups, 30 % of the whole call (`bench/profile.sh`,
+    /// BENCHMARKS.md "Where ListPosts' time goes"). In WAL mode a reader never waits for the writer, so
+    /// what can stall the async thread is a page not in the cache, read from disk. Writes, which wait for
+    /// fsync, and [`Self::read_unbounded`] stay on the blocking pool.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         E: Into<DbError>,
         T: Send + 'static,
     {
-        let permit = Arc::clone(&self.inner.read_permits)
+        let permit = self.read_permit().await?;
+        self.with_reader(permit, f)
+    }
+
+    /// [`Self::read`] on the blocking pool: for a read that may scan many rows.
+    pub async fn read_unbounded<T, E, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        E: Into<DbError>,
+        T: Send + 'static,
+    {
+        let permit = self.read_permit().await?;
+        let this = self.clone();
+        blocking(move || this.with_reader(permit, f)).await
+    }
+
+    async fn read_permit(&self) -> Result<OwnedSemaphorePermit, DbError> {
+        Arc::clone(&self.inner.read_permits)
             .acquire_owned()
             .await
-            .map_err(|_| DbError::Worker)?;
-        let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            let _permit = permit;
-            let pooled = inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => connect(&inner.path, true)?,
-            };
-            let result = f(&conn);
-            inner
-                .readers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
-            result.map_err(Into::into)
-        })
-        .await
+            .map_err(|_| DbError::Worker)
+    }
+
+    /// Runs `f` on a pooled reader (opened if none is idle), holding `permit` meanwhile.
+    fn with_reader<T, E, F>(&self, permit: OwnedSemaphorePermit, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<T, E>,
+        E: Into<DbError>,
+    {
+        let _permit = permit;
+        let inner = &self.inner;
+        let pooled = inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => connect(&inner.path, true)?,
+        };
+        let result = f(&conn);
+        inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        result.map_err(Into::into)
     }
 
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, committed only if `f` returns `Ok`.

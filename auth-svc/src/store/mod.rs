@@ -890,15 +890,16 @@ impl Store {
 
     /// Revocations that may still matter: those made since `since`.
     pub async fn recent_revocations(&self, since: SystemTime) -> Result<Vec<Revocation>, DbError> {
-        read!(
-            &self.db,
-            |tx| async move { sql::revocations_since(tx, since).await }
-        )
+        read!(unbounded: &self.db, |tx| async move {
+            sql::revocations_since(tx, since).await
+        })
     }
 
     /// Revocation log rows after `id`, in commit order, with their ids.
     pub async fn revocations_after(&self, id: i64) -> Result<Vec<(i64, Revocation)>, DbError> {
-        read!(&self.db, |tx| async move { sql::revocations_after(tx, id).await })
+        read!(unbounded: &self.db, |tx| async move {
+            sql::revocations_after(tx, id).await
+        })
     }
 
     /// The id of the newest revocation log row (0 when there is none).
