@@ -16,7 +16,7 @@ out=${1:?usage: bench/profile.sh OUT_DIR [CALLS]}
 calls=${2:-4000}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-bin="$root/target/release"
+bin=${BIN:-"$root/target/release"} # BIN: another build's binaries, to compare
 for tool in valgrind callgrind_control h2load nghttp strace python3; do
     command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 1; }
 done

@@ -2,11 +2,6 @@ use std::process::ExitCode;
 
 use watchword::telemetry;
 
-/// mimalloc rather than glibc's malloc: allocation was a fifth of a ListPosts' instructions, and mimalloc
-/// takes about half of that away (BENCHMARKS.md, "Where ListPosts' time goes").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     watchword::transport::install_crypto_provider();
