@@ -31,38 +31,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The address a server logged (`serving addr=…`), waiting up to 60 s (valgrind starts slowly).
-addr_of() {
-    local log=$1
-    for _ in $(seq 600); do
-        if grep -q 'serving addr=' "$log" 2>/dev/null; then
-            grep -o 'serving addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
-            return
-        fi
-        sleep 0.1
-    done
-    echo "profile.sh: no address in $log" >&2
-    cat "$log" >&2
-    exit 1
-}
-
-# One posts database with 10 000 posts, as the harness seeds it (same title and body lengths).
-"$bin/posts-svc" --listen 127.0.0.1:0 --admin-listen off --database-url "sqlite://$work/posts.db" \
-    --auth-url http://127.0.0.1:9 >"$work/migrate.log" 2>&1 &
-migrate=$!
-addr_of "$work/migrate.log" >/dev/null
-kill "$migrate"
-wait "$migrate" 2>/dev/null || true
-python3 - "$work/posts.db" <<'EOF'
-import sqlite3, sys, uuid
-db = sqlite3.connect(sys.argv[1])
-db.executemany(
-    "INSERT INTO posts (id, author_id, author_username, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?)",
-    ((str(uuid.uuid4()), str(uuid.uuid4()), f"user{i % 64}", f"Seeded post {i}",
-      f"Body of seeded post {i}: some text of a realistic length for a short post.", 1_790_000_000_000_000 + i)
-     for i in range(10_000)))
-db.commit()
-EOF
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+seed_posts "$bin" "$work/posts.db"
 
 # gRPC request bodies: a 5-byte prefix (uncompressed, length) and the message.
 printf '\x00\x00\x00\x00\x02\x08\x14' >"$work/list.bin"                    # ListPostsRequest{page_size: 20}

@@ -23,12 +23,12 @@ STAGES = [
     ("HTTP/2 and HTTP (h2, hyper, http, bytes)", r"/(h2|hyper|hyper-util|http|http-body|http-body-util|httparse|bytes|tokio-util)-\d"),
     ("Tokio: scheduling, sockets, the hop to the blocking pool", r"/tokio-\d|/parking_lot|/crossbeam|/mio-\d|nptl/"),
     ("SQLite engine (libsqlite3)", r"/libsqlite3-sys-"),
-    ("SQLite rows into posts (rusqlite, the store)", r"/rusqlite-\d|/work/main/db/|/posts-svc/src/store/|/hashlink|/lru"),
-    ("Protobuf encoding (prost)", r"/prost-\d|/prost-types|/tonic-prost|/out/[a-z.0-9]+\.rs$|/posts-svc/src/service\.rs"),
-    ("The per-call log line (tracing, formatting)", r"/tracing-subscriber|/tracing-core|/tracing-\d|/sharded-slab|/nu-ansi|/core/src/fmt/|/src/server\.rs$|/thread_local|/tracing-log"),
-    ("Layers and routing (tonic, tower, CORS, gRPC-Web, observe)", r"/tonic-\d|/tonic-web|/tower|/axum|/matchit|/opentelemetry|/work/main/src/|/pin-project"),
-    ("The guard (watchword::guard, token checks)", r"/src/guard/|/jsonwebtoken|/ed25519|/curve25519|/sha2|/base64|/serde_json"),
-    ("Handler (posts-svc)", r"/posts-svc/src/"),
+    ("SQLite rows into posts (rusqlite, the store)", r"/rusqlite-\d|^ws:/db/|^ws:/posts-svc/src/store/|/hashlink|/lru"),
+    ("Protobuf encoding (prost)", r"/prost-\d|/prost-types|/tonic-prost|/out/[a-z.0-9]+\.rs$|^ws:/posts-svc/src/service\.rs"),
+    ("The per-call log line (tracing, formatting)", r"/tracing-subscriber|/tracing-core|/tracing-\d|/sharded-slab|/nu-ansi|/core/src/fmt/|^ws:/src/server\.rs$|/thread_local|/tracing-log"),
+    ("Layers and routing (tonic, tower, CORS, gRPC-Web, observe)", r"/tonic-\d|/tonic-web|/tower|/axum|/matchit|/opentelemetry|^ws:/src/|/pin-project"),
+    ("The guard (watchword::guard, token checks)", r"^ws:/src/guard/|/jsonwebtoken|/ed25519|/curve25519|/sha2|/base64|/serde_json"),
+    ("Handler (posts-svc)", r"^ws:/posts-svc/src/"),
 ]
 OTHER = "Other"
 KERNEL_NOTE = "system calls (not counted by callgrind)"
@@ -40,6 +40,12 @@ TRANSPARENT = re.compile(
 )
 
 NAME = re.compile(r"^\((\d+)\)(?: (.*))?$")
+# This repository's files, wherever it is checked out: "ws:/db/src/lib.rs", "ws:/target/.../posts.v1.rs".
+WORKSPACE = re.compile(r"^/(?!rustc/|usr/|root/\.cargo/|rust/).*?/(db|src|posts-svc|auth-svc|bench|target)/")
+
+
+def source(path):
+    return WORKSPACE.sub(lambda m: "ws:/" + m.group(1) + "/", path, count=1)
 
 
 def parse(path):
@@ -58,7 +64,7 @@ def parse(path):
         ident, name = m.group(1), m.group(2)
         table = names["fn" if kind in ("fn", "cfn") else "fl"]
         if name is not None:
-            table[ident] = name
+            table[ident] = source(name) if table is names["fl"] else name
         return table.get(ident, value)
 
     with open(path) as f:
