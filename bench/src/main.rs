@@ -4,10 +4,6 @@
 //! `bench serve-unguarded <posts-svc flags>` (not listed in `--help`) runs posts-svc without the guard via
 //! `posts_svc::serve_unguarded`; the harness spawns itself that way for the `list-noauth` scenario.
 
-/// The services' allocator (see their `main.rs`), so `serve-unguarded` compares like with like.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod load;
 mod otlp;
 mod report;

@@ -520,8 +520,8 @@ impl Sqlite {
     /// Runs `f` on a read-only connection, on the calling thread: for reads of a few rows.
     ///
     /// Not on the blocking pool, because for a short read the hop costs more than the read. A ListPosts
-    /// page (21 rows) is ~50k instructions of SQLite; the hop to a blocking thread and back cost ~20 µs of
-    /// CPU per call, ~7 futex calls of thread wake-ups, 30 % of the whole call (`bench/profile.sh`,
+    /// page (21 rows) is ~15 µs of SQLite; the hop to a blocking thread and back cost ~17 µs of CPU per
+    /// call, 7 futex calls of thread wake-ups, a fifth of the whole call (`bench/profile.sh`,
     /// BENCHMARKS.md "Where ListPosts' time goes"). In WAL mode a reader never waits for the writer, so
     /// what can stall the async thread is a page not in the cache, read from disk. Writes, which wait for
     /// fsync, and [`Self::read_unbounded`] stay on the blocking pool.

@@ -2,12 +2,6 @@ use std::process::ExitCode;
 
 use watchword::telemetry;
 
-/// mimalloc rather than glibc's malloc: allocation was a fifth of a ListPosts' instructions (a page is ~100
-/// strings), and mimalloc takes about half of that away (BENCHMARKS.md, "Where ListPosts' time goes").
-/// auth-svc keeps glibc's: there it saved ~1 µs of a 22 µs Validate and cost ~20 MiB of resident memory.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     watchword::transport::install_crypto_provider();
