@@ -12,6 +12,7 @@
 
 use std::{
     future::Future,
+    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     pin::pin,
     sync::{Arc, Mutex, PoisonError},
@@ -532,7 +533,9 @@ impl Sqlite {
         T: Send + 'static,
     {
         let permit = self.read_permit().await?;
-        self.with_reader(permit, f)
+        // As on the blocking pool, a rule that panics fails its own call, not the connection's task.
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.with_reader(permit, f)))
+            .map_err(|_| DbError::Worker)?
     }
 
     /// [`Self::read`] on the blocking pool: for a read that may scan many rows.
@@ -893,6 +896,27 @@ mod tests {
 
     /// Work whose caller has gone (a cancelled call) keeps its permit until it has finished: the writer
     /// permit bounds the work actually running, not the callers still waiting.
+    #[tokio::test]
+    async fn a_read_that_panics_fails_its_call_and_the_readers_keep_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("db.sqlite"), MIGRATIONS)
+            .await
+            .unwrap();
+        let inline: Result<i64, _> = db
+            .read(|_| -> rusqlite::Result<i64> { panic!("a rule with a bug") })
+            .await;
+        assert!(matches!(inline, Err(DbError::Worker)), "{inline:?}");
+        let pooled: Result<i64, _> = db
+            .read_unbounded(|_| -> rusqlite::Result<i64> { panic!("a rule with a bug") })
+            .await;
+        assert!(matches!(pooled, Err(DbError::Worker)), "{pooled:?}");
+        let count = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0)))
+            .await
+            .unwrap();
+        assert_eq!(count, 0);
+    }
+
     #[tokio::test]
     async fn a_write_whose_caller_left_holds_the_writer_until_it_is_done() {
         let dir = tempfile::tempdir().unwrap();
