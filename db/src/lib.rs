@@ -528,9 +528,8 @@ impl Sqlite {
     /// fsync, and [`Self::read_unbounded`] stay on the blocking pool.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E>,
         E: Into<DbError>,
-        T: Send + 'static,
     {
         let permit = self.read_permit().await?;
         // As on the blocking pool, a rule that panics fails its own call, not the connection's task.
