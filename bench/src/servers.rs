@@ -94,7 +94,6 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{}: cannot start {}: {e}", spec.label, spec.program.display()))?;
-    let pid = child.id();
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
     let label = spec.label;
@@ -138,7 +137,19 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
     if let Some(tls) = spec.tls {
         register_tls(addr, tls);
     }
-    if let Err(e) = wait_serving(addr, spec.health_service).await {
+    serving_child(label, addr, child, spec.health_service, started).await
+}
+
+/// `child`, listening on `addr`, once a health check of `health_service` says SERVING; killed if it never
+/// does.
+async fn serving_child(
+    label: &'static str,
+    addr: SocketAddr,
+    mut child: Child,
+    health_service: &'static str,
+    started: Instant,
+) -> Result<Server, String> {
+    if let Err(e) = wait_serving(addr, health_service).await {
         let _ = child.kill();
         let _ = child.wait();
         return Err(format!("{label}: {e}"));
@@ -146,7 +157,7 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
     Ok(Server {
         label,
         addr,
-        pid: Some(pid),
+        pid: Some(child.id()),
         startup: Some(started.elapsed()),
         kind: Kind::Child(child),
     })
@@ -172,7 +183,7 @@ pub async fn spawn_envoy(
     let path = dir.join(format!("{label}.yaml"));
     std::fs::write(&path, config(port, admin)).map_err(|e| format!("{label}: {e}"))?;
     let started = Instant::now();
-    let mut child = Command::new(envoy)
+    let child = Command::new(envoy)
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "2", "-l", "error", "--use-dynamic-base-id"])
@@ -182,18 +193,7 @@ pub async fn spawn_envoy(
         .spawn()
         .map_err(|e| format!("{label}: cannot start {}: {e}", envoy.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    if let Err(e) = wait_serving(addr, health_service).await {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("{label}: {e}"));
-    }
-    Ok(Server {
-        label,
-        addr,
-        pid: Some(child.id()),
-        startup: Some(started.elapsed()),
-        kind: Kind::Child(child),
-    })
+    serving_child(label, addr, child, health_service, started).await
 }
 
 /// Parses `... serving addr=127.0.0.1:1234` (the compact log format of `watchword::telemetry`).
