@@ -1,11 +1,12 @@
 # Shared by bench/profile.sh and bench/sidecar.sh (sourced).
 
-# The address a server logged (`serving addr=…`), waiting up to 60 s (valgrind starts slowly).
+# The address a server logged (`serving addr=…`, not the admin server's `admin serving addr=…`), waiting up
+# to 60 s (valgrind starts slowly).
 addr_of() {
     local log=$1
     for _ in $(seq 600); do
-        if grep -q 'serving addr=' "$log" 2>/dev/null; then
-            grep -o 'serving addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
+        if grep -v 'admin serving' "$log" 2>/dev/null | grep -q 'serving addr='; then
+            grep -v 'admin serving' "$log" | grep -o 'serving addr=[0-9.:]*' | head -1 | cut -d= -f2
             return
         fi
         sleep 0.1

@@ -7,13 +7,16 @@
 # else the machine does (the shared 2-core machines' neighbours move seconds, not instruction counts). It
 # does not see the kernel: the system calls each call makes are counted separately with strace.
 #
-# Usage: bench/profile.sh OUT_DIR [CALLS]
+# Usage: bench/profile.sh OUT_DIR [CALLS] [SET]
+#   SET: `list` (default: health, list-noauth, list-cached) or `observed` (issue 15: Validate and a cached
+#   ListPosts with metrics and tracing off, then on, exporting every span to `bench receive-otlp`).
 #   Needs: valgrind, h2load and nghttp (nghttp2-client), strace, python3, and release binaries with line tables:
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release -p auth-svc -p posts-svc -p bench --bins
 set -euo pipefail
 
-out=${1:?usage: bench/profile.sh OUT_DIR [CALLS]}
+out=${1:?usage: bench/profile.sh OUT_DIR [CALLS] [SET]}
 calls=${2:-4000}
+set=${3:-list}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bin=${BIN:-"$root/target/release"} # BIN: another build's binaries, to compare
@@ -93,20 +96,57 @@ profile() {
     wait "$pid" 2>/dev/null || true
 }
 
+# auth-svc on its own database (ARGS...), natively, its address in $auth.
+start_auth() {
+    "$bin/auth-svc" --listen 127.0.0.1:0 --database-url "sqlite://$work/auth.db" --peer-rate 0 "$@" \
+        >"$work/auth.log" 2>&1 &
+    pids+=("$!")
+    auth=$(addr_of "$work/auth.log")
+}
+
 extra_headers=()
-unguarded=("$bin/bench" serve-unguarded --listen 127.0.0.1:0 --admin-listen off
-    --database-url "sqlite://$work/posts.db" --auth-url http://127.0.0.1:9)
-profile health /grpc.health.v1.Health/Check "$work/health.bin" "${unguarded[@]}"
-profile list-noauth /posts.v1.PostsService/ListPosts "$work/list.bin" "${unguarded[@]}"
-# The guard's share: the shipped posts-svc (validation cache on, the default) with one user's token, and
-# auth-svc running natively beside it (it sees one Validate per cache lifetime).
-"$bin/auth-svc" --listen 127.0.0.1:0 --admin-listen off --database-url "sqlite://$work/auth.db" \
-    --peer-rate 0 >"$work/auth.log" 2>&1 &
-pids+=("$!")
-auth=$(addr_of "$work/auth.log")
-token=$(python3 "$here/profile_login.py" "$auth")
-extra_headers=(-H "authorization: Bearer $token")
-profile list-cached /posts.v1.PostsService/ListPosts "$work/list.bin" "$bin/posts-svc" --listen 127.0.0.1:0 \
-    --admin-listen off --database-url "sqlite://$work/posts.db" --auth-url "http://$auth" --validate-cache-ttl 5s
+case $set in
+list)
+    unguarded=("$bin/bench" serve-unguarded --listen 127.0.0.1:0 --admin-listen off
+        --database-url "sqlite://$work/posts.db" --auth-url http://127.0.0.1:9)
+    profile health /grpc.health.v1.Health/Check "$work/health.bin" "${unguarded[@]}"
+    profile list-noauth /posts.v1.PostsService/ListPosts "$work/list.bin" "${unguarded[@]}"
+    # The guard's share: the shipped posts-svc (validation cache on, the default) with one user's token, and
+    # auth-svc running natively beside it (it sees one Validate per cache lifetime).
+    start_auth --admin-listen off
+    token=$(python3 "$here/profile_login.py" "$auth")
+    extra_headers=(-H "authorization: Bearer $token")
+    profile list-cached /posts.v1.PostsService/ListPosts "$work/list.bin" "$bin/posts-svc" --listen 127.0.0.1:0 \
+        --admin-listen off --database-url "sqlite://$work/posts.db" --auth-url "http://$auth" --validate-cache-ttl 5s
+    ;;
+observed)
+    "$bin/bench" receive-otlp >"$work/otlp.log" 2>&1 &
+    pids+=("$!")
+    otlp="http://$(addr_of "$work/otlp.log")"
+    observed=(--admin-listen 127.0.0.1:0 --otlp-endpoint "$otlp")
+    # A token for Validate, then that auth-svc stops: each profiled one reopens its database (same keys).
+    start_auth --admin-listen off
+    token=$(python3 "$here/profile_login.py" "$auth")
+    kill "${pids[-1]}"
+    wait "${pids[-1]}" 2>/dev/null || true
+    python3 -c 'import sys; t = sys.argv[1].encode(); m = b"\x0a" + bytes([len(t) & 0x7f | 0x80, len(t) >> 7]) + t
+sys.stdout.buffer.write(b"\x00" + len(m).to_bytes(4, "big") + m)' "$token" >"$work/validate.bin"
+    auth_args=("$bin/auth-svc" --listen 127.0.0.1:0 --database-url "sqlite://$work/auth.db" --peer-rate 0)
+    profile validate /auth.v1.AuthService/Validate "$work/validate.bin" "${auth_args[@]}" --admin-listen off
+    profile validate-observed /auth.v1.AuthService/Validate "$work/validate.bin" "${auth_args[@]}" "${observed[@]}"
+    start_auth --admin-listen off
+    extra_headers=(-H "authorization: Bearer $token")
+    posts_args=("$bin/posts-svc" --listen 127.0.0.1:0 --database-url "sqlite://$work/posts.db"
+        --auth-url "http://$auth" --validate-cache-ttl 5s)
+    profile list-cached /posts.v1.PostsService/ListPosts "$work/list.bin" "${posts_args[@]}" --admin-listen off
+    profile list-cached-observed /posts.v1.PostsService/ListPosts "$work/list.bin" "${posts_args[@]}" \
+        "${observed[@]}"
+    grep spans= "$work/otlp.log" | tail -1
+    ;;
+*)
+    echo "profile.sh: SET must be list or observed" >&2
+    exit 1
+    ;;
+esac
 
 python3 "$here/stages.py" "$out" "$calls" | tee "$out/stages.md"

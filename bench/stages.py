@@ -30,6 +30,15 @@ STAGES = [
     ("The guard (watchword::guard, token checks)", r"^ws:/src/guard/|/jsonwebtoken|/ed25519|/curve25519|/sha2|/base64|/serde_json"),
     ("Handler (posts-svc)", r"^ws:/posts-svc/src/"),
 ]
+# With `observed` profiles (profile.sh's `observed` set), the observability crates get stages of their own,
+# ahead of the ones above.
+OBSERVED_STAGES = [
+    ("Spans: tracing-opentelemetry", r"/tracing-opentelemetry-"),
+    ("Spans: OpenTelemetry SDK, OTLP conversion", r"/opentelemetry[-_a-z]*-\d"),
+    ("Metrics (metrics, the Prometheus recorder)", r"/metrics-\d|/metrics-exporter|/metrics-util|/quanta-|^ws:/src/metrics\.rs"),
+    ("The observe layer (watchword::observe)", r"^ws:/src/observe\.rs"),
+    ("tracing: span registry, filters, the log line", r"/tracing-subscriber|/tracing-core|/tracing-\d|/sharded-slab|/thread_local"),
+]
 OTHER = "Other"
 KERNEL_NOTE = "system calls (not counted by callgrind)"
 
@@ -165,7 +174,10 @@ def native(path):
 
 
 def main():
+    global STAGES
     out, calls = sys.argv[1], int(sys.argv[2])
+    if glob.glob(os.path.join(out, "callgrind.*observed.out")):
+        STAGES = OBSERVED_STAGES + STAGES
     profiles = {}
     for path in sorted(glob.glob(os.path.join(out, "callgrind.*.out"))):
         name = os.path.basename(path)[len("callgrind."):-len(".out")]

@@ -3,6 +3,8 @@
 //!
 //! `bench serve-unguarded <posts-svc flags>` (not listed in `--help`) runs posts-svc without the guard via
 //! `posts_svc::serve_unguarded`; the harness spawns itself that way for the `list-noauth` scenario.
+//! `bench receive-otlp` (also hidden) runs the harness's OTLP receiver alone, logging `serving addr=…` and
+//! then the spans received every 5 s: `bench/profile.sh` exports the observed servers' spans to it.
 
 mod load;
 mod otlp;
@@ -39,6 +41,11 @@ struct Cli {
     /// Short CI mode: ~1 s per scenario, low concurrency, small pools. No thresholds.
     #[arg(long)]
     smoke: bool,
+    /// Share of traces the `*-observed` servers keep, through the OpenTelemetry SDK's standard
+    /// `OTEL_TRACES_SAMPLER=parentbased_traceidratio` (the harness's calls carry no `traceparent`, so each
+    /// is a root). 1 keeps every span, the services' default.
+    #[arg(long, default_value_t = 1.0, value_parser = sampling_ratio)]
+    trace_sampling: f64,
     /// Measured time per scenario [default: 5s; smoke: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -122,6 +129,7 @@ pub struct Params {
     pub page_size: i32,
     pub cores: usize,
     pub mode: &'static str,
+    pub trace_sampling: f64,
 }
 
 impl Params {
@@ -156,6 +164,7 @@ impl Params {
             } else {
                 "child-processes"
             },
+            trace_sampling: cli.trace_sampling,
         }
     }
 }
@@ -200,6 +209,9 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("serve-unguarded") {
         return runtime.block_on(serve_unguarded(&args[2..]));
     }
+    if args.get(1).map(String::as_str) == Some("receive-otlp") {
+        return runtime.block_on(receive_otlp());
+    }
     let cli = Cli::parse();
     match runtime.block_on(run(cli)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -232,6 +244,33 @@ async fn serve_unguarded(args: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("posts-svc (unguarded) failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--trace-sampling`: a share of traces, in (0, 1].
+fn sampling_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if ratio > 0.0 && ratio <= 1.0 => Ok(ratio),
+        _ => Err("must be a number in (0, 1], e.g. 0.01 to keep one trace in a hundred".to_owned()),
+    }
+}
+
+/// The hidden `receive-otlp` mode: the OTLP receiver on a free loopback port, until interrupted.
+async fn receive_otlp() -> ExitCode {
+    let receiver = match otlp::Receiver::start().await {
+        Ok(receiver) => receiver,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("serving addr={}", receiver.url().trim_start_matches("http://"));
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => println!("spans={} requests={}", receiver.spans(), receiver.requests()),
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }
@@ -525,6 +564,7 @@ fn auth_spec(cli: &Cli, bin: &std::path::Path, dir: &std::path::Path) -> ChildSp
             "off".into(),
         ],
         rust_log: cli.server_log.clone(),
+        env: Vec::new(),
         health_service: AUTH_HEALTH,
         tls: None,
     }
@@ -597,6 +637,7 @@ fn posts_spec(
         program,
         args,
         rust_log: cli.server_log.clone(),
+        env: Vec::new(),
         health_service: POSTS_HEALTH,
         tls: tls.map(|tls| tls.client.clone()),
     }
@@ -751,6 +792,12 @@ async fn start_servers(
                             spec.args[at + 1] = "127.0.0.1:0".into();
                         }
                         spec.args.extend(["--otlp-endpoint".into(), receiver.url()]);
+                        if cli.trace_sampling < 1.0 {
+                            spec.env.extend([
+                                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+                                ("OTEL_TRACES_SAMPLER_ARG", cli.trace_sampling.to_string()),
+                            ]);
+                        }
                         spec
                     };
                     let mut auth_spec = observe(auth_spec(cli, &bin, dir));

@@ -320,6 +320,20 @@ impl Report {
             p.posts,
             p.page_size
         );
+        if self.outcomes.iter().any(|o| o.name.ends_with("-observed")) {
+            let _ = writeln!(
+                s,
+                "Observed servers: metrics counted, spans exported to the harness's OTLP receiver, {}.\n",
+                if p.trace_sampling < 1.0 {
+                    format!(
+                        "traces sampled at {} (parentbased_traceidratio)",
+                        p.trace_sampling
+                    )
+                } else {
+                    "every span (the default sampler)".to_owned()
+                }
+            );
+        }
         s.push_str(
             "| scenario | tasks | req/s | slices req/s (min–max) | p50 ms | p90 ms | p99 ms | auth CPU µs/call | posts CPU µs/call | harness CPU µs/call | errors |\n",
         );
@@ -500,6 +514,7 @@ impl Report {
                 "users": p.users,
                 "posts": p.posts,
                 "page_size": p.page_size,
+                "trace_sampling": p.trace_sampling,
             },
             "argon2_ms_per_hash": self.argon2.per_hash_ms(),
             "argon2_hashes": self.argon2.hashes,

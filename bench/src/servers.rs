@@ -77,6 +77,8 @@ pub struct ChildSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub rust_log: String,
+    /// More environment for the child (`RUST_LOG` is set from `rust_log`).
+    pub env: Vec<(&'static str, String)>,
     pub health_service: &'static str,
     /// How to reach it if it serves TLS.
     pub tls: Option<ClientTls>,
@@ -89,6 +91,7 @@ pub async fn spawn_child(spec: ChildSpec) -> Result<Server, String> {
     let mut child = Command::new(&spec.program)
         .args(&spec.args)
         .env("RUST_LOG", &spec.rust_log)
+        .envs(spec.env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
