@@ -12,9 +12,11 @@
 //! headers; a call dropped before that (client reset, deadline) ends as `Cancelled`.
 //!
 //! Spans use the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`, `rpc.method`,
-//! `rpc.grpc.status_code`) and the target [`SPAN_TARGET`], which the log formatters leave out: they reach
-//! only the OpenTelemetry exporter, and cost nothing when it is off. Nothing from the metadata (where
-//! tokens travel) is ever read, except `traceparent`/`tracestate`.
+//! `rpc.grpc.status_code`). They are OpenTelemetry spans made with [`crate::telemetry::tracer`], not
+//! `tracing` spans: none is built while traces are off, and one the sampler drops is a span context and
+//! nothing more. The call's [`opentelemetry::Context`] is current while the call is polled (and while its
+//! log line is written), so the guard's span, the client span of Validate and the JSON log lines all find
+//! it. Nothing from the metadata (where tokens travel) is ever read, except `traceparent`/`tracestate`.
 
 use std::{
     collections::HashMap,
@@ -26,18 +28,18 @@ use std::{
 };
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::{
+    Context as TraceContext, KeyValue, Value,
+    context::FutureExt as _,
+    propagation::{Extractor, Injector, TextMapPropagator as _},
+    trace::{SpanKind, Status, TraceContextExt as _, Tracer as _},
+};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost::Message as _;
 use tonic::Code;
 use tower::{Layer, Service};
-use tracing::{Instrument as _, Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::metrics::Metrics;
-
-/// The `tracing` target of the RPC spans (server, client and the guard's).
-pub const SPAN_TARGET: &str = "watchword::rpc";
 
 /// Which end of a call is observed: it names the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +168,10 @@ struct Series {
     service: String,
     method: String,
     /// `service/method`, the span name the conventions ask for.
-    span_name: String,
+    span_name: Arc<str>,
+    /// `rpc.service` and `rpc.method` as attribute values: shared, so a span's attributes copy no text.
+    rpc_service: Value,
+    rpc_method: Value,
     started: metrics::Counter,
     ended: [OnceLock<(metrics::Counter, metrics::Histogram)>; 17],
 }
@@ -191,7 +196,9 @@ impl Series {
             kind,
             service: service.to_owned(),
             method: method.to_owned(),
-            span_name: format!("{service}/{method}"),
+            span_name: format!("{service}/{method}").into(),
+            rpc_service: Value::String(Arc::<str>::from(service).into()),
+            rpc_method: Value::String(Arc::<str>::from(method).into()),
             started,
             ended: Default::default(),
         }
@@ -263,33 +270,23 @@ impl Observer {
         Arc::clone(self.unknown_method.get(service).unwrap_or(&self.unknown))
     }
 
-    /// The span of a call of `series`: `otel.name` is `service/method`, as the conventions ask.
-    fn span(&self, series: &Series) -> Span {
-        let name = &series.span_name;
-        match self.side {
-            Side::Server => tracing::info_span!(
-                target: SPAN_TARGET,
-                "grpc.server",
-                otel.name = %name,
-                otel.kind = "server",
-                otel.status_code = Empty,
-                rpc.system = "grpc",
-                rpc.service = %series.service,
-                rpc.method = %series.method,
-                rpc.grpc.status_code = Empty,
-            ),
-            Side::Client => tracing::info_span!(
-                target: SPAN_TARGET,
-                "grpc.client",
-                otel.name = %name,
-                otel.kind = "client",
-                otel.status_code = Empty,
-                rpc.system = "grpc",
-                rpc.service = %series.service,
-                rpc.method = %series.method,
-                rpc.grpc.status_code = Empty,
-            ),
-        }
+    /// A span for a call of `series` under `parent`, while traces are exported: named `service/method`, as
+    /// the conventions ask.
+    fn span(&self, series: &Series, parent: &TraceContext) -> Option<TraceContext> {
+        let tracer = crate::telemetry::tracer()?;
+        let span = tracer
+            .span_builder(series.span_name.to_string())
+            .with_kind(match self.side {
+                Side::Server => SpanKind::Server,
+                Side::Client => SpanKind::Client,
+            })
+            .with_attributes([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", series.rpc_service.clone()),
+                KeyValue::new("rpc.method", series.rpc_method.clone()),
+            ])
+            .start_with_context(tracer, parent);
+        Some(parent.with_span(span))
     }
 }
 
@@ -308,7 +305,7 @@ impl ObserveLayer {
         }
     }
 
-    /// Counts nothing (the spans are still opened, for whatever subscriber is installed).
+    /// Counts nothing (spans are still made while traces are exported).
     pub fn disabled() -> Self {
         Self::new(&Metrics::disabled(), &Methods::default())
     }
@@ -358,27 +355,29 @@ where
         }
         let series = self.observer.series(request.uri().path());
         series.started.increment(1);
-        let span = self.observer.span(&series);
-        if !span.is_disabled() {
-            // Before anything reads the span's context: its parent is fixed when it starts.
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-            let _ = span.set_parent(parent);
+        let trace = self.observer.span(&series, &{
+            TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()))
+        });
+        let mut end = CallEnd::new(series, trace.clone());
+        // Current while the layers below are called and while the call is polled: the call log, the guard
+        // and the client of Validate find the call's span there.
+        let response = {
+            let _current = trace.clone().map(TraceContext::attach);
+            self.inner.call(request)
+        };
+        let call = async move {
+            let response = response.await.inspect_err(|_| end.code = Some(Code::Unknown))?;
+            // A trailers-only response (every error) carries grpc-status in the headers.
+            end.code = grpc_status(response.headers());
+            Ok(response.map(|inner| ObservedBody {
+                inner,
+                end: Some(end),
+            }))
+        };
+        match trace {
+            Some(trace) => Box::pin(call.with_context(trace)),
+            None => Box::pin(call),
         }
-        let mut end = CallEnd::new(series, span.clone());
-        // Inside the span, so the layers below (the call log) see it as the current span.
-        let response = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let response = response.await.inspect_err(|_| end.code = Some(Code::Unknown))?;
-                // A trailers-only response (every error) carries grpc-status in the headers.
-                end.code = grpc_status(response.headers());
-                Ok(response.map(|inner| ObservedBody {
-                    inner,
-                    end: Some(end),
-                }))
-            }
-            .instrument(span),
-        )
     }
 }
 
@@ -423,27 +422,23 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let series = self.observer.series(request.uri().path());
         series.started.increment(1);
-        let span = self.observer.span(&series);
-        if !span.is_disabled() {
-            TraceContextPropagator::new()
-                .inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
+        let trace = TraceContext::map_current(|current| self.observer.span(&series, current));
+        if let Some(trace) = &trace {
+            TraceContextPropagator::new().inject_context(trace, &mut HeaderInjector(request.headers_mut()));
         }
-        let mut end = CallEnd::new(series, span.clone());
+        let mut end = CallEnd::new(series, trace);
         let response = self.channel.call(request);
-        Box::pin(
-            async move {
-                // A transport error (no connection, reset) is what tonic reports as UNAVAILABLE.
-                let response = response
-                    .await
-                    .inspect_err(|_| end.code = Some(Code::Unavailable))?;
-                end.code = grpc_status(response.headers());
-                Ok(response.map(|inner| ObservedBody {
-                    inner,
-                    end: Some(end),
-                }))
-            }
-            .instrument(span),
-        )
+        Box::pin(async move {
+            // A transport error (no connection, reset) is what tonic reports as UNAVAILABLE.
+            let response = response
+                .await
+                .inspect_err(|_| end.code = Some(Code::Unavailable))?;
+            end.code = grpc_status(response.headers());
+            Ok(response.map(|inner| ObservedBody {
+                inner,
+                end: Some(end),
+            }))
+        })
     }
 }
 
@@ -514,16 +509,17 @@ impl<B: Body> Body for ObservedBody<B> {
 /// A call in progress; records its end when dropped, so a call abandoned anywhere is counted too.
 pub struct CallEnd {
     series: Arc<Series>,
-    span: Span,
+    /// The call's span, while traces are exported.
+    trace: Option<TraceContext>,
     start: Instant,
     code: Option<Code>,
 }
 
 impl CallEnd {
-    fn new(series: Arc<Series>, span: Span) -> Self {
+    fn new(series: Arc<Series>, trace: Option<TraceContext>) -> Self {
         Self {
             series,
-            span,
+            trace,
             start: Instant::now(),
             code: None,
         }
@@ -536,8 +532,9 @@ impl Drop for CallEnd {
         let (handled, handling) = self.series.ended(code);
         handled.increment(1);
         handling.record(self.start.elapsed().as_secs_f64());
-        if !self.span.is_disabled() {
-            self.span.record("rpc.grpc.status_code", code as i64);
+        if let Some(trace) = &self.trace {
+            let span = trace.span();
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
             // The conventions' rule: a client call failed unless OK; a server call failed only when the
             // server is at fault, not when it refused the caller.
             let failed = match self.series.side {
@@ -553,8 +550,9 @@ impl Drop for CallEnd {
                 ),
             };
             if failed {
-                self.span.record("otel.status_code", "ERROR");
+                span.set_status(Status::error(code_name(code)));
             }
+            span.end();
         }
     }
 }

@@ -267,7 +267,7 @@ where
             method: request.uri().path().to_owned(),
             start: Instant::now(),
             code: None,
-            span: tracing::Span::current(),
+            trace: opentelemetry::Context::current(),
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -329,13 +329,14 @@ pub struct CallRecord {
     method: String,
     start: Instant,
     code: Option<tonic::Code>,
-    /// The call's span (from [`ObserveLayer`]), so the line joins the call's trace wherever it is logged.
-    span: tracing::Span,
+    /// The call's trace context (from [`ObserveLayer`]), so the line joins the call's trace wherever it is
+    /// logged.
+    trace: opentelemetry::Context,
 }
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        let _in_call = self.span.enter();
+        let _in_call = std::mem::take(&mut self.trace).attach();
         let latency_us = self.start.elapsed().as_micros() as u64;
         match self.code {
             Some(code) => tracing::info!(method = %self.method, code = ?code, latency_us, "call"),

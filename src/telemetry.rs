@@ -1,32 +1,33 @@
-//! Logs and traces, set up once by each binary. Libraries only emit `tracing` events and spans; the binary
-//! decides where they go.
+//! Logs and traces, set up once by each binary. Libraries only emit `tracing` events and OpenTelemetry spans
+//! through [`tracer`]; the binary decides where they go.
 //!
 //! - Logs go to stderr, filtered by `RUST_LOG` (default `info`), as compact text or as JSON lines
 //!   (`--log-format json`: `timestamp`, `level`, `target`, `message`, the event's fields, and `trace_id` /
 //!   `span_id` while a trace is active, so a log line and its trace can be joined).
-//! - Traces (`--otlp-endpoint`) go over OTLP/gRPC to a collector, batched, from a background thread:
-//!   every span at INFO or above, whatever `RUST_LOG` says, with WARN and ERROR events attached to their
-//!   span. The RPC spans ([`crate::observe::SPAN_TARGET`]) are for traces only and never printed.
-//!   The standard `OTEL_*` variables the SDK reads (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...) apply.
+//! - Traces (`--otlp-endpoint`) go over OTLP/gRPC to a collector, batched, from a background thread. The
+//!   spans are the RPC spans ([`crate::observe`]) and the guard's, built directly with the OpenTelemetry API
+//!   rather than converted from `tracing` spans: a span the sampler drops costs almost nothing, and one it
+//!   keeps costs what the SDK needs and no more. WARN and ERROR events are attached to the current span as
+//!   span events. The standard `OTEL_*` variables the SDK reads (`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...)
+//!   apply.
 
-use std::{
-    io::IsTerminal as _,
-    sync::{Arc, OnceLock},
+use std::{io::IsTerminal as _, sync::OnceLock};
+
+use opentelemetry::{
+    KeyValue,
+    trace::{TraceContextExt as _, TracerProvider as _},
 };
-
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
-use tracing::{Dispatch, Level, Subscriber, dispatcher::WeakDispatch, field::Field};
+use opentelemetry_sdk::trace::SdkTracer;
+use tracing::{Subscriber, field::Field};
 use tracing_subscriber::{
-    EnvFilter, Layer as _,
-    filter::{FilterExt as _, LevelFilter, Targets, filter_fn},
+    EnvFilter, Layer,
+    filter::LevelFilter,
     fmt::{self, FmtContext, FormatEvent, FormatFields, format::Writer, time::FormatTime as _},
     layer::SubscriberExt as _,
     registry::LookupSpan,
     util::SubscriberInitExt as _,
 };
-
-use crate::observe::SPAN_TARGET;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,17 +138,7 @@ pub fn init() {
 /// Installs logging and, with an endpoint, trace export, as `options` say. Call once, from `main`, within
 /// a Tokio runtime (the exporter's connection lives on it); keep the returned value until exit.
 pub fn init_with(options: &Options) -> Result<Telemetry, TelemetryError> {
-    // The RPC spans are for traces; the logs keep the lines they always had. A static filter, so that
-    // without a trace exporter those spans are never even created.
-    let not_rpc_spans = Targets::new()
-        .with_target(SPAN_TARGET, LevelFilter::OFF)
-        .with_default(LevelFilter::TRACE);
-    let log_filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-            .and(not_rpc_spans.clone())
-    };
-    let dispatch_cell = Arc::new(OnceLock::new());
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match options.log_format {
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
@@ -158,14 +149,12 @@ pub fn init_with(options: &Options) -> Result<Telemetry, TelemetryError> {
             .boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
-            .event_format(JsonLines {
-                dispatch: Arc::clone(&dispatch_cell),
-            })
+            .event_format(JsonLines)
             .with_filter(log_filter())
             .boxed(),
     };
-    let (traces, provider) = match &options.otlp_endpoint {
-        None => (None, None),
+    let provider = match &options.otlp_endpoint {
+        None => None,
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -179,49 +168,97 @@ pub fn init_with(options: &Options) -> Result<Telemetry, TelemetryError> {
                 )
                 .with_batch_exporter(exporter)
                 .build();
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("watchword"))
-                // Attributes nobody queries by, each a string per span.
-                .with_location(false)
-                .with_threads(false)
-                .with_target(false)
-                // Busy/idle times would cost two clock reads on every poll of every span.
-                .with_tracked_inactivity(false)
-                // Nothing here reads OpenTelemetry's current context: entering a span need not set it.
-                .with_context_activation(false)
-                .with_filter(filter_fn(|meta| {
-                    let floor = if meta.is_span() { Level::INFO } else { Level::WARN };
-                    *meta.level() <= floor
-                }));
-            (Some(layer), Some(provider))
+            // The first binary-wide tracer wins; a second `init_with` fails below (subscriber already set).
+            let _ = TRACER.set(provider.tracer("watchword"));
+            Some(provider)
         }
     };
-    let dispatch = Dispatch::new(tracing_subscriber::registry().with(logs).with(traces));
-    let _ = dispatch_cell.set(dispatch.downgrade());
-    dispatch.try_init()?;
+    let span_events = provider
+        .is_some()
+        .then(|| SpanEvents.with_filter(LevelFilter::WARN));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(span_events)
+        .try_init()?;
     Ok(Telemetry { provider })
 }
 
-/// The JSON line format: see the module documentation.
-struct JsonLines {
-    /// The dispatcher it is installed in, set once that exists: the trace ids are read through it (inside
-    /// an event, `tracing`'s own "current dispatcher" is not available).
-    dispatch: Arc<OnceLock<WeakDispatch>>,
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer of the RPC and guard spans while traces are exported ([`init_with`] with an endpoint); `None`
+/// otherwise, and then no span is built at all.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
 }
 
-impl JsonLines {
-    /// The trace and span ids of the event's span (its explicit parent, else the current span, whether or
-    /// not logs show it: the RPC spans are where traces live).
-    fn trace_ids(&self, event: &tracing::Event<'_>) -> Option<(String, String)> {
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        let current = dispatch.current_span();
-        let id = event.parent().or(current.id())?;
-        let context = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
-        let span = context.span();
+/// Attaches WARN and ERROR events (filtered by the caller) to the current OpenTelemetry span as span
+/// events, when that span is recorded: a trace shows why its call failed without a trip to the logs.
+struct SpanEvents;
+
+impl<S: Subscriber> Layer<S> for SpanEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        opentelemetry::Context::map_current(|cx| {
+            let span = cx.span();
+            if !span.is_recording() {
+                return;
+            }
+            let mut fields = SpanEventFields::default();
+            event.record(&mut fields);
+            fields
+                .attributes
+                .push(KeyValue::new("level", event.metadata().level().as_str()));
+            span.add_event(fields.message, fields.attributes);
+        });
+    }
+}
+
+/// An event's message and its other fields as span-event attributes.
+#[derive(Default)]
+struct SpanEventFields {
+    message: String,
+    attributes: Vec<KeyValue>,
+}
+
+impl tracing::field::Visit for SpanEventFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let value = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = value,
+            name => self.attributes.push(KeyValue::new(name, value)),
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            name => self.attributes.push(KeyValue::new(name, value.to_owned())),
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.attributes.push(KeyValue::new(
+            field.name(),
+            i64::try_from(value).unwrap_or(i64::MAX),
+        ));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+}
+
+/// The JSON line format: see the module documentation.
+struct JsonLines;
+
+/// The trace and span ids of the current OpenTelemetry context, if it holds a valid span: the call's
+/// (the observe layer makes it current while the call runs, and the call log makes it current to log).
+fn trace_ids() -> Option<(String, String)> {
+    opentelemetry::Context::map_current(|cx| {
+        let span = cx.span();
         let ids = span.span_context();
         ids.is_valid()
             .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
-    }
+    })
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -249,7 +286,7 @@ where
             "message".into(),
             fields.remove("message").unwrap_or_else(|| "".into()),
         );
-        if let Some((trace_id, span_id)) = self.trace_ids(event) {
+        if let Some((trace_id, span_id)) = trace_ids() {
             line.insert("trace_id".into(), trace_id.into());
             line.insert("span_id".into(), span_id.into());
         }
@@ -289,7 +326,9 @@ impl tracing::field::Visit for JsonFields {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::Tracer as _;
 
     use super::*;
 
@@ -318,28 +357,20 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_carry_the_fields_and_the_trace_of_the_current_span() {
+    fn json_lines_carry_the_fields_and_the_trace_of_the_current_context() {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let cell = Arc::new(OnceLock::new());
-        let json = JsonLines {
-            dispatch: Arc::clone(&cell),
-        };
-        let dispatch = Dispatch::new(
-            tracing_subscriber::registry()
-                .with(
-                    fmt::layer()
-                        .event_format(json)
-                        .with_writer(move || writer.clone()),
-                )
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+        let tracer = provider.tracer("test");
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(move || writer.clone()),
         );
-        cell.set(dispatch.downgrade()).unwrap();
-        tracing::dispatcher::with_default(&dispatch, || {
+        tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, who = "alice", "outside");
-            let span = tracing::info_span!("work");
-            let _entered = span.enter();
+            let span = tracer.start("work");
+            let _attached = opentelemetry::Context::current_with_span(span).attach();
             tracing::warn!(ok = true, "inside");
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
@@ -359,5 +390,64 @@ mod tests {
         assert_eq!(lines[1]["ok"], true);
         assert_eq!(lines[1]["trace_id"].as_str().unwrap().len(), 32, "{text}");
         assert_eq!(lines[1]["span_id"].as_str().unwrap().len(), 16, "{text}");
+    }
+
+    /// Keeps every ended span.
+    #[derive(Debug, Default, Clone)]
+    struct Collect(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanProcessor for Collect {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+        fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(
+            &self,
+            _timeout: std::time::Duration,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warnings_and_errors_become_events_of_the_current_span_and_nothing_else_does() {
+        let spans = Collect::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(spans.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        let subscriber = tracing_subscriber::registry().with(SpanEvents.with_filter(LevelFilter::WARN));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("outside any span: dropped");
+            let span = tracer.start("call");
+            let call = opentelemetry::Context::current_with_span(span);
+            {
+                let _attached = call.clone().attach();
+                tracing::info!("an info line stays in the logs");
+                tracing::warn!(code = "Unavailable", attempt = 2_u64, "auth-svc Validate failed");
+                tracing::error!(ok = false, "broke");
+            }
+            call.span().end();
+        });
+        let spans = spans.0.lock().unwrap();
+        assert_eq!(spans.len(), 1);
+        let events: Vec<_> = spans[0].events.iter().collect();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].name, "auth-svc Validate failed");
+        let attribute = |event: &opentelemetry::trace::Event, key: &str| {
+            event
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attribute(events[0], "code").as_deref(), Some("Unavailable"));
+        assert_eq!(attribute(events[0], "attempt").as_deref(), Some("2"));
+        assert_eq!(attribute(events[0], "level").as_deref(), Some("WARN"));
+        assert_eq!(events[1].name, "broke");
+        assert_eq!(attribute(events[1], "level").as_deref(), Some("ERROR"));
     }
 }

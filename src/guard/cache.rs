@@ -26,6 +26,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use opentelemetry::trace::TraceContextExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::OnceCell, time::Instant};
 
@@ -97,14 +98,19 @@ impl Requests {
         }
     }
 
-    /// Counts `result` and marks it on the guard's span (the current one).
+    /// Counts `result` and marks it on the guard's span (the current one, if traces are exported).
     fn count(&self, result: &'static str) {
         match result {
             "hit" => self.hit.increment(1),
             "shared" => self.shared.increment(1),
             _ => self.miss.increment(1),
         }
-        tracing::Span::current().record("watchword.guard.cache", result);
+        if crate::telemetry::tracer().is_some() {
+            opentelemetry::Context::map_current(|trace| {
+                let attribute = opentelemetry::KeyValue::new("watchword.guard.cache", result);
+                trace.span().set_attribute(attribute);
+            });
+        }
     }
 }
 

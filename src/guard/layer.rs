@@ -10,14 +10,16 @@ use std::{
     task::{Context, Poll},
 };
 
+use opentelemetry::{
+    Context as TraceContext, KeyValue,
+    context::FutureExt as _,
+    trace::{TraceContextExt as _, Tracer as _},
+};
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
-use tracing::{Instrument as _, field::Empty};
 
 use super::{GuardError, GuardValidator, Identity, Validator};
-use crate::{
-    credentials::bearer_token, metrics::Metrics, observe::SPAN_TARGET, reason::Reason, roles::Level,
-};
+use crate::{credentials::bearer_token, metrics::Metrics, reason::Reason, roles::Level};
 
 /// `watchword_guard_decisions_total`, one series per decision and reason.
 pub(crate) struct Decisions {
@@ -248,40 +250,48 @@ where
         let policy = self.policy;
         let decisions = Arc::clone(&self.decisions);
         Box::pin(async move {
-            // The decision's own span (the cache records hit, miss or shared on it), under the call's.
-            let span = tracing::info_span!(
-                target: SPAN_TARGET,
-                "guard",
-                watchword.guard.decision = Empty,
-                watchword.guard.reason = Empty,
-                watchword.guard.cache = Empty,
-            );
+            // The decision's own span (the cache records hit, miss or shared on it), under the call's, while
+            // traces are exported.
+            let trace = crate::telemetry::tracer().map(|tracer| {
+                TraceContext::map_current(|call| call.with_span(tracer.start_with_context("guard", call)))
+            });
             let token = bearer_token(request.headers());
             let verdict = async {
                 match token {
                     Ok(token) => validator.validate(token).await,
                     Err(e) => Err(GuardError::Credentials(e)),
                 }
-            }
-            .instrument(span.clone())
-            .await;
+            };
+            let verdict = match &trace {
+                Some(trace) => verdict.with_context(trace.clone()).await,
+                None => verdict.await,
+            };
             let verdict = verdict.and_then(|identity| {
                 policy.check(request.uri().path(), &identity)?;
                 Ok(identity)
             });
+            // Ends the span on every path, before the handler runs: it times the decision alone.
+            let decided = |attributes: [Option<KeyValue>; 2]| {
+                if let Some(trace) = &trace {
+                    let span = trace.span();
+                    span.set_attributes(attributes.into_iter().flatten());
+                    span.end();
+                }
+            };
             match verdict {
                 Ok(identity) => {
                     decisions.allow.increment(1);
-                    span.record("watchword.guard.decision", "allow");
-                    drop(span);
+                    decided([Some(KeyValue::new("watchword.guard.decision", "allow")), None]);
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
                 }
                 Err(error) => {
                     let reason = error.reason();
                     decisions.refused(reason).increment(1);
-                    span.record("watchword.guard.decision", decision(reason));
-                    span.record("watchword.guard.reason", reason.as_str());
+                    decided([
+                        Some(KeyValue::new("watchword.guard.decision", decision(reason))),
+                        Some(KeyValue::new("watchword.guard.reason", reason.as_str())),
+                    ]);
                     tracing::debug!(%error, "guard refused call");
                     Ok(Status::from(error).into_http())
                 }
