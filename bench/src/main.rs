@@ -46,6 +46,11 @@ struct Cli {
     /// is a root). 1 keeps every span, the services' default.
     #[arg(long, default_value_t = 1.0, value_parser = sampling_ratio)]
     trace_sampling: f64,
+    /// Start the `*-observed` servers exactly like the others (metrics and tracing off): what the
+    /// observed / off ratios read when nothing differs, i.e. the harness's own bias and noise between two
+    /// server pairs.
+    #[arg(long)]
+    calibrate: bool,
     /// Measured time per scenario [default: 5s; smoke: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -130,6 +135,7 @@ pub struct Params {
     pub cores: usize,
     pub mode: &'static str,
     pub trace_sampling: f64,
+    pub calibrate: bool,
 }
 
 impl Params {
@@ -165,6 +171,7 @@ impl Params {
                 "child-processes"
             },
             trace_sampling: cli.trace_sampling,
+            calibrate: cli.calibrate,
         }
     }
 }
@@ -785,6 +792,9 @@ async fn start_servers(
             let (auth_observed, posts_observed) = match receiver {
                 Some(receiver) => {
                     let observe = |mut spec: ChildSpec| {
+                        if cli.calibrate {
+                            return spec;
+                        }
                         // As shipped with both on: an admin server (metrics counted) and OTLP export with the
                         // SDK's defaults (batches of 512, a 2048-span queue, every 5 s), sampling everything.
                         let at = spec.args.iter().position(|a| a == "--admin-listen");

@@ -321,18 +321,21 @@ impl Report {
             p.page_size
         );
         if self.outcomes.iter().any(|o| o.name.ends_with("-observed")) {
-            let _ = writeln!(
-                s,
-                "Observed servers: metrics counted, spans exported to the harness's OTLP receiver, {}.\n",
-                if p.trace_sampling < 1.0 {
-                    format!(
-                        "traces sampled at {} (parentbased_traceidratio)",
-                        p.trace_sampling
-                    )
-                } else {
-                    "every span (the default sampler)".to_owned()
-                }
-            );
+            let observed = if p.calibrate {
+                "calibration (--calibrate): the *-observed servers run with metrics and tracing off, like the \
+                 others"
+                    .to_owned()
+            } else if p.trace_sampling < 1.0 {
+                format!(
+                    "metrics counted, spans exported to the harness's OTLP receiver, traces sampled at {} \
+                     (parentbased_traceidratio)",
+                    p.trace_sampling
+                )
+            } else {
+                "metrics counted, every span exported to the harness's OTLP receiver (the default sampler)"
+                    .to_owned()
+            };
+            let _ = writeln!(s, "Observed servers: {observed}.\n");
         }
         s.push_str(
             "| scenario | tasks | req/s | slices req/s (min–max) | p50 ms | p90 ms | p99 ms | auth CPU µs/call | posts CPU µs/call | harness CPU µs/call | errors |\n",
@@ -515,6 +518,7 @@ impl Report {
                 "posts": p.posts,
                 "page_size": p.page_size,
                 "trace_sampling": p.trace_sampling,
+                "calibrate": p.calibrate,
             },
             "argon2_ms_per_hash": self.argon2.per_hash_ms(),
             "argon2_hashes": self.argon2.hashes,
