@@ -270,10 +270,11 @@ impl Observer {
         Arc::clone(self.unknown_method.get(service).unwrap_or(&self.unknown))
     }
 
-    /// A span for a call of `series` under `parent`, while traces are exported: named `service/method`, as
-    /// the conventions ask.
-    fn span(&self, series: &Series, parent: &TraceContext) -> Option<TraceContext> {
+    /// A span for a call of `series` under `parent()`, while traces are exported (`parent` is not even
+    /// asked otherwise): named `service/method`, as the conventions ask.
+    fn span(&self, series: &Series, parent: impl FnOnce() -> TraceContext) -> Option<TraceContext> {
         let tracer = crate::telemetry::tracer()?;
+        let parent = parent();
         let span = tracer
             .span_builder(series.span_name.to_string())
             .with_kind(match self.side {
@@ -285,7 +286,7 @@ impl Observer {
                 KeyValue::new("rpc.service", series.rpc_service.clone()),
                 KeyValue::new("rpc.method", series.rpc_method.clone()),
             ])
-            .start_with_context(tracer, parent);
+            .start_with_context(tracer, &parent);
         Some(parent.with_span(span))
     }
 }
@@ -355,7 +356,7 @@ where
         }
         let series = self.observer.series(request.uri().path());
         series.started.increment(1);
-        let trace = self.observer.span(&series, &{
+        let trace = self.observer.span(&series, || {
             TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()))
         });
         let mut end = CallEnd::new(series, trace.clone());
@@ -422,7 +423,7 @@ impl Service<http::Request<tonic::body::Body>> for ObservedChannel {
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let series = self.observer.series(request.uri().path());
         series.started.increment(1);
-        let trace = TraceContext::map_current(|current| self.observer.span(&series, current));
+        let trace = self.observer.span(&series, TraceContext::current);
         if let Some(trace) = &trace {
             TraceContextPropagator::new().inject_context(trace, &mut HeaderInjector(request.headers_mut()));
         }

@@ -267,7 +267,7 @@ where
             method: request.uri().path().to_owned(),
             start: Instant::now(),
             code: None,
-            trace: opentelemetry::Context::current(),
+            trace: crate::telemetry::tracer().map(|_| opentelemetry::Context::current()),
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -329,14 +329,14 @@ pub struct CallRecord {
     method: String,
     start: Instant,
     code: Option<tonic::Code>,
-    /// The call's trace context (from [`ObserveLayer`]), so the line joins the call's trace wherever it is
-    /// logged.
-    trace: opentelemetry::Context,
+    /// The call's trace context (from [`ObserveLayer`]) while traces are exported, so the line joins the
+    /// call's trace wherever it is logged.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        let _in_call = std::mem::take(&mut self.trace).attach();
+        let _in_call = self.trace.take().map(opentelemetry::Context::attach);
         let latency_us = self.start.elapsed().as_micros() as u64;
         match self.code {
             Some(code) => tracing::info!(method = %self.method, code = ?code, latency_us, "call"),
