@@ -168,7 +168,7 @@ struct Series {
     service: String,
     method: String,
     /// `service/method`, the span name the conventions ask for.
-    span_name: Arc<str>,
+    span_name: String,
     /// `rpc.service` and `rpc.method` as attribute values: shared, so a span's attributes copy no text.
     rpc_service: Value,
     rpc_method: Value,
@@ -196,7 +196,7 @@ impl Series {
             kind,
             service: service.to_owned(),
             method: method.to_owned(),
-            span_name: format!("{service}/{method}").into(),
+            span_name: format!("{service}/{method}"),
             rpc_service: Value::String(Arc::<str>::from(service).into()),
             rpc_method: Value::String(Arc::<str>::from(method).into()),
             started,
@@ -276,7 +276,7 @@ impl Observer {
         let tracer = crate::telemetry::tracer()?;
         let parent = parent();
         let span = tracer
-            .span_builder(series.span_name.to_string())
+            .span_builder(series.span_name.clone())
             .with_kind(match self.side {
                 Side::Server => SpanKind::Server,
                 Side::Client => SpanKind::Client,
