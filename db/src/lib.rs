@@ -893,8 +893,8 @@ mod tests {
         db.ping().await.unwrap();
     }
 
-    /// Work whose caller has gone (a cancelled call) keeps its permit until it has finished: the writer
-    /// permit bounds the work actually running, not the callers still waiting.
+    /// A rule that panics fails its own call with `DbError::Worker`, inline or on the blocking pool; its
+    /// reader connection is dropped, and the next read opens another.
     #[tokio::test]
     async fn a_read_that_panics_fails_its_call_and_the_readers_keep_serving() {
         let dir = tempfile::tempdir().unwrap();
@@ -916,6 +916,8 @@ mod tests {
         assert_eq!(count, 0);
     }
 
+    /// Work whose caller has gone (a cancelled call) keeps its permit until it has finished: the writer
+    /// permit bounds the work actually running, not the callers still waiting.
     #[tokio::test]
     async fn a_write_whose_caller_left_holds_the_writer_until_it_is_done() {
         let dir = tempfile::tempdir().unwrap();
