@@ -558,7 +558,8 @@ impl Drop for CallEnd {
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+/// The gRPC status in `headers` (a trailers-only response's headers, or the trailers), if any.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?;
     Some(Code::from_bytes(value.as_bytes()))
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::Router;
 use tower::{Layer, Service, layer::util::Stack};
 
-use crate::observe::ObserveLayer;
+use crate::observe::{ObserveLayer, grpc_status};
 use crate::transport::Transport;
 use crate::web::{GrpcWebLayer, Origin};
 use tower_http::cors::CorsLayer;
@@ -343,11 +343,6 @@ impl Drop for CallRecord {
             None => tracing::info!(method = %self.method, code = "Cancelled", latency_us, "call"),
         }
     }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?;
-    Some(tonic::Code::from_bytes(value.as_bytes()))
 }
 
 /// Server reflection (v1 and v1alpha: grpcurl 1.8 only speaks v1alpha, newer tools prefer v1) for the
