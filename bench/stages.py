@@ -26,8 +26,9 @@ STAGES = [
     ("SQLite rows into posts (rusqlite, the store)", r"/rusqlite-\d|^ws:/db/|^ws:/posts-svc/src/store/|/hashlink|/lru"),
     ("Protobuf encoding (prost)", r"/prost-\d|/prost-types|/tonic-prost|/out/[a-z.0-9]+\.rs$|^ws:/posts-svc/src/service\.rs"),
     ("The per-call log line (tracing, formatting)", r"/tracing-subscriber|/tracing-core|/tracing-\d|/sharded-slab|/nu-ansi|/core/src/fmt/|^ws:/src/server\.rs$|/thread_local|/tracing-log"),
+    # Ahead of "Layers": the guard's files are under src/ too.
+    ("The guard (watchword::guard, token checks)", r"^ws:/src/guard/|^ws:/src/credentials\.rs$|/quick_cache-|/jsonwebtoken|/ed25519|/curve25519|/sha2|/block-buffer|/digest-"),
     ("Layers and routing (tonic, tower, CORS, gRPC-Web, observe)", r"/tonic-\d|/tonic-web|/tower|/axum|/matchit|/opentelemetry|^ws:/src/|/pin-project"),
-    ("The guard (watchword::guard, token checks)", r"^ws:/src/guard/|/jsonwebtoken|/ed25519|/curve25519|/sha2|/base64|/serde_json"),
     ("Handler (posts-svc)", r"^ws:/posts-svc/src/"),
 ]
 # With `observed` profiles (profile.sh's `observed` set), the observability crates get stages of their own,
@@ -42,10 +43,11 @@ OBSERVED_STAGES = [
 OTHER = "Other"
 KERNEL_NOTE = "system calls (not counted by callgrind)"
 
-# Code charged to its callers: the allocator, memory copies, and the standard library's generic code.
+# Code charged to its callers: the allocator, memory copies, the standard library's generic code, and
+# encoders anyone may call (base64: page tokens and JWTs; serde_json: JWT claims and JSON log lines).
 TRANSPARENT = re.compile(
     r"^\?\?\?$|/malloc/|/string/|/library/(core|alloc|std)/|libc\.so|ld-linux|/sysdeps/|/rust/deps/"
-    r"|/(hashbrown|foldhash|indexmap|fnv|slab|atomic-waker|percent-encoding|smallvec|itoa|ryu|memchr|mimalloc|libmimalloc-sys)-\d"
+    r"|/(hashbrown|foldhash|indexmap|fnv|slab|atomic-waker|percent-encoding|smallvec|itoa|ryu|memchr|mimalloc|libmimalloc-sys|base64|serde_json)-\d"
 )
 
 NAME = re.compile(r"^\((\d+)\)(?: (.*))?$")

@@ -57,11 +57,21 @@ fn scheme_value<'a>(headers: &'a HeaderMap, scheme: &str) -> Result<&'a str, Cre
     if entries.next().is_some() {
         return Err(CredentialsError::Duplicate);
     }
-    // Non-visible-ASCII bytes can never form a valid credential.
-    let entry = entry.to_str().map_err(|_| CredentialsError::Malformed)?;
+    // UTF-8 first, which is nearly free on ASCII; each scheme's value check (token68, base64) then refuses
+    // whatever is not plain visible ASCII. (HeaderValue::to_str would check every byte once more, and a
+    // guarded call pays for every byte of its token: see BENCHMARKS.md, "Where ListPosts' time goes".)
+    let entry = std::str::from_utf8(entry.as_bytes()).map_err(|_| CredentialsError::Malformed)?;
     let (given, value) = entry.split_once(' ').unwrap_or((entry, ""));
     if !given.eq_ignore_ascii_case(scheme) {
-        return Err(CredentialsError::WrongScheme);
+        // Non-visible-ASCII bytes can never form a valid credential, whatever its scheme.
+        let visible = entry
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t');
+        return Err(if visible {
+            CredentialsError::WrongScheme
+        } else {
+            CredentialsError::Malformed
+        });
     }
     let value = value.trim_matches(' ');
     if value.is_empty() {
@@ -70,13 +80,22 @@ fn scheme_value<'a>(headers: &'a HeaderMap, scheme: &str) -> Result<&'a str, Cre
     Ok(value)
 }
 
+/// The bytes RFC 7235's token68 is made of, besides its trailing `=` padding.
+const TOKEN68: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// RFC 7235 token68: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_token68(value: &str) -> bool {
     let body = value.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    !body.is_empty() && body.bytes().all(|b| TOKEN68[usize::from(b)])
 }
 
 #[cfg(test)]
@@ -138,6 +157,11 @@ mod tests {
         assert_eq!(bearer_token(&headers(&[b"Bearer a b"])), Err(Malformed));
         assert_eq!(bearer_token(&headers(&[b"Bearer \xc3\xa9"])), Err(Malformed));
         assert_eq!(bearer_token(&headers(&[b"Bearer a\"b"])), Err(Malformed));
+        assert_eq!(bearer_token(&headers(&[b"Bearer a\tb"])), Err(Malformed));
+        // Not visible ASCII, whatever the scheme: malformed rather than merely another scheme.
+        assert_eq!(bearer_token(&headers(&[b"B\xc3\xa9arer a.b.c"])), Err(Malformed));
+        assert_eq!(bearer_token(&headers(&[b"\xffBearer a.b.c"])), Err(Malformed));
+        assert_eq!(bearer_token(&headers(&[b"Basic\ta.b.c"])), Err(WrongScheme));
         let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
         assert_eq!(bearer_token(&headers(&[huge.as_bytes()])), Err(TooLarge));
     }
