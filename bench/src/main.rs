@@ -990,7 +990,10 @@ async fn seed_posts(params: &Params, servers: &Servers, pools: &Arc<Pools>) -> R
 }
 
 /// Every wanted scenario, slice by slice: all scenarios take a turn at their first slice, then at their
-/// second, and so on, so that drift in the machine's speed affects every scenario alike. Also returns the
+/// second, and so on, so that drift in the machine's speed affects every scenario alike. The turns go
+/// forwards in odd slices and backwards in even ones (A B, B A, A B, ...), so no scenario always runs right
+/// after the same one or always first: a steady drift within a round, and whatever one scenario leaves
+/// behind for the next (a busy tail, cold caches), then falls on both sides of a ratio. Also returns the
 /// argon2 timings taken just before each login slice (None without the login scenario).
 async fn run_scenarios(
     params: &Params,
@@ -1003,7 +1006,12 @@ async fn run_scenarios(
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut argon2: Option<Argon2Samples> = None;
     for slice in 1..=params.slices {
-        for &name in wanted {
+        let turns: Vec<&'static str> = if slice % 2 == 1 {
+            wanted.to_vec()
+        } else {
+            wanted.iter().rev().copied().collect()
+        };
+        for name in turns {
             let load = |op, server: &Server, concurrency| Load {
                 op,
                 addr: server.addr,
