@@ -20,8 +20,12 @@ use crate::{metrics::Metrics, server::Readiness};
 const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request headers: a stalled one does not hold a slot.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often recorded histogram samples are folded into buckets when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often recorded histogram samples are folded into buckets. Until then the exporter keeps every
+/// sample (~8 bytes each), so the interval bounds that backlog, and the peak memory it leaves behind: at
+/// ~90 000 Validates/s, auth-svc's peak RSS with metrics on was 62.5 MiB with 5 s, 59.0 with 1 s and 57.5
+/// with 250 ms, against 57.1 with metrics off (BENCHMARKS.md, "What metrics hold in memory"). Folding costs
+/// the same per sample whenever it runs; four ticks a second cost nothing measurable.
+const UPKEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// `--admin-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
