@@ -55,6 +55,10 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// An empty registry.
+    ///
+    /// Histogram samples are held one by one until [`Metrics::render`] or [`Metrics::run_upkeep`] folds
+    /// them into buckets, so memory follows the call rate until then: serve the registry with
+    /// [`crate::admin::AdminServer`], which folds four times a second, or call one of the two as often.
     pub fn new() -> Self {
         let builder = PrometheusBuilder::new()
             .set_buckets(RPC_SECONDS_BUCKETS)
