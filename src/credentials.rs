@@ -57,20 +57,16 @@ fn scheme_value<'a>(headers: &'a HeaderMap, scheme: &str) -> Result<&'a str, Cre
     if entries.next().is_some() {
         return Err(CredentialsError::Duplicate);
     }
-    // UTF-8 first, which is nearly free on ASCII; each scheme's value check (token68, base64) then refuses
-    // whatever is not plain visible ASCII. (HeaderValue::to_str would check every byte once more, and a
-    // guarded call pays for every byte of its token: see BENCHMARKS.md, "Where ListPosts' time goes".)
-    let entry = std::str::from_utf8(entry.as_bytes()).map_err(|_| CredentialsError::Malformed)?;
-    let (given, value) = entry.split_once(' ').unwrap_or((entry, ""));
+    // UTF-8, nearly free on ASCII, rather than `HeaderValue::to_str`'s check of every byte: each scheme's
+    // value check (token68, base64) refuses anything but visible ASCII anyway, and a guarded call pays for
+    // every byte of its token (BENCHMARKS.md, "Where ListPosts' time goes").
+    let text = std::str::from_utf8(entry.as_bytes()).map_err(|_| CredentialsError::Malformed)?;
+    let (given, value) = text.split_once(' ').unwrap_or((text, ""));
     if !given.eq_ignore_ascii_case(scheme) {
         // Non-visible-ASCII bytes can never form a valid credential, whatever its scheme.
-        let visible = entry
-            .bytes()
-            .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t');
-        return Err(if visible {
-            CredentialsError::WrongScheme
-        } else {
-            CredentialsError::Malformed
+        return Err(match entry.to_str() {
+            Ok(_) => CredentialsError::WrongScheme,
+            Err(_) => CredentialsError::Malformed,
         });
     }
     let value = value.trim_matches(' ');
